@@ -1,0 +1,293 @@
+"""The HTTP API (what `dfs` uses), on twisted.web.
+
+Uploads stream: `ApiRequest` routes the body of `PUT /v1/files/{name}` into the
+put pipeline as it arrives instead of letting twisted.web spool it to a temp file.
+Downloads stream through a producer. Every /v1/ call needs the bearer token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import io
+import json
+import time
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from . import __version__
+from .fileserver import DamagedBlob, Download, FileNotFound, FileServer, Upload
+
+log = Logger()
+
+FILES = b"/v1/files/"
+MAX_CONTROL_BODY = 64 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def file_name(path: bytes) -> str:
+    """The file name in /v1/files/{name} (percent-encoded UTF-8)."""
+    try:
+        return unquote_to_bytes(path[len(FILES) :]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "file name is not valid UTF-8") from None
+
+
+class ApiRequest(Request):
+    """A request that streams a PUT body into an Upload as it arrives."""
+
+    upload: Upload | None = None
+    upload_error: ApiError | None = None
+    site: ApiSite
+
+    def gotLength(self, length: int | None) -> None:
+        channel = self.channel
+        # twisted.web hands the method and path to the request only after the
+        # body; the channel already knows them when the headers are in.
+        method, path = channel._command, channel._path.split(b"?", 1)[0]
+        if method != b"PUT" or not path.startswith(FILES):
+            if length is not None and length > MAX_CONTROL_BODY:
+                self.upload_error = ApiError(413, "request body too large")
+                self.content = io.BytesIO()
+                return
+            super().gotLength(length)
+            return
+        # The body goes to the upload, never here.
+        self.content = io.BytesIO()
+        api = self.channel.site.api
+        try:
+            api.authorize(self.requestHeaders.getRawHeaders(b"authorization", []))
+            self.upload = api.server.begin_put(file_name(path), length, channel.transport)
+        except ApiError as e:
+            self.upload_error = e
+        except ValueError as e:
+            self.upload_error = ApiError(400, str(e))
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.upload is not None:
+            self.upload.write(data)
+        elif self.upload_error is None and self.content is not None:
+            self.content.write(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.upload is not None and not self.finished:
+            self.upload.abort("client went away")
+            self.upload = None
+        super().connectionLost(reason)
+
+
+class Api(Resource):
+    isLeaf = True
+
+    def __init__(self, server: FileServer, token: str, org: str) -> None:
+        super().__init__()
+        self.server = server
+        self._token = token.encode()
+        self._org = org
+        self._started = time.time()
+
+    def authorize(self, headers: list[bytes]) -> None:
+        given = headers[0] if headers else b""
+        if not hmac.compare_digest(given, b"Bearer " + self._token):
+            raise ApiError(401, "missing or wrong API token")
+
+    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
+        d = Deferred.fromCoroutine(self._route(request))
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    async def _route(self, request: Request) -> None:
+        assert isinstance(request, ApiRequest)
+        method = request.method
+        path = request.path
+        if request.upload_error is not None:
+            raise request.upload_error
+        if path == b"/" and method == b"GET":
+            _send(request, 200, self._page().encode(), b"text/html; charset=utf-8")
+            return
+        if not path.startswith(b"/v1/"):
+            raise ApiError(404, "not found")
+        self.authorize(request.requestHeaders.getRawHeaders(b"authorization", []))
+        if path.startswith(FILES) and len(path) > len(FILES):
+            if method == b"PUT":
+                await self._put(request)
+            elif method == b"GET":
+                await self._get(request, file_name(path))
+            elif method == b"DELETE":
+                await self._delete(request, file_name(path))
+            else:
+                raise ApiError(405, "method not allowed")
+        elif path in (b"/v1/files", b"/v1/files/") and method == b"GET":
+            entries = await self.server.list_files()
+            _json(
+                request,
+                200,
+                [
+                    {
+                        "name": e.name,
+                        "size": e.size,
+                        "replicas": e.replicas,
+                        "blob": e.blob,
+                        "mtime": e.mtime,
+                    }
+                    for e in entries
+                ],
+            )
+        elif path == b"/v1/status" and method == b"GET":
+            _json(request, 200, self.status())
+        elif path == b"/v1/recover" and method == b"POST":
+            recovered, errors = await self.server.recover()
+            _json(request, 200, {"recovered": recovered, "errors": errors})
+        else:
+            raise ApiError(404, "not found")
+
+    async def _put(self, request: ApiRequest) -> None:
+        upload = request.upload
+        if upload is None:
+            raise ApiError(400, "upload did not start")
+        request.upload = None
+        result = await upload.finish()
+        _json(
+            request,
+            201,
+            {
+                "blob": result.blob,
+                "size": result.size,
+                "replicas": result.replicas,
+                "peers": [p.as_json() for p in result.peers],
+            },
+        )
+
+    async def _get(self, request: Request, name: str) -> None:
+        if request.args:
+            raise ApiError(400, "unsupported query parameter")
+        try:
+            download: Download = await self.server.open_download(name)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
+        except FileNotFound:
+            raise ApiError(404, "no such file on this node or any connected peer") from None
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", str(download.size).encode())
+        request.setHeader(b"x-dfs-source", download.source.encode("utf-8", "replace"))
+        try:
+            await download.stream_to(request)
+        except Exception as e:
+            # Headers are gone: all we can do is cut the body short so the
+            # client sees an incomplete transfer, never wrong bytes.
+            log.warn("download of a file stopped: {error}", error=str(e))
+            if request.channel is not None:
+                request.channel.transport.abortConnection()
+            return
+        if not request.finished and request.channel is not None:
+            request.finish()
+
+    async def _delete(self, request: Request, name: str) -> None:
+        try:
+            here, peers = await self.server.delete(name)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
+        removed = [p for p in peers if p.ok]
+        if not here and not removed:
+            raise ApiError(404, "no such file on this node or any connected peer")
+        _json(
+            request,
+            200,
+            {
+                "deleted_here": here,
+                "peers": [p.as_json() for p in peers],
+            },
+        )
+
+    def status(self) -> dict[str, Any]:
+        server = self.server
+        usage = server.usage()
+        return {
+            "node_id": server.node_id,
+            "org": self._org,
+            "version": __version__,
+            "uptime": round(time.time() - self._started, 1),
+            "peers": server.peers.status(),
+            "storage": {
+                "own_bytes": usage.get(server.node_id, 0),
+                "held_for_others": {o: b for o, b in usage.items() if o != server.node_id},
+            },
+        }
+
+    def _page(self) -> str:
+        status = self.status()
+        rows = "".join(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
+                html.escape(p["address"]),
+                html.escape(p["org"] or "-"),
+                html.escape((p["node_id"] or "-")[:16]),
+                html.escape(p["state"]),
+            )
+            for p in status["peers"]
+        )
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>dfs node {html.escape(self._org)}</title></head><body>"
+            f"<h1>{html.escape(self._org)}</h1>"
+            f"<p>node id <code>{status['node_id']}</code>, version {__version__}</p>"
+            "<table><tr><th>address</th><th>org</th><th>node id</th><th>state</th></tr>"
+            f"{rows}</table>"
+            f"<p>own bytes stored: {status['storage']['own_bytes']}</p>"
+            "</body></html>"
+        )
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        if request.finished or request.channel is None:
+            return
+        if failure.check(ApiError):
+            error: ApiError = failure.value  # type: ignore[assignment]
+            _json(request, error.status, {"error": error.message})
+        elif failure.check(DamagedBlob):
+            _json(request, 502, {"error": f"damaged data: {failure.getErrorMessage()}"})
+        else:
+            log.failure("API request failed", failure)
+            _json(request, 500, {"error": "internal error (see the node's log)"})
+
+
+def _send(request: Request, status: int, body: bytes, content_type: bytes) -> None:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", content_type)
+    request.setHeader(b"content-length", str(len(body)).encode())
+    request.write(body)
+    request.finish()
+
+
+def _json(request: Request, status: int, value: object) -> None:
+    _send(request, status, json.dumps(value).encode() + b"\n", b"application/json")
+
+
+class ApiSite(Site):
+    requestFactory = ApiRequest
+
+    def __init__(self, api: Api) -> None:
+        super().__init__(api)
+        self.api = api
+        self.displayTracebacks = False
+        self.noisy = False
+
+    def log(self, request: Request) -> None:
+        # The access log would record file names (URL paths); they must not leave private/.
+        pass
+
+
+__all__ = ["Api", "ApiSite", "http"]

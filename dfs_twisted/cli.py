@@ -1,0 +1,265 @@
+"""`dfs`: the command-line client, an HTTP client of a running node's API."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, NoReturn
+from urllib.parse import quote, urlsplit
+
+BLOCK = 1 << 20
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class NodeClient:
+    """Finds a node's API from its directory and talks to it."""
+
+    def __init__(self, node_dir: str) -> None:
+        self.dir = Path(node_dir)
+        url_file = self.dir / "api.url"
+        if not self.dir.is_dir():
+            raise CliError(f"no node directory at {self.dir}")
+        try:
+            self.url = url_file.read_text().strip()
+        except FileNotFoundError:
+            raise CliError(f"node at {self.dir} is not running (no api.url)") from None
+        try:
+            self.token = (self.dir / "private" / "api_token").read_text().strip()
+        except OSError as e:
+            raise CliError(f"cannot read the API token of {self.dir}: {e.strerror}") from None
+        parts = urlsplit(self.url)
+        if parts.hostname is None or parts.port is None:
+            raise CliError(f"bad API address in {url_file}: {self.url!r}")
+        self.host, self.port = parts.hostname, parts.port
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: IO[bytes] | Iterator[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=300, blocksize=BLOCK)
+        all_headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+        try:
+            conn.request(
+                method,
+                path,
+                body=body,
+                headers=all_headers,
+                encode_chunked="Content-Length" not in all_headers and body is not None,
+            )
+            return conn.getresponse()
+        except ConnectionRefusedError:
+            raise CliError(f"node at {self.dir} is not running (nothing at {self.url})") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise CliError(f"lost the connection to the node at {self.url}: {e}") from None
+
+    def json(self, method: str, path: str) -> Any:
+        response = self.request(method, path)
+        return _decode(response)
+
+
+def _decode(response: http.client.HTTPResponse) -> Any:
+    body = response.read()
+    try:
+        value = json.loads(body) if body else None
+    except ValueError:
+        value = None
+    if response.status >= 400:
+        message = value.get("error") if isinstance(value, dict) else None
+        raise CliError(message or f"node answered HTTP {response.status}")
+    return value
+
+
+def file_path(name: str) -> str:
+    return "/v1/files/" + quote(name, safe="")
+
+
+def _read_blocks(stream: IO[bytes]) -> Iterator[bytes]:
+    while block := stream.read(BLOCK):
+        yield block
+
+
+def cmd_put(client: NodeClient, args: argparse.Namespace) -> None:
+    if args.path == "-":
+        if not args.name:
+            raise CliError("--name is required when reading stdin")
+        result = _decode(
+            client.request("PUT", file_path(args.name), _read_blocks(sys.stdin.buffer))
+        )
+        name = args.name
+    else:
+        path = Path(args.path)
+        name = args.name or path.name
+        try:
+            f = path.open("rb")
+        except OSError as e:
+            raise CliError(f"cannot read {path}: {e.strerror}") from None
+        with f:
+            if not path.is_file():
+                raise CliError(f"{path} is not a regular file")
+            size = os.fstat(f.fileno()).st_size
+            headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+            result = _decode(client.request("PUT", file_path(name), f, headers))
+    peers = result["peers"]
+    held = [p for p in peers if p["ok"]]
+    print(
+        f"stored {name} ({result['size']} bytes): here and on {len(held)} of {len(peers)} "
+        f"connected peers ({result['replicas']} copies)"
+    )
+    for p in peers:
+        if not p["ok"]:
+            print(f"warning: peer {p['org']} did not store it: {p['error']}", file=sys.stderr)
+
+
+def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
+    response = client.request("GET", file_path(args.name))
+    if response.status >= 400:
+        _decode(response)
+    source = response.getheader("x-dfs-source", "local")
+    if source != "local":
+        print(
+            f"local copy of {args.name} missing or damaged: fetched it from peer {source} "
+            "and restored the local copy",
+            file=sys.stderr,
+        )
+    expected = int(response.getheader("content-length", "-1"))
+    if args.output is None or args.output == "-":
+        received = _copy(response, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    else:
+        out = Path(args.output)
+        partial = out.with_name(f".{out.name}.part")
+        try:
+            with partial.open("wb") as f:
+                received = _copy(response, f)
+            if received == expected:
+                partial.replace(out)
+        except OSError as e:
+            raise CliError(f"cannot write {out}: {e.strerror}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+    if received != expected:
+        raise CliError(
+            f"transfer of {args.name} was cut after {received} of {expected} bytes "
+            "(the node found damaged data: see its log; retrying fetches it from a peer)"
+        )
+
+
+def _copy(response: http.client.HTTPResponse, out: IO[bytes]) -> int:
+    received = 0
+    try:
+        while block := response.read(BLOCK):
+            out.write(block)
+            received += len(block)
+    except (http.client.IncompleteRead, OSError):
+        pass
+    return received
+
+
+def cmd_rm(client: NodeClient, args: argparse.Namespace) -> None:
+    result = client.json("DELETE", file_path(args.name))
+    removed = [p for p in result["peers"] if p["ok"]]
+    here = "here and " if result["deleted_here"] else ""
+    print(f"deleted {args.name}: {here}on {len(removed)} peers")
+
+
+def cmd_ls(client: NodeClient, args: argparse.Namespace) -> None:
+    entries = client.json("GET", "/v1/files")
+    if args.json:
+        print(json.dumps([{k: e[k] for k in ("name", "size", "replicas")} for e in entries]))
+        return
+    if not entries:
+        print("no files")
+        return
+    width = max(len(e["name"]) for e in entries)
+    print(f"{'NAME':<{width}}  {'SIZE':>12}  REPLICAS")
+    for e in entries:
+        print(f"{e['name']:<{width}}  {e['size']:>12}  {e['replicas']}")
+
+
+def cmd_status(client: NodeClient, args: argparse.Namespace) -> None:
+    status = client.json("GET", "/v1/status")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return
+    print(f"node    {status['node_id']}")
+    print(f"org     {status['org']}  (version {status['version']}, up {status['uptime']}s)")
+    print(f"stored  {status['storage']['own_bytes']} bytes of own files")
+    for owner, size in status["storage"]["held_for_others"].items():
+        print(f"        {size} bytes held for {owner[:16]}")
+    print("peers:" if status["peers"] else "peers:  none")
+    for p in status["peers"]:
+        org = p["org"] or "?"
+        node = (p["node_id"] or "?")[:16]
+        error = f"  ({p['last_error']})" if p.get("last_error") else ""
+        print(f"  {p['address']:<22} {p['state']:<11} {org:<16} {node}{error}")
+
+
+def cmd_recover(client: NodeClient, args: argparse.Namespace) -> None:
+    result = client.json("POST", "/v1/recover")
+    for name in result["recovered"]:
+        print(f"recovered {name}")
+    for error in result["errors"]:
+        print(f"warning: {error}", file=sys.stderr)
+    print(f"recovered {len(result['recovered'])} files")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dfs", description="Client of a dfs-twisted node.")
+    p.add_argument(
+        "--node",
+        default=os.environ.get("DFS_NODE"),
+        help="the node's directory (default: $DFS_NODE)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    put = sub.add_parser("put", help="store a file")
+    put.add_argument("path", help="file to store, '-' for stdin")
+    put.add_argument("--name", help="name to store it under (default: the file's name)")
+    put.set_defaults(run=cmd_put)
+    get = sub.add_parser("get", help="fetch and decrypt a file")
+    get.add_argument("name")
+    get.add_argument("-o", "--output", help="write here instead of stdout")
+    get.set_defaults(run=cmd_get)
+    rm = sub.add_parser("rm", help="delete a file here and on every peer")
+    rm.add_argument("name")
+    rm.set_defaults(run=cmd_rm)
+    ls = sub.add_parser("ls", help="list this org's files")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(run=cmd_ls)
+    status = sub.add_parser("status", help="node, peers and storage")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=cmd_status)
+    recover = sub.add_parser("recover", help="fetch back every file of this org from peers")
+    recover.set_defaults(run=cmd_recover)
+    return p
+
+
+def fail(message: str) -> NoReturn:
+    print(f"dfs: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if not args.node:
+        fail("no node given: use --node DIR or set DFS_NODE")
+    try:
+        args.run(NodeClient(args.node), args)
+    except CliError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted")
+    except BrokenPipeError:
+        # The reader of stdout went away (e.g. `dfs get x | head`).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None

@@ -1,0 +1,706 @@
+"""What the node does with files: put, get, delete, list, recover, and serving peers.
+
+Everything here is asynchronous and streaming: plaintext comes in as pieces, is
+encrypted once into ~1 MiB ciphertext chunks, and each chunk goes to the local
+blob and to every connected peer. Nothing holds a whole file in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import wire
+from .crypto import (
+    CHUNK_SIZE,
+    FIXED_HEADER_SIZE,
+    BlobHeader,
+    CryptoError,
+    Decryptor,
+    Encryptor,
+    OrgKey,
+    Trailer,
+    ciphertext_size,
+    header_length,
+    open_metadata,
+    parse_header,
+    plaintext_size,
+)
+from .peers import PeerRegistry
+from .protocol import PeerProtocol, RemoteError, RequestRefused, SessionClosed
+from .store import BlobKey, BlobStore, BlobWriter
+
+log = Logger()
+
+FETCH_TIMEOUT = 30.0  # seconds a peer may take to start answering a FETCH
+
+
+class FileNotFound(Exception):
+    """Neither this node nor any connected peer holds the file."""
+
+
+class DamagedBlob(Exception):
+    """A blob failed verification."""
+
+
+class Clock(Protocol):
+    def callLater(self, delay: float, f: Callable[..., Any], *a: Any) -> Any: ...
+    def seconds(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class PeerOutcome:
+    org: str
+    node_id: str
+    ok: bool
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"org": self.org, "node_id": self.node_id, "ok": self.ok, "error": self.error}
+
+
+@dataclass(frozen=True)
+class PutResult:
+    blob: str
+    size: int
+    peers: tuple[PeerOutcome, ...]
+
+    @property
+    def replicas(self) -> int:
+        """Nodes holding a durable copy, this one included."""
+        return 1 + sum(p.ok for p in self.peers)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    size: int
+    blob: str
+    mtime: int
+    replicas: int
+
+
+def read_header(f: BinaryIO) -> BlobHeader:
+    """Parse the header at the start of an open blob file."""
+    prefix = f.read(FIXED_HEADER_SIZE)
+    total = header_length(prefix)
+    rest = f.read(total - len(prefix))
+    return parse_header(prefix + rest)
+
+
+@implementer(IPushProducer)
+class _SessionThrottle:
+    """Lets a slow HTTP client pause the peer connection feeding it."""
+
+    def __init__(self, session: PeerProtocol) -> None:
+        self._session = session
+
+    def pauseProducing(self) -> None:
+        if self._session.transport is not None:
+            self._session.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def resumeProducing(self) -> None:
+        if self._session.transport is not None:
+            self._session.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+
+class Upload:
+    """One put: plaintext in, ciphertext to the local store and to every live peer."""
+
+    def __init__(
+        self,
+        server: FileServer,
+        name: str,
+        size: int | None,
+        upstream: IPushProducer | None,
+    ) -> None:
+        self._server = server
+        self._upstream = upstream
+        self._upstream_paused = False
+        self._encryptor = Encryptor(
+            server.key, server.node_id, name, version=time.time_ns(), mtime=int(time.time())
+        )
+        self.blob = self._encryptor.blob
+        self._started = time.monotonic()
+        self._local: BlobWriter = server.store.begin(BlobKey(server.node_id, self.blob))
+        announced = (
+            None if size is None else ciphertext_size(len(self._encryptor.header), CHUNK_SIZE, size)
+        )
+        self._peers = [
+            (session, session.store(wire.Store(server.node_id, self.blob, announced)))
+            for session in server.peers.live()
+        ]
+        self._emit(self._encryptor.header)
+
+    def write(self, data: bytes) -> None:
+        for chunk in self._encryptor.update(data):
+            self._emit(chunk)
+        self._throttle()
+
+    def _emit(self, ciphertext: bytes) -> None:
+        self._local.write(ciphertext)
+        for _, stream in self._peers:
+            stream.write(ciphertext)
+
+    def _throttle(self) -> None:
+        """Pause the uploader while any peer's connection is full."""
+        if self._upstream is None or self._upstream_paused:
+            return
+        slow = [s for s, stream in self._peers if s.paused and not stream.closed]
+        if not slow:
+            return
+        self._upstream_paused = True
+        self._upstream.pauseProducing()
+
+        def resume(_: object) -> None:
+            self._upstream_paused = False
+            if self._upstream is not None:
+                self._upstream.resumeProducing()
+
+        DeferredList([s.when_writable() for s in slow], consumeErrors=True).addCallback(resume)
+
+    def finish(self) -> Deferred[PutResult]:
+        return Deferred.fromCoroutine(self._finish())
+
+    async def _finish(self) -> PutResult:
+        self._upstream = None  # the body is complete: never pause or resume it again
+        self._emit(self._encryptor.finalize())
+        replies = [stream.finish() for _, stream in self._peers]
+        try:
+            await deferToThread(self._local.commit)
+        except BaseException:
+            self.abort("local write failed")
+            raise
+        outcomes = []
+        for (session, _), reply in zip(self._peers, replies, strict=True):
+            assert session.info is not None
+            try:
+                await reply
+                outcomes.append(PeerOutcome(session.info.org, session.info.node_id, True))
+            except (RemoteError, SessionClosed) as e:
+                outcomes.append(PeerOutcome(session.info.org, session.info.node_id, False, str(e)))
+        result = PutResult(self.blob, self._encryptor.size, tuple(outcomes))
+        log.info(
+            "put {blob}: {size} bytes in {seconds:.2f}s, {replicas} replicas",
+            blob=self.blob,
+            size=result.size,
+            seconds=time.monotonic() - self._started,
+            replicas=result.replicas,
+        )
+        return result
+
+    def abort(self, reason: str) -> None:
+        self._local.abort()
+        for _, stream in self._peers:
+            stream.abort(reason)
+
+
+class Download:
+    """A file's plaintext, ready to stream to a consumer (an HTTP response)."""
+
+    def __init__(self, name: str, size: int, source: str) -> None:
+        self.name = name
+        self.size = size
+        self.source = source  # "local" or the org of the peer it comes from
+
+    def stream_to(self, consumer: IConsumer) -> Deferred[None]:
+        raise NotImplementedError
+
+
+class _LocalDownload(Download):
+    def __init__(self, server: FileServer, key: BlobKey, f: BinaryIO, name: str, size: int) -> None:
+        super().__init__(name, size, "local")
+        self._server = server
+        self._key = key
+        self._file = f
+        self._decryptor = Decryptor(server.key, owner=key.owner, blob=key.blob)
+        self._consumer: IConsumer | None = None
+        self._done: Deferred[None] = Deferred()
+
+    def stream_to(self, consumer: IConsumer) -> Deferred[None]:
+        self._file.seek(0)
+        self._consumer = consumer
+        consumer.registerProducer(self, False)
+        return self._done
+
+    # A pull producer: the consumer asks for the next piece when it has room.
+    def resumeProducing(self) -> None:
+        assert self._consumer is not None
+        try:
+            chunk = self._file.read(CHUNK_SIZE)
+            if chunk:
+                self._consumer.write(self._decryptor.feed(chunk))
+                return
+            last, _ = self._decryptor.finish()
+            self._consumer.write(last)
+        except CryptoError as e:
+            self._close()
+            self._server.damaged(self._key, str(e))
+            self._done.errback(DamagedBlob(str(e)))
+            return
+        self._close()
+        self._done.callback(None)
+
+    def stopProducing(self) -> None:
+        self._close()
+        if not self._done.called:
+            self._done.errback(SessionClosed("client went away"))
+
+    def _close(self) -> None:
+        self._file.close()
+        if self._consumer is not None:
+            self._consumer.unregisterProducer()
+            self._consumer = None
+
+
+class _PeerFetch:
+    """Ciphertext of one blob arriving from a peer, verified as it comes.
+
+    Every byte goes to a new local blob (committed only once the whole stream
+    verified) and, once a consumer is attached, its plaintext goes there.
+    `header` fires with the blob's header, or fails if the fetch ends first.
+    """
+
+    def __init__(self, server: FileServer, key: BlobKey) -> None:
+        self.key = key
+        self._decryptor = Decryptor(server.key, owner=key.owner, blob=key.blob)
+        self._writer = server.store.begin(key)
+        self.size: int | None = None
+        self.received = 0
+        self.header: Deferred[BlobHeader] = Deferred()
+        self._consumer: IConsumer | None = None
+        self._held: list[bytes] = []
+        self._failed: Exception | None = None
+
+    def started(self, size: int) -> None:
+        self.size = size
+
+    def data(self, payload: bytes) -> None:
+        if self._failed is not None:
+            return
+        self.received += len(payload)
+        self._writer.write(payload)
+        try:
+            plain = self._decryptor.feed(payload)
+        except CryptoError as e:
+            self.fail(DamagedBlob(str(e)))
+            return
+        if self._decryptor.header is not None and not self.header.called:
+            self.header.callback(self._decryptor.header)
+        if plain:
+            if self._consumer is None:
+                self._held.append(plain)
+            else:
+                self._consumer.write(plain)
+
+    def attach(self, consumer: IConsumer) -> None:
+        self._consumer = consumer
+        for plain in self._held:
+            consumer.write(plain)
+        self._held.clear()
+
+    def fail(self, error: Exception) -> None:
+        if self._failed is None:
+            self._failed = error
+        self._writer.abort()
+        if not self.header.called:
+            self.header.errback(error)
+
+    def ended(self, result: object) -> object:
+        """The fetch's reply: before the header it is a failure, reported via `header`."""
+        if self.header.called:
+            return result
+        if isinstance(result, Failure):
+            error = result.value
+            if isinstance(error, CancelledError):
+                error = TimeoutError(f"no answer in {FETCH_TIMEOUT:.0f}s")
+            self.fail(error if isinstance(error, Exception) else DamagedBlob(str(error)))
+        else:
+            self.fail(DamagedBlob("stream ended before a complete header"))
+        return None
+
+    async def complete(self) -> Trailer:
+        """After the stream ended: check the end, write the last plaintext, commit."""
+        try:
+            if self._failed is not None:
+                raise DamagedBlob(str(self._failed))
+            if self.size is not None and self.received != self.size:
+                raise DamagedBlob(f"peer sent {self.received} of {self.size} bytes")
+            last, trailer = self._decryptor.finish()
+        except (CryptoError, DamagedBlob) as e:
+            self.fail(DamagedBlob(str(e)))
+            raise DamagedBlob(str(e)) from e
+        if self._consumer is not None:
+            self._consumer.write(last)
+        await deferToThread(self._writer.commit)
+        return trailer
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+class _PeerDownload(Download):
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        session: PeerProtocol,
+        fetch: _PeerFetch,
+        reply: Deferred[wire.Message],
+    ) -> None:
+        assert session.info is not None
+        super().__init__(name, size, session.info.org)
+        self._session = session
+        self._fetch = fetch
+        self._reply = reply
+
+    def stream_to(self, consumer: IConsumer) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._stream(consumer))
+
+    async def _stream(self, consumer: IConsumer) -> None:
+        consumer.registerProducer(_SessionThrottle(self._session), True)
+        try:
+            self._fetch.attach(consumer)
+            await self._reply
+            await self._fetch.complete()
+            log.info(
+                "restored local copy of {blob} from {org}",
+                blob=self._fetch.key.blob,
+                org=self.source,
+            )
+        except BaseException:
+            self._fetch.abort()
+            raise
+        finally:
+            consumer.unregisterProducer()
+
+
+@implementer(IPushProducer)
+class FileSource:
+    """A stored blob served to a peer's FETCH."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._file = f
+        self.size = size
+
+    def read(self, n: int) -> bytes:
+        return self._file.read(n)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class IncomingReplica:
+    """A peer's STORE being written to our store."""
+
+    def __init__(self, server: FileServer, key: BlobKey, size: int | None) -> None:
+        self._key = key
+        self._size = size
+        self._writer = server.store.begin(key)
+        self._head = bytearray()
+        self._checked = False
+
+    def write(self, data: bytes) -> None:
+        if self._size is not None and self._writer.written + len(data) > self._size:
+            self._writer.abort()
+            raise wire.ProtocolError(f"STORE of {self._key.blob} sent more than announced")
+        self._writer.write(data)
+        if not self._checked:
+            self._check_header(data)
+
+    def _check_header(self, data: bytes) -> None:
+        # A holder cannot read the blob, but it can check it is the blob announced.
+        self._head += data
+        try:
+            if len(self._head) < FIXED_HEADER_SIZE:
+                return
+            total = header_length(bytes(self._head[:FIXED_HEADER_SIZE]))
+            if len(self._head) < total:
+                return
+            header = parse_header(bytes(self._head))
+        except CryptoError as e:
+            self._writer.abort()
+            raise wire.ProtocolError(f"STORE with a malformed blob header: {e}") from e
+        if header.owner != self._key.owner or header.blob != self._key.blob:
+            self._writer.abort()
+            raise wire.ProtocolError("STORE blob header names another blob")
+        self._checked = True
+        self._head = bytearray()
+
+    def finish(self) -> Deferred[None]:
+        if not self._checked:
+            self._writer.abort()
+            return Deferred.fromFailure(
+                Failure(RequestRefused("bad_request", "blob too short for its header"))  # type: ignore[arg-type]
+            )
+        if self._size is not None and self._writer.written != self._size:
+            self._writer.abort()
+            return Deferred.fromFailure(
+                Failure(RequestRefused("bad_request", "blob shorter than announced"))  # type: ignore[arg-type]
+            )
+        d = deferToThread(self._writer.commit)
+        d.addCallback(
+            lambda _: log.info(
+                "stored replica {blob} for {owner}", blob=self._key.blob, owner=self._key.owner
+            )
+        )
+        return d
+
+    def abort(self, reason: str) -> None:
+        self._writer.abort()
+        log.info("dropped partial replica {blob}: {reason}", blob=self._key.blob, reason=reason)
+
+
+class FileServer:
+    """The node's file logic, on top of the store, the org key and live peer sessions."""
+
+    def __init__(
+        self, store: BlobStore, key: OrgKey, node_id: str, peers: PeerRegistry, clock: Clock
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.node_id = node_id
+        self.peers = peers
+        self.clock = clock
+
+    # -- the owner's operations
+
+    def begin_put(self, name: str, size: int | None, upstream: IPushProducer | None) -> Upload:
+        """Start a put (ValueError for a bad name)."""
+        self.key.blob_id(name)  # validates the name
+        return Upload(self, name, size, upstream)
+
+    def _key_for(self, name: str) -> BlobKey:
+        return BlobKey(self.node_id, self.key.blob_id(name))
+
+    async def open_download(self, name: str) -> Download:
+        """The local copy if it verifies, else one fetched from a peer (FileNotFound)."""
+        key = self._key_for(name)
+        local = self._open_local(key, name)
+        if local is not None:
+            return local
+        for session in self.peers.live():
+            try:
+                return await self._open_from_peer(session, key, name)
+            except (RemoteError, SessionClosed, DamagedBlob, TimeoutError) as e:
+                assert session.info is not None
+                level = (
+                    log.info if isinstance(e, RemoteError) and e.code == "not_found" else log.warn
+                )
+                level(
+                    "{org} could not serve {blob}: {error}",
+                    org=session.info.org,
+                    blob=key.blob,
+                    error=str(e),
+                )
+        raise FileNotFound(name)
+
+    def _open_local(self, key: BlobKey, name: str) -> Download | None:
+        f = self.store.open(key)
+        if f is None:
+            return None
+        try:
+            header = read_header(f)
+            meta = open_metadata(self.key, header)
+            if meta.name != name:
+                raise DamagedBlob("blob names another file")
+            size = plaintext_size(header, self.store.size(key) or 0)
+        except (CryptoError, DamagedBlob) as e:
+            f.close()
+            self.damaged(key, str(e))
+            return None
+        return _LocalDownload(self, key, f, name, size)
+
+    def damaged(self, key: BlobKey, why: str) -> None:
+        """Drop a local blob that failed verification: peers hold good copies."""
+        log.warn("local blob {blob} is damaged ({why}); removing it", blob=key.blob, why=why)
+        self.store.delete(key)
+
+    async def _start_fetch(
+        self, session: PeerProtocol, key: BlobKey
+    ) -> tuple[_PeerFetch, Deferred[wire.Message], BlobHeader]:
+        """Ask ``session`` for a blob; return once its header arrived and opened."""
+        fetch = _PeerFetch(self, key)
+        reply = session.fetch(wire.Fetch(key.owner, key.blob), fetch)
+        reply.addBoth(fetch.ended)
+        timer = self.clock.callLater(FETCH_TIMEOUT, reply.cancel)
+        try:
+            header = await fetch.header
+        finally:
+            if timer.active():
+                timer.cancel()
+        try:
+            open_metadata(self.key, header)
+        except CryptoError as e:
+            reply.cancel()
+            fetch.abort()
+            raise DamagedBlob(str(e)) from e
+        return fetch, reply, header
+
+    async def _open_from_peer(self, session: PeerProtocol, key: BlobKey, name: str) -> Download:
+        fetch, reply, header = await self._start_fetch(session, key)
+        try:
+            if fetch.size is None:
+                raise DamagedBlob("no size announced")
+            size = plaintext_size(header, fetch.size)
+        except (CryptoError, DamagedBlob) as e:
+            reply.cancel()
+            fetch.abort()
+            raise DamagedBlob(str(e)) from e
+        return _PeerDownload(name, size, session, fetch, reply)
+
+    async def delete(self, name: str) -> tuple[bool, list[PeerOutcome]]:
+        """Remove here and on every live peer; FileNotFound if nobody had it."""
+        key = self._key_for(name)
+        here = self.store.delete(key)
+        outcomes = []
+        for session in self.peers.live():
+            assert session.info is not None
+            try:
+                reply = await session.request(wire.Delete(key.owner, key.blob))
+                ok = isinstance(reply, wire.Ack)
+                outcomes.append(PeerOutcome(session.info.org, session.info.node_id, ok))
+            except (RemoteError, SessionClosed) as e:
+                outcomes.append(PeerOutcome(session.info.org, session.info.node_id, False, str(e)))
+        log.info("deleted {blob} (held here: {here})", blob=key.blob, here=here)
+        return here, outcomes
+
+    async def peer_listings(self, owner: str) -> dict[str, set[str]]:
+        """Blob ids each live peer holds for ``owner``, keyed by peer node id."""
+        listings: dict[str, set[str]] = {}
+        for session in self.peers.live():
+            assert session.info is not None
+            try:
+                listings[session.info.node_id] = await _list_all(session, owner)
+            except (RemoteError, SessionClosed) as e:
+                log.warn("could not list {org}: {error}", org=session.info.org, error=str(e))
+        return listings
+
+    async def list_files(self) -> list[FileEntry]:
+        listings = await self.peer_listings(self.node_id)
+        entries = []
+        for blob in self.store.blobs(self.node_id):
+            key = BlobKey(self.node_id, blob)
+            f = self.store.open(key)
+            if f is None:
+                continue
+            try:
+                with f:
+                    header = read_header(f)
+                    meta = open_metadata(self.key, header)
+                    size = plaintext_size(header, self.store.size(key) or 0)
+            except CryptoError as e:
+                log.warn("skipping unreadable blob {blob}: {error}", blob=blob, error=str(e))
+                continue
+            replicas = 1 + sum(blob in held for held in listings.values())
+            entries.append(FileEntry(meta.name, size, blob, meta.mtime, replicas))
+        return sorted(entries, key=lambda e: e.name)
+
+    async def recover(self) -> tuple[list[str], list[str]]:
+        """Fetch back every blob of this org that peers hold and we lack.
+
+        Returns (names recovered, errors).
+        """
+        recovered: list[str] = []
+        errors: list[str] = []
+        for session in self.peers.live():
+            assert session.info is not None
+            try:
+                held = await _list_all(session, self.node_id)
+            except (RemoteError, SessionClosed) as e:
+                errors.append(f"{session.info.org}: {e}")
+                continue
+            for blob in sorted(held):
+                key = BlobKey(self.node_id, blob)
+                if self.store.exists(key):
+                    continue
+                try:
+                    recovered.append(await self._fetch_to_store(session, key))
+                except (RemoteError, SessionClosed, DamagedBlob, CryptoError) as e:
+                    errors.append(f"{blob[:16]} from {session.info.org}: {e}")
+        log.info(
+            "recovered {count} files ({errors} errors)", count=len(recovered), errors=len(errors)
+        )
+        return recovered, errors
+
+    async def _fetch_to_store(self, session: PeerProtocol, key: BlobKey) -> str:
+        """Fetch a blob into the store, verifying all of it; return its file name."""
+        fetch, reply, header = await self._start_fetch(session, key)
+        try:
+            await reply
+            await fetch.complete()
+        except BaseException:
+            fetch.abort()
+            raise
+        return open_metadata(self.key, header).name
+
+    def usage(self) -> dict[str, int]:
+        return self.store.usage()
+
+    # -- SessionHandler: what peers ask of us
+
+    def session_ready(self, session: PeerProtocol) -> None:
+        self.peers.add(session)
+
+    def session_lost(self, session: PeerProtocol, reason: str) -> None:
+        self.peers.remove(session, reason)
+
+    def _authorize_write(self, session: PeerProtocol, owner: str) -> None:
+        assert session.info is not None
+        if owner != session.info.node_id:
+            log.warn(
+                "refused a write into {owner}'s namespace from {org} ({node_id})",
+                owner=owner,
+                org=session.info.org,
+                node_id=session.info.node_id,
+            )
+            raise RequestRefused("forbidden", "a peer may only write its own org's blobs")
+
+    def open_store(self, session: PeerProtocol, request: wire.Store) -> IncomingReplica:
+        self._authorize_write(session, request.owner)
+        return IncomingReplica(self, BlobKey(request.owner, request.blob), request.size)
+
+    def open_fetch(self, session: PeerProtocol, request: wire.Fetch) -> FileSource:
+        key = BlobKey(request.owner, request.blob)
+        f = self.store.open(key)
+        if f is None:
+            raise RequestRefused("not_found", "no such blob")
+        return FileSource(f, self.store.size(key) or 0)
+
+    def answer(
+        self, session: PeerProtocol, request: wire.Delete | wire.List
+    ) -> Deferred[wire.Message]:
+        if isinstance(request, wire.Delete):
+            self._authorize_write(session, request.owner)
+            key = BlobKey(request.owner, request.blob)
+            if not self.store.delete(key):
+                raise RequestRefused("not_found", "no such blob")
+            log.info("deleted replica {blob} for {owner}", blob=key.blob, owner=key.owner)
+            return succeed(wire.Ack())
+        blobs, more = self.store.blobs_after(request.owner, request.after, request.limit)
+        return succeed(wire.ListReply(tuple(blobs), more))
+
+
+async def _list_all(session: PeerProtocol, owner: str) -> set[str]:
+    held: set[str] = set()
+    after: str | None = None
+    while True:
+        reply = await session.request(wire.List(owner, after))
+        if not isinstance(reply, wire.ListReply):
+            raise RemoteError("bad_reply", "LIST answered with something else")
+        held.update(reply.blobs)
+        if not reply.more or not reply.blobs:
+            return held
+        after = reply.blobs[-1]

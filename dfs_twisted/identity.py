@@ -1,0 +1,200 @@
+"""A node's identity: its TLS key and self-signed certificate, its id, and peer pinning.
+
+A node id is the SHA-256 of the certificate's SubjectPublicKeyInfo, as 64 lowercase hex.
+Certificates are self-signed: trust comes from pinning ids, not from any authority.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
+
+KEY_FILE = "node.key"
+CERT_FILE = "node.crt"
+PINS_FILE = "known_peers.json"
+TOKEN_FILE = "api_token"
+
+
+class PrivateDirError(Exception):
+    """The private directory cannot be used safely."""
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` with mode 0700, or refuse one that others can read."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PrivateDirError(
+            f"{path} is accessible by other users (mode {mode:03o}); run: chmod 700 {path}"
+        )
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Write a 0600 file atomically (temp, fsync, rename, fsync dir)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_or_create_secret(path: Path, make: bytes) -> bytes:
+    """Read a secret file, creating it with ``make`` the first time."""
+    if not path.exists():
+        write_secret(path, make)
+    return path.read_bytes()
+
+
+def node_id_of(certificate: x509.Certificate) -> str:
+    """SHA-256 of the certificate's SubjectPublicKeyInfo, hex."""
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """This node's TLS key and self-signed certificate."""
+
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    certificate: x509.Certificate = field(repr=False)
+    node_id: str
+
+    @classmethod
+    def load_or_create(cls, private_dir: Path) -> NodeIdentity:
+        key_path, cert_path = private_dir / KEY_FILE, private_dir / CERT_FILE
+        if not key_path.exists() or not cert_path.exists():
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = _self_signed(key)
+            write_secret(
+                key_path,
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ),
+            )
+            write_secret(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+            log.info("created node identity {node_id}", node_id=node_id_of(cert))
+        loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise PrivateDirError(f"{key_path} is not an EC private key")
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        return cls(loaded, cert, node_id_of(cert))
+
+
+def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hashlib.sha256(spki).hexdigest())])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        # Validity is not what we trust (the pinned id is), so make it long-lived.
+        .not_valid_after(now + datetime.timedelta(days=365 * 30))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _accept_any_certificate(
+    connection: SSL.Connection, cert: object, errno: int, depth: int, ok: int
+) -> bool:
+    # Self-signed certificates fail chain validation by design; the peer's id is
+    # checked against pins after the handshake (PeerProtocol.handshakeCompleted).
+    return True
+
+
+@implementer(IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator)
+class MutualTLS:
+    """TLS 1.3 with a client certificate required on both sides."""
+
+    def __init__(self, identity: NodeIdentity) -> None:
+        ctx = SSL.Context(SSL.TLS_METHOD)
+        ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+        ctx.use_certificate(identity.certificate)
+        ctx.use_privatekey(identity.key)
+        ctx.check_privatekey()
+        ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _accept_any_certificate)
+        # No session resumption: every connection proves its certificate afresh.
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        ctx.set_options(SSL.OP_NO_TICKET)
+        self._context = ctx
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        conn = SSL.Connection(self._context, None)
+        conn.set_connect_state()
+        return conn
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        conn = SSL.Connection(self._context, None)
+        conn.set_accept_state()
+        return conn
+
+
+class PinMismatch(Exception):
+    """A known address presented a different node id."""
+
+
+class PeerPins:
+    """Trust on first use: the node id seen at an address is remembered and required."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._pins: dict[str, str] = {}
+        if path.exists():
+            raw = json.loads(path.read_text("utf-8"))
+            if isinstance(raw, dict):
+                self._pins = {str(k): str(v) for k, v in raw.items()}
+
+    def get(self, address: str) -> str | None:
+        return self._pins.get(address)
+
+    def check(self, address: str, node_id: str) -> None:
+        """Raise PinMismatch if ``address`` is pinned to another id; pin it if new."""
+        known = self._pins.get(address)
+        if known is None:
+            self._pins[address] = node_id
+            write_secret(self._path, json.dumps(self._pins, indent=1, sort_keys=True).encode())
+            log.info("pinned {node_id} for {address}", node_id=node_id, address=address)
+        elif known != node_id:
+            raise PinMismatch(
+                f"{address} presented node id {node_id[:16]}..., "
+                f"but it is pinned to {known[:16]}... (key changed?)"
+            )

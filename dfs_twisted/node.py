@@ -1,0 +1,173 @@
+"""`NodeService`: builds a node (store, keys, peers, file server, API) from options."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from .api import Api, ApiSite
+from .crypto import OrgKey
+from .fileserver import FileServer
+from .identity import (
+    TOKEN_FILE,
+    MutualTLS,
+    NodeIdentity,
+    PeerPins,
+    ensure_private_dir,
+    load_or_create_secret,
+    write_secret,
+)
+from .options import PeerAddress
+from .peers import PeerRegistry
+from .protocol import PeerFactory
+from .store import BlobStore
+
+log = Logger()
+
+ORG_KEY_FILE = "org.key"
+
+
+class NodeService(MultiService):
+    """One organization's node: peer listener, peer links, file server and HTTP API."""
+
+    def __init__(
+        self,
+        *,
+        port: int,
+        data_dir: Path,
+        peers: list[PeerAddress],
+        listen: str = "127.0.0.1",
+        api: str = "tcp:0:interface=127.0.0.1",
+        org: str | None = None,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.reactor = reactor
+        self.port = port
+        self.data_dir = Path(data_dir)
+        self.peer_addresses = peers
+        self.listen = listen
+        self.api_endpoint = api
+        self.org = org or f"node-{port}"
+        self.private = self.data_dir / "private"
+        self.api_url_file = self.data_dir / "api.url"
+        self.peer_port: IListeningPort | None = None
+        self.api_port: IListeningPort | None = None
+        # Fires with the API URL once both listeners are up.
+        self.ready: Deferred[str] = Deferred()
+        self._load()
+
+    def _load(self) -> None:
+        """Create or load everything on disk; fails early with a clear error."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(self.private)
+        self.identity = NodeIdentity.load_or_create(self.private)
+        self.org_key = OrgKey.from_bytes(
+            load_or_create_secret(self.private / ORG_KEY_FILE, OrgKey.generate().to_bytes())
+        )
+        self.token = (
+            load_or_create_secret(self.private / TOKEN_FILE, secrets.token_urlsafe(32).encode())
+            .decode()
+            .strip()
+        )
+        self.store = BlobStore(self.data_dir / "store")
+        self.registry = PeerRegistry(self.reactor)
+        self.registry.setServiceParent(self)
+        self.fileserver = FileServer(
+            self.store, self.org_key, self.identity.node_id, self.registry, self.reactor
+        )
+        self.tls = MutualTLS(self.identity)
+        self.factory = PeerFactory(
+            self.identity,
+            PeerPins(self.private / "known_peers.json"),
+            self.fileserver,
+            self.org,
+            f"{self.listen}:{self.port}",
+            self.reactor,
+            on_refused=self.registry.refused,
+        )
+        self.api = Api(self.fileserver, self.token, self.org)
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    def startService(self) -> None:
+        super().startService()
+        for address in self.peer_addresses:
+            self.registry.dial(address, self.factory, self.tls)
+        Deferred.fromCoroutine(self._listen()).addErrback(self._failed)
+
+    async def _listen(self) -> None:
+        endpoint_type = TCP6ServerEndpoint if ":" in self.listen else TCP4ServerEndpoint
+        peer_endpoint = endpoint_type(self.reactor, self.port, interface=self.listen)
+        self.peer_port = await peer_endpoint.listen(
+            TLSMemoryBIOFactory(self.tls, False, self.factory)
+        )
+        api_endpoint = serverFromString(self.reactor, self.api_endpoint)
+        self.api_port = await api_endpoint.listen(ApiSite(self.api))
+        address = self.api_port.getHost()
+        url = f"http://{getattr(address, 'host', '127.0.0.1')}:{getattr(address, 'port', 0)}/"
+        # Written only now, so a client that finds it can connect.
+        write_secret(self.api_url_file, (url + "\n").encode())
+        self.api_url_file.chmod(0o644)
+        log.info(
+            "node {org} ({node_id}) listening on {listen}:{port}, API at {url}",
+            org=self.org,
+            node_id=self.node_id,
+            listen=self.listen,
+            port=self.port,
+            url=url,
+        )
+        self.ready.callback(url)
+
+    def _failed(self, failure: Any) -> None:
+        log.failure("node failed to start", failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def _close(self) -> None:
+        self.api_url_file.unlink(missing_ok=True)
+        for port in (self.api_port, self.peer_port):
+            if port is not None:
+                await port.stopListening()
+
+    def stopService(self) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self._close())
+        d.addCallback(lambda _: super(NodeService, self).stopService())
+        return d
+
+
+def node_from_options(options: Any) -> NodeService:
+    """The service for parsed `NodeOptions` (used by the twistd plugin and .tac files)."""
+    return NodeService(
+        port=options["port"],
+        data_dir=options["data-dir"],
+        peers=options["peers"],
+        listen=options["listen"],
+        api=options["api"],
+        org=options["org"],
+    )
+
+
+def node_from_args(args: list[str]) -> NodeService:
+    """Parse twistd-style arguments (``--port 3000 --peers 4000``) into a node."""
+    from .options import NodeOptions
+
+    options = NodeOptions()
+    options.parseOptions(args)
+    return node_from_options(options)

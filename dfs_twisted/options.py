@@ -1,0 +1,95 @@
+"""Command-line options of a node, shared by the twistd plugin and the .tac files."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from twisted.python import usage
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise usage.UsageError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise usage.UsageError(f"port out of range 1-65535: {port}")
+    return port
+
+
+def parse_peer(text: str) -> PeerAddress:
+    """``PORT`` (127.0.0.1:PORT), ``HOST:PORT`` or ``[IPv6]:PORT``."""
+    text = text.strip()
+    if text.isdigit():
+        return PeerAddress("127.0.0.1", parse_port(text))
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise usage.UsageError(f"peer must be PORT or HOST:PORT, got {text!r}")
+    return PeerAddress(host, parse_port(port))
+
+
+def parse_peers(text: str) -> list[PeerAddress]:
+    return [parse_peer(part) for part in text.split(",") if part.strip()]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class NodeOptions(usage.Options):
+    """twistd -n dfs --port 3000 --peers 4000,5000 --data-dir ./nodes/3000"""
+
+    optParameters = [  # noqa: RUF012
+        ["port", None, None, "TCP port of the peer protocol (TLS). Required."],
+        ["data-dir", None, None, "the node's directory (default ./dfs-<port>)"],
+        ["listen", None, "127.0.0.1", "interface for the peer port"],
+        ["api", None, "tcp:0:interface=127.0.0.1", "Twisted endpoint for the HTTP API"],
+        ["org", None, None, "a human name for this organization (default node-<port>)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["peers"] = []
+
+    def opt_peers(self, value: str) -> None:
+        """peers to dial: comma-separated PORT or HOST:PORT; may repeat"""
+        self["peers"].extend(parse_peers(value))
+
+    def postOptions(self) -> None:
+        if self["port"] is None:
+            raise usage.UsageError("--port is required")
+        self["port"] = parse_port(self["port"])
+        if self["data-dir"] is None:
+            self["data-dir"] = f"dfs-{self['port']}"
+        self["data-dir"] = Path(self["data-dir"]).absolute()
+        if self["org"] is None:
+            self["org"] = f"node-{self['port']}"
+        org = self["org"]
+        if not 1 <= len(org) <= 128 or any(ord(c) < 32 or ord(c) == 127 for c in org):
+            raise usage.UsageError("--org must be 1-128 printable characters")
+        if not is_loopback(self["listen"]):
+            # Without an admission rule any stranger could connect and store data.
+            raise usage.UsageError(
+                f"refusing to listen on {self['listen']}: listening beyond loopback needs "
+                "an admission rule (--network-key or --allow), which this version lacks"
+            )

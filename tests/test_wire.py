@@ -1,0 +1,545 @@
+"""Tests for dfs_twisted.wire: framing, message validation, and fuzzing of both."""
+
+# trial's assert* methods are unannotated, which strict mypy reports at every call.
+
+import json
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from dfs_twisted import wire
+from dfs_twisted.wire import (
+    FLAG_END,
+    FLAG_REPLY,
+    HEADER,
+    MAX_CONTROL_BODY,
+    MAX_DATA_BODY,
+    MAX_LIST_PAGE,
+    Abort,
+    Ack,
+    Data,
+    Delete,
+    Error,
+    Fetch,
+    FetchReply,
+    Frame,
+    FrameDecoder,
+    Hello,
+    List,
+    ListReply,
+    Message,
+    MessageType,
+    ProtocolError,
+    Store,
+    data_header,
+    decode,
+    encode,
+    is_hex_id,
+)
+
+# No example database: the tests must not write files into the checkout.
+FAST = settings(database=None, deadline=None, max_examples=150)
+
+A = "a" * 64
+B = "0123456789abcdef" * 4
+C = "f" * 64
+
+
+def control(mtype: MessageType, obj: object, *, flags: int = 0, request_id: int = 1) -> Frame:
+    return Frame(mtype, flags, request_id, json.dumps(obj).encode())
+
+
+def split_decode(stream: bytes, cuts: list[int]) -> list[Frame]:
+    """Feed stream cut at the given offsets; return every frame produced."""
+    decoder = FrameDecoder()
+    frames: list[Frame] = []
+    start = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        frames.extend(decoder.feed(stream[start:cut]))
+        start = cut
+    if decoder.buffered != 0:
+        raise AssertionError(f"{decoder.buffered} bytes left over")
+    return frames
+
+
+# ---------------------------------------------------------------- strategies
+
+hex_ids = st.binary(min_size=32, max_size=32).map(bytes.hex)
+request_ids = st.integers(0, 2**32 - 1)
+plain = st.characters(codec="utf-8", exclude_categories=("Cc", "Zl", "Zp", "Cf"))
+any_text = st.text(st.characters(codec="utf-8"), max_size=wire.MAX_TEXT)
+sizes = st.integers(0, 2**62 - 1)
+
+messages: st.SearchStrategy[Message] = st.one_of(
+    st.builds(
+        Hello,
+        version=st.integers(0, 2**32 - 1),
+        node_id=hex_ids,
+        org=st.text(plain, min_size=1, max_size=128),
+        listen=st.sampled_from(["127.0.0.1:0", "node-1.example.org:7000", "[::1]:65535"]),
+        features=st.lists(st.text(plain, min_size=1, max_size=32), max_size=32).map(tuple),
+    ),
+    st.builds(Store, owner=hex_ids, blob=hex_ids, size=st.none() | sizes),
+    st.builds(Fetch, owner=hex_ids, blob=hex_ids),
+    st.builds(Delete, owner=hex_ids, blob=hex_ids),
+    st.builds(List, owner=hex_ids, after=st.none() | hex_ids, limit=st.integers(1, MAX_LIST_PAGE)),
+    st.just(Ack()),
+    st.builds(FetchReply, size=sizes),
+    st.builds(
+        ListReply,
+        blobs=st.lists(hex_ids, max_size=40, unique=True).map(lambda b: tuple(sorted(b))),
+        more=st.booleans(),
+    ),
+    st.builds(Error, code=st.from_regex(r"[a-z_]{1,32}", fullmatch=True), message=any_text),
+    st.builds(Abort, reason=any_text),
+    st.builds(Data, payload=st.binary(max_size=2000), end=st.booleans()),
+)
+framed = st.tuples(messages, request_ids, st.booleans())
+
+
+def encode_all(items: list[tuple[Message, int, bool]]) -> bytes:
+    return b"".join(encode(m, rid, reply=reply) for m, rid, reply in items)
+
+
+# ------------------------------------------------------------------- round trip
+
+
+class RoundTripTests(SynchronousTestCase):
+    EXAMPLES: tuple[Message, ...] = (
+        Hello(1, A, "Acme Corp", "10.0.0.1:7000", ("list-v1", "store-size")),
+        Hello(1, A, "Ünïcødé 组织", "[fe80::1%eth0]:7000"),
+        Store(A, B, 1234),
+        Store(A, B, None),
+        Store(A, B, 0),
+        Fetch(A, B),
+        Delete(A, B),
+        List(A),
+        List(A, after=B, limit=1),
+        Ack(),
+        FetchReply(2**62 - 1),
+        ListReply((B, A, C), more=True),
+        ListReply((), more=False),
+        Error("not_found", "no such blob\nsecond line"),
+        Abort("disk full"),
+        Abort(""),
+        Data(b"\x00" * 100, end=False),
+        Data(b"", end=True),
+    )
+
+    def test_every_type_round_trips(self) -> None:
+        seen: set[type] = set()
+        for message in self.EXAMPLES:
+            for reply in (False, True):
+                raw = encode(message, 77, reply=reply)
+                frames = FrameDecoder().feed(raw)
+                self.assertEqual(len(frames), 1)
+                self.assertEqual(frames[0].request_id, 77)
+                self.assertEqual(bool(frames[0].flags & FLAG_REPLY), reply)
+                self.assertEqual(decode(frames[0]), message)
+            seen.add(type(message))
+        self.assertEqual(len(seen), len(MessageType))
+
+    def test_control_bodies_are_compact_json(self) -> None:
+        raw = encode(Fetch(A, B), 5)
+        self.assertEqual(raw[HEADER.size :], f'{{"owner":"{A}","blob":"{B}"}}'.encode())
+        self.assertEqual(
+            HEADER.unpack(raw[: HEADER.size]), (MessageType.FETCH, 0, 5, len(raw) - 10)
+        )
+        self.assertEqual(encode(Ack(), 0)[HEADER.size :], b"{}")
+
+    def test_data_flags_and_header(self) -> None:
+        raw = encode(Data(b"xyz", end=True), 9, reply=True)
+        self.assertEqual(
+            raw[: HEADER.size], data_header(9, 3, end=True, reply=True)
+        )  # same header either way
+        self.assertEqual(HEADER.unpack(raw[: HEADER.size]), (6, FLAG_END | FLAG_REPLY, 9, 3))
+        self.assertEqual(
+            HEADER.unpack(data_header(2**32 - 1, 0, end=False, reply=False)), (6, 0, 2**32 - 1, 0)
+        )
+
+    @FAST
+    @given(framed)
+    def test_hypothesis_round_trip(self, item: tuple[Message, int, bool]) -> None:
+        message, rid, reply = item
+        (frame,) = FrameDecoder().feed(encode(message, rid, reply=reply))
+        self.assertEqual((decode(frame), frame.request_id), (message, rid))
+
+
+class EncodeRefusesTests(SynchronousTestCase):
+    def test_request_id_range(self) -> None:
+        for rid in (-1, 2**32):
+            self.assertRaises(ValueError, encode, Ack(), rid)
+            self.assertRaises(ValueError, data_header, rid, 1, end=False, reply=False)
+        self.assertRaises(ValueError, encode, Ack(), True)
+
+    def test_data_too_large(self) -> None:
+        self.assertRaises(ValueError, encode, Data(b"x" * (MAX_DATA_BODY + 1), end=True), 1)
+        self.assertRaises(ValueError, data_header, 1, MAX_DATA_BODY + 1, end=True, reply=False)
+        self.assertEqual(len(encode(Data(b"x" * MAX_DATA_BODY, end=True), 1)), MAX_DATA_BODY + 10)
+
+    def test_invalid_fields(self) -> None:
+        bad: list[object] = [
+            Fetch("../../etc", B),
+            Store(A, B, -1),
+            Store(A, B, 2**62),
+            List(A, limit=0),
+            List(A, limit=MAX_LIST_PAGE + 1),
+            ListReply((A, B), more=False),  # not ascending ("0123..." < "aaaa...")
+            ListReply((A,) * 2, more=False),  # duplicate
+            ListReply(tuple(f"{i:064x}" for i in range(MAX_LIST_PAGE + 1)), more=True),
+            Error("Not-Found", "x"),
+            Error("x", "m" * 513),
+            Abort("\ud800"),
+            Hello(1, A, "", "h:1"),
+            Hello(1, A, "o\nrg", "h:1"),
+            Hello(1, A, "org", "no-port"),
+            Hello(1, A, "org", "h:65536"),
+            Hello(1, A, "org", "h:1", ("f",) * 33),
+            Hello(1, A, "org", "h:1", ("f" * 33,)),
+            FetchReply(True),  # bool is not an int
+        ]
+        for message in bad:
+            with self.assertRaises(ValueError, msg=repr(message)):
+                encode(message, 1)  # type: ignore[arg-type]
+
+    def test_not_a_message(self) -> None:
+        self.assertRaises(TypeError, encode, object(), 1)
+
+
+# ----------------------------------------------------------------------- framing
+
+
+class FramingTests(SynchronousTestCase):
+    def stream(self) -> tuple[list[Frame], bytes]:
+        items: list[tuple[Message, int, bool]] = [
+            (message, i, i % 2 == 0) for i, message in enumerate(RoundTripTests.EXAMPLES)
+        ]
+        raw = encode_all(items)
+        return FrameDecoder().feed(raw), raw
+
+    def test_byte_by_byte(self) -> None:
+        expected, raw = self.stream()
+        self.assertEqual(len(expected), len(RoundTripTests.EXAMPLES))
+        decoder = FrameDecoder()
+        frames: list[Frame] = []
+        fed = 0
+        for i in range(len(raw)):
+            frames.extend(decoder.feed(raw[i : i + 1]))
+            fed += 1
+            consumed = sum(HEADER.size + len(f.body) for f in frames)
+            self.assertEqual(decoder.buffered, fed - consumed)
+        self.assertEqual(frames, expected)
+        self.assertEqual(decoder.buffered, 0)
+
+    def test_empty_feed(self) -> None:
+        decoder = FrameDecoder()
+        self.assertEqual(decoder.feed(b""), [])
+        self.assertEqual(decoder.feed(encode(Ack(), 1)[:3]), [])
+        self.assertEqual(decoder.feed(b""), [])
+        self.assertEqual(decoder.buffered, 3)
+
+    def test_accepts_bytearray_and_memoryview(self) -> None:
+        raw = encode(Fetch(A, B), 3)
+        # Typed as bytes, but Twisted may hand over other buffers; they must work too.
+        for buffer in (bytearray(raw), memoryview(raw)):
+            self.assertEqual(FrameDecoder().feed(buffer), FrameDecoder().feed(raw))  # type: ignore[arg-type]
+
+    @FAST
+    @given(st.lists(framed, max_size=8), st.data())
+    def test_random_split_points(
+        self, items: list[tuple[Message, int, bool]], data: st.DataObject
+    ) -> None:
+        raw = encode_all(items)
+        cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=20))
+        frames = split_decode(raw, cuts)
+        self.assertEqual(
+            [(decode(f), f.request_id, bool(f.flags & FLAG_REPLY)) for f in frames], items
+        )
+
+    def test_megabyte_in_tls_sized_pieces(self) -> None:
+        # Linearity by construction rather than by timing: each 16 KiB piece only
+        # grows the held count by its own size, and the payload comes back intact.
+        payload = random.Random(7).randbytes(MAX_DATA_BODY)
+        raw = encode(Data(payload, end=True), 42, reply=True)
+        decoder = FrameDecoder()
+        piece = 16 * 1024
+        out: list[Frame] = []
+        for start in range(0, len(raw), piece):
+            before = decoder.buffered
+            got = decoder.feed(raw[start : start + piece])
+            if got:
+                out.extend(got)
+            else:
+                self.assertEqual(decoder.buffered, before + len(raw[start : start + piece]))
+        self.assertEqual(len(out), 1)
+        self.assertEqual(decoder.buffered, 0)
+        self.assertEqual(decode(out[0]), Data(payload, end=True))
+        self.assertEqual(out[0].flags, FLAG_END | FLAG_REPLY)
+
+
+class FramingRejectsTests(SynchronousTestCase):
+    def assertRejectedAtHeader(self, header: bytes) -> None:
+        decoder = FrameDecoder()
+        self.assertEqual(decoder.feed(header[:9]), [])
+        with self.assertRaises(ProtocolError):
+            decoder.feed(header[9:10])
+        # Sticky: the stream is no longer aligned, nothing more is accepted.
+        self.assertRaises(ProtocolError, decoder.feed, encode(Ack(), 1))
+        self.assertEqual(decoder.buffered, 0)
+
+    def test_huge_declared_length_fails_on_header(self) -> None:
+        self.assertRejectedAtHeader(HEADER.pack(MessageType.DATA, 0, 1, 2**32 - 1))
+        self.assertRejectedAtHeader(HEADER.pack(MessageType.STORE, 0, 1, 2**32 - 1))
+
+    def test_bounds_per_type(self) -> None:
+        self.assertRejectedAtHeader(HEADER.pack(MessageType.DATA, 0, 1, MAX_DATA_BODY + 1))
+        self.assertRejectedAtHeader(HEADER.pack(MessageType.LIST, 0, 1, MAX_CONTROL_BODY + 1))
+        # A DATA-sized control body is too big even though DATA would allow it.
+        self.assertRejectedAtHeader(HEADER.pack(MessageType.HELLO, 0, 1, MAX_DATA_BODY))
+        # Exactly at the bound is fine.
+        for mtype, n in ((MessageType.DATA, MAX_DATA_BODY), (MessageType.ABORT, MAX_CONTROL_BODY)):
+            self.assertEqual(FrameDecoder().feed(HEADER.pack(mtype, 0, 1, n)), [])
+
+    def test_configurable_bounds(self) -> None:
+        decoder = FrameDecoder(max_control=16, max_data=32)
+        self.assertEqual(len(decoder.feed(HEADER.pack(MessageType.DATA, 0, 1, 32) + b"x" * 32)), 1)
+        self.assertRaises(ProtocolError, decoder.feed, HEADER.pack(MessageType.ACK, 0, 1, 17))
+
+    def test_control_body_over_64k_rejected_by_decode(self) -> None:
+        frame = Frame(MessageType.ABORT, 0, 1, b" " * (MAX_CONTROL_BODY + 1))
+        self.assertRaises(ProtocolError, decode, frame)
+
+    def test_unknown_type(self) -> None:
+        for mtype in (0, 12, 255):
+            self.assertRejectedAtHeader(HEADER.pack(mtype, 0, 1, 0))
+            self.assertRaises(ProtocolError, decode, Frame(mtype, 0, 1, b"{}"))
+
+    def test_unknown_flags(self) -> None:
+        for flags in (0x04, 0x80, 0xFF):
+            self.assertRejectedAtHeader(HEADER.pack(MessageType.DATA, flags, 1, 0))
+            self.assertRaises(ProtocolError, decode, Frame(MessageType.ACK, flags, 1, b"{}"))
+
+    def test_end_flag_on_control(self) -> None:
+        self.assertRejectedAtHeader(HEADER.pack(MessageType.ACK, FLAG_END, 1, 2))
+        self.assertRaises(ProtocolError, decode, Frame(MessageType.ACK, FLAG_END, 1, b"{}"))
+
+    def test_frames_before_error_in_same_feed(self) -> None:
+        decoder = FrameDecoder()
+        self.assertRaises(ProtocolError, decoder.feed, encode(Ack(), 1) + HEADER.pack(99, 0, 1, 0))
+        self.assertRaises(ProtocolError, decoder.feed, b"")
+
+
+# ------------------------------------------------------------ message validation
+
+
+class DecodeRejectsTests(SynchronousTestCase):
+    def assertRejected(self, mtype: MessageType, body: bytes | object) -> None:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        with self.assertRaises(ProtocolError) as caught:
+            decode(Frame(mtype, 0, 1, raw))
+        self.assertNotIn("\n", str(caught.exception))
+
+    def test_malformed_json(self) -> None:
+        for raw in (
+            b"",
+            b"{",
+            b"not json",
+            b'{"owner": "x",}',
+            b"\xff\xfe{}",
+            '{"size": 1}'.encode("utf-16"),
+            b'{"size": NaN}',
+            b'{"size": Infinity}',
+            b"[" * 50000 + b"]" * 50000,
+            b'{"size": ' + b"9" * 5000 + b"}",
+            b"\xef\xbb\xbf{}",  # BOM
+        ):
+            self.assertRejected(MessageType.FETCH_REPLY, raw)
+
+    def test_not_an_object(self) -> None:
+        objs: tuple[object, ...] = ([], "x", 1, None, True)
+        for obj in objs:
+            self.assertRejected(MessageType.ACK, obj)
+
+    def test_keys(self) -> None:
+        self.assertRejected(MessageType.ACK, {"x": 1})
+        self.assertRejected(MessageType.FETCH, {"owner": A})
+        self.assertRejected(MessageType.FETCH, {"owner": A, "blob": B, "extra": 1})
+        self.assertRejected(MessageType.LIST, {"owner": A, "limit": 5})  # after must be present
+        self.assertRejected(
+            MessageType.FETCH,
+            b'{"owner":"%s","blob":"%s","blob":"%s"}' % (A.encode(), B.encode(), C.encode()),
+        )
+
+    def test_wrong_types(self) -> None:
+        self.assertRejected(MessageType.STORE, {"owner": A, "blob": B, "size": "10"})
+        self.assertRejected(MessageType.STORE, {"owner": A, "blob": B, "size": 1.0})
+        self.assertRejected(MessageType.STORE, {"owner": A, "blob": B, "size": True})
+        self.assertRejected(MessageType.FETCH_REPLY, {"size": False})
+        self.assertRejected(MessageType.LIST, {"owner": A, "after": None, "limit": True})
+        self.assertRejected(MessageType.LIST_REPLY, {"blobs": [A], "more": 1})
+        self.assertRejected(MessageType.LIST_REPLY, {"blobs": A, "more": False})
+        self.assertRejected(MessageType.HELLO, self.hello(version=True))
+        self.assertRejected(MessageType.HELLO, self.hello(features="abc"))
+        self.assertRejected(MessageType.HELLO, self.hello(features=[1]))
+        self.assertRejected(MessageType.ERROR, {"code": "io", "message": None})
+        self.assertRejected(MessageType.ABORT, {"reason": ["x"]})
+
+    def test_bad_ids(self) -> None:
+        for bad in ("../../etc", A.upper(), A[:63], A + "0", A[:63] + "g", A + "\n", "", None, 7):
+            self.assertFalse(is_hex_id(bad), bad)
+            self.assertRejected(MessageType.FETCH, {"owner": A, "blob": bad})
+            self.assertRejected(MessageType.DELETE, {"owner": bad, "blob": A})
+            self.assertRejected(MessageType.STORE, {"owner": bad, "blob": A, "size": None})
+            if bad is not None:  # after=None means "from the start"
+                self.assertRejected(MessageType.LIST, {"owner": A, "after": bad, "limit": 1})
+            self.assertRejected(MessageType.LIST_REPLY, {"blobs": [bad], "more": False})
+            self.assertRejected(MessageType.HELLO, self.hello(node_id=bad))
+        self.assertTrue(is_hex_id(B))
+
+    def test_bounds(self) -> None:
+        self.assertRejected(MessageType.STORE, {"owner": A, "blob": B, "size": -1})
+        self.assertRejected(MessageType.STORE, {"owner": A, "blob": B, "size": 2**62})
+        self.assertRejected(MessageType.LIST, {"owner": A, "after": None, "limit": 0})
+        self.assertRejected(MessageType.LIST, {"owner": A, "after": None, "limit": 513})
+        page = [f"{i:064x}" for i in range(MAX_LIST_PAGE + 1)]
+        self.assertRejected(MessageType.LIST_REPLY, {"blobs": page, "more": True})
+        self.assertRejected(MessageType.LIST_REPLY, {"blobs": [A, B], "more": True})
+        self.assertRejected(MessageType.ERROR, {"code": "", "message": ""})
+        self.assertRejected(MessageType.ERROR, {"code": "a" * 33, "message": ""})
+        self.assertRejected(MessageType.ERROR, {"code": "NotFound", "message": ""})
+        self.assertRejected(MessageType.ERROR, {"code": "io", "message": "x" * 513})
+        self.assertRejected(MessageType.ABORT, {"reason": "x" * 513})
+        self.assertRejected(MessageType.ABORT, b'{"reason": "\\ud800"}')  # lone surrogate
+        self.assertRejected(MessageType.HELLO, self.hello(version=-1))
+        for org in ("", "x" * 129, "a\x00b", "a\x1bb", "a\u2028b", "evil\u202egnp"):
+            self.assertRejected(MessageType.HELLO, self.hello(org=org))
+        for listen in ("", "host", ":80", "host:", "host:99999", "h:1 ", "h :1", "h:1" + "1" * 5):
+            self.assertRejected(MessageType.HELLO, self.hello(listen=listen))
+        self.assertRejected(MessageType.HELLO, self.hello(listen="h" * 251 + ":1000"))
+        self.assertRejected(MessageType.HELLO, self.hello(features=["f"] * 33))
+        self.assertRejected(MessageType.HELLO, self.hello(features=["f" * 33]))
+        self.assertRejected(MessageType.HELLO, self.hello(features=[""]))
+
+    def test_accepts_limits(self) -> None:
+        ok = decode(control(MessageType.HELLO, self.hello(org="x" * 128, features=["f" * 32] * 32)))
+        self.assertIsInstance(ok, Hello)
+        page = [f"{i:064x}" for i in range(MAX_LIST_PAGE)]
+        reply = decode(control(MessageType.LIST_REPLY, {"blobs": page, "more": True}))
+        self.assertEqual(reply, ListReply(tuple(page), more=True))
+        self.assertEqual(len(encode(reply, 1)) < MAX_CONTROL_BODY, True)
+        self.assertEqual(decode(Frame(MessageType.ACK, 0, 1, b" { } ")), Ack())
+
+    @staticmethod
+    def hello(**overrides: object) -> dict[str, object]:
+        base: dict[str, object] = {
+            "version": 1,
+            "node_id": A,
+            "org": "Acme",
+            "listen": "127.0.0.1:7000",
+            "features": [],
+        }
+        base.update(overrides)
+        return base
+
+
+# ------------------------------------------------------------------------ fuzzing
+
+
+def check_decoder(test: SynchronousTestCase, stream: bytes, cuts: list[int]) -> None:
+    """Feed stream in pieces; only ProtocolError may escape, and buffering stays bounded."""
+    decoder = FrameDecoder()
+    bound = HEADER.size + max(MAX_CONTROL_BODY, MAX_DATA_BODY)
+    start = 0
+    for cut in [*sorted(cuts), len(stream)]:
+        try:
+            frames = decoder.feed(stream[start:cut])
+        except ProtocolError as exc:
+            test.assertNotIn("\n", str(exc))
+            return
+        finally:
+            test.assertLessEqual(decoder.buffered, bound)
+        start = cut
+        for frame in frames:
+            try:
+                decode(frame)
+            except ProtocolError as exc:
+                test.assertNotIn("\n", str(exc))
+
+
+class FuzzTests(SynchronousTestCase):
+    @FAST
+    @given(st.binary(max_size=3000), st.lists(st.integers(0, 3000), max_size=10))
+    def test_random_bytes(self, stream: bytes, cuts: list[int]) -> None:
+        check_decoder(self, stream, [c for c in cuts if c <= len(stream)])
+
+    @FAST
+    @given(st.lists(framed, min_size=1, max_size=6), st.data())
+    def test_mutated_streams(
+        self, items: list[tuple[Message, int, bool]], data: st.DataObject
+    ) -> None:
+        raw = bytearray(encode_all(items))
+        for _ in range(data.draw(st.integers(1, 6))):
+            kind = data.draw(st.sampled_from(["flip", "set", "delete", "insert"]))
+            at = data.draw(st.integers(0, max(len(raw) - 1, 0)))
+            if kind == "flip" and raw:
+                raw[at] ^= 1 << data.draw(st.integers(0, 7))
+            elif kind == "set" and raw:
+                raw[at] = data.draw(st.integers(0, 255))
+            elif kind == "delete":
+                del raw[at : at + data.draw(st.integers(1, 8))]
+            else:
+                raw[at:at] = data.draw(st.binary(min_size=1, max_size=8))
+        cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=10))
+        check_decoder(self, bytes(raw), cuts)
+
+    @FAST
+    @given(
+        st.sampled_from(list(MessageType)),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "owner",
+                    "blob",
+                    "size",
+                    "after",
+                    "limit",
+                    "blobs",
+                    "more",
+                    "code",
+                    "message",
+                    "reason",
+                    "version",
+                    "node_id",
+                    "org",
+                    "listen",
+                    "features",
+                    "x",
+                ]
+            ),
+            st.recursive(
+                st.none()
+                | st.booleans()
+                | st.integers()
+                | st.floats()
+                | st.text(max_size=70)
+                | st.sampled_from([A, B, "../../etc", "h:1"]),
+                lambda inner: (
+                    st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+                ),
+                max_leaves=10,
+            ),
+            max_size=6,
+        ),
+    )
+    def test_random_json_bodies(self, mtype: MessageType, obj: dict[str, object]) -> None:
+        body = json.dumps(obj).encode()
+        try:
+            message = decode(Frame(mtype, 0, 1, body))
+        except ProtocolError:
+            return
+        # Whatever decode accepts, encode reproduces and decode accepts again.
+        (frame,) = FrameDecoder().feed(encode(message, 1))
+        self.assertEqual(decode(frame), message)
