@@ -65,8 +65,9 @@ class ApiRequest(Request):
                 return
             super().gotLength(length)
             return
-        # The body goes to the upload, never here.
+        # The body goes to the upload, never here; read it in big pieces.
         self.content = io.BytesIO()
+        channel.transport.bufferSize = 1 << 20
         api = self.channel.site.api
         try:
             api.authorize(self.requestHeaders.getRawHeaders(b"authorization", []))

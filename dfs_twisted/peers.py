@@ -7,12 +7,13 @@ from typing import Any
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.logger import Logger
 
 from .identity import MutualTLS
 from .options import PeerAddress
 from .protocol import PeerFactory, PeerProtocol
+from .transport import TLSClientEndpoint
 
 log = Logger()
 
@@ -40,7 +41,7 @@ class PeerRegistry(MultiService):
         if text in self._links:
             return
         endpoint_type = TCP6ClientEndpoint if ":" in address.host else TCP4ClientEndpoint
-        endpoint = wrapClientTLS(
+        endpoint = TLSClientEndpoint(
             tls, endpoint_type(self._reactor, address.host, address.port, timeout=10)
         )
         service = ClientService(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -130,8 +130,9 @@ class OutgoingStream:
     def write(self, data: bytes) -> None:
         if self.closed:
             return
-        for start in range(0, len(data), DATA_FRAME):
-            piece = data[start : start + DATA_FRAME]
+        view = memoryview(data)
+        for start in range(0, len(view), DATA_FRAME):
+            piece = view[start : start + DATA_FRAME]
             self._session.send_data(self._id, piece, end=False, reply=False)
         self.sent += len(data)
 
@@ -286,7 +287,9 @@ class PeerProtocol(Protocol):
         self.bytes_out += len(frame)
         self.transport.write(frame)  # type: ignore[union-attr]
 
-    def send_data(self, request_id: int, payload: bytes, *, end: bool, reply: bool) -> None:
+    def send_data(
+        self, request_id: int, payload: bytes | memoryview, *, end: bool, reply: bool
+    ) -> None:
         if self._closing:
             return
         header = wire.data_header(request_id, len(payload), end=end, reply=reply)
@@ -408,7 +411,7 @@ class PeerProtocol(Protocol):
             self.send(wire.FetchReply(source.size), request_id, reply=True)
             self._pump(request_id, source)
         elif isinstance(message, wire.Delete | wire.List):
-            self._answer(request_id, handler.answer(self, message))
+            self._answer(request_id, maybeDeferred(handler.answer, self, message))
         else:
             raise wire.ProtocolError(f"unexpected {type(message).__name__} request")
 

@@ -1,0 +1,199 @@
+"""Start and stop real node processes (`twistd -n dfs ...`) and run `dfs` against them.
+
+Used by `make demo`, the benchmark and the integration tests: one way to run a
+node from a program, the same way an operator does from a shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _command(name: str, module: str) -> list[str]:
+    script = BIN / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+
+
+class NodeFailed(Exception):
+    """A node process exited or did not become ready in time."""
+
+
+class NodeProcess:
+    """One `twistd -n dfs` process, owned by its creator and stopped by PID."""
+
+    def __init__(
+        self,
+        port: int,
+        data_dir: Path,
+        peers: Sequence[int | str] = (),
+        org: str | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
+        self.port = port
+        self.data_dir = Path(data_dir)
+        self.peers = [str(p) for p in peers]
+        self.org = org
+        self.extra = list(extra)
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def argv(self) -> list[str]:
+        argv = [
+            *_command("twistd", "twisted.scripts.twistd"),
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.log_path}",
+            "dfs",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        if self.peers:
+            argv += ["--peers", ",".join(self.peers)]
+        if self.org:
+            argv += ["--org", self.org]
+        return argv + self.extra
+
+    def start(self) -> NodeProcess:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "api.url").unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        return self
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _check_alive(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+            raise NodeFailed(
+                f"node {self.port} exited with {self.process.returncode}: "
+                f"{err.strip()}\n{self.log_tail()}"
+            )
+
+    def wait_ready(self, timeout: float = 30.0) -> str:
+        """Wait until the node wrote api.url (it does so once it listens)."""
+        deadline = time.monotonic() + timeout
+        url_file = self.data_dir / "api.url"
+        while time.monotonic() < deadline:
+            self._check_alive()
+            if url_file.exists():
+                return url_file.read_text().strip()
+            time.sleep(0.05)
+        raise NodeFailed(f"node {self.port} not ready after {timeout}s\n{self.log_tail()}")
+
+    def status(self) -> dict[str, Any]:
+        url = (self.data_dir / "api.url").read_text().strip()
+        token = (self.data_dir / "private" / "api_token").read_text().strip()
+        request = urllib.request.Request(
+            url + "v1/status", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            result: dict[str, Any] = json.load(response)
+            return result
+
+    def wait_peers(self, count: int, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until ``count`` peers are connected; return the status."""
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            self._check_alive()
+            status = self.status()
+            if sum(p["state"] == "connected" for p in status["peers"]) >= count:
+                return status
+            time.sleep(0.05)
+        raise NodeFailed(f"node {self.port}: fewer than {count} peers connected: {status}")
+
+    def dfs(
+        self, *args: str, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run the real `dfs` command against this node."""
+        result = subprocess.run(
+            [*_command("dfs", "dfs_twisted.cli"), "--node", str(self.data_dir), *args],
+            input=input,
+            capture_output=True,
+            timeout=600,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"dfs {' '.join(args)} failed ({result.returncode}): "
+                f"{result.stderr.decode(errors='replace')}"
+            )
+        return result
+
+    def peak_rss(self) -> int:
+        """Peak resident memory of the node process, in bytes (Linux)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        """Stop this process (by its PID only) and wait for it."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        finally:
+            if self.process.stderr:
+                self.process.stderr.close()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def start_network(root: Path, topology: Sequence[tuple[int, Sequence[int]]]) -> list[NodeProcess]:
+    """Start nodes given as (port, ports it dials) under ``root``; wait until all are linked."""
+    nodes = [NodeProcess(port, root / str(port), peers) for port, peers in topology]
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            node.wait_ready()
+        links = {node.port: 0 for node in nodes}
+        for port, peers in topology:
+            for peer in peers:
+                links[port] += 1
+                links[peer] += 1
+        for node in nodes:
+            node.wait_peers(links[node.port])
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes
