@@ -126,12 +126,6 @@ def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
     if response.status >= 400:
         _decode(response)
     source = response.getheader("x-dfs-source", "local")
-    if source != "local":
-        print(
-            f"local copy of {args.name} missing or damaged: fetched it from peer {source} "
-            "and restored the local copy",
-            file=sys.stderr,
-        )
     expected = int(response.getheader("content-length", "-1"))
     if args.output is None or args.output == "-":
         received = _copy(response, sys.stdout.buffer)
@@ -152,6 +146,13 @@ def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
         raise CliError(
             f"transfer of {args.name} was cut after {received} of {expected} bytes "
             "(the node found damaged data: see its log; retrying fetches it from a peer)"
+        )
+    # Only now: the node restores its local copy once the whole stream verified.
+    if source != "local":
+        print(
+            f"local copy of {args.name} missing or damaged: fetched it from peer {source} "
+            "and restored the local copy",
+            file=sys.stderr,
         )
 
 

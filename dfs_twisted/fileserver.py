@@ -177,12 +177,14 @@ class Upload:
     async def _finish(self) -> PutResult:
         self._upstream = None  # the body is complete: never pause or resume it again
         self._emit(self._encryptor.finalize())
+        streamed = time.monotonic() - self._started
         replies = [stream.finish() for _, stream in self._peers]
         try:
             await deferToThread(self._local.commit)
         except BaseException:
             self.abort("local write failed")
             raise
+        local = time.monotonic() - self._started
         outcomes = []
         for (session, _), reply in zip(self._peers, replies, strict=True):
             assert session.info is not None
@@ -193,10 +195,13 @@ class Upload:
                 outcomes.append(PeerOutcome(session.info.org, session.info.node_id, False, str(e)))
         result = PutResult(self.blob, self._encryptor.size, tuple(outcomes))
         log.info(
-            "put {blob}: {size} bytes in {seconds:.2f}s, {replicas} replicas",
+            "put {blob}: {size} bytes in {seconds:.2f}s (streamed {streamed:.2f}s, "
+            "durable here {local:.2f}s), {replicas} replicas",
             blob=self.blob,
             size=result.size,
             seconds=time.monotonic() - self._started,
+            streamed=streamed,
+            local=local,
             replicas=result.replicas,
         )
         return result

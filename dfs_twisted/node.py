@@ -48,8 +48,8 @@ def tune_malloc() -> None:
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 4 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
     except (OSError, AttributeError):
         pass
 
@@ -124,6 +124,7 @@ class NodeService(MultiService):
         return self.identity.node_id
 
     def startService(self) -> None:
+        tune_malloc()
         super().startService()
         for address in self.peer_addresses:
             self.registry.dial(address, self.factory, self.tls)

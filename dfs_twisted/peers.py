@@ -53,6 +53,16 @@ class PeerRegistry(MultiService):
         service.setServiceParent(self)
         self._links[text] = _Link(text)
 
+    def stopService(self) -> Any:
+        # A TLS transport closes only once its producer is unregistered, and each
+        # session registers itself: without this, ClientService.stopService's
+        # loseConnection never completes and the node hangs on shutdown.
+        for sessions in self._sessions.values():
+            for session in sessions:
+                if session.transport is not None:
+                    session.transport.unregisterProducer()  # type: ignore[attr-defined]
+        return super().stopService()
+
     def refused(self, address: str, reason: str) -> None:
         link = self._links.get(address)
         if link is not None:

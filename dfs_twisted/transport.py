@@ -36,15 +36,17 @@ class BulkTLSProtocol(BufferingTLSTransport):
         super().__init__(factory, wrappedProtocol, *a)
         self.write = self._write_bulk  # type: ignore[method-assign]
 
-    def _write_bulk(self, data: bytes) -> None:
+    def _write_bulk(self, data: bytes | memoryview) -> None:
         if len(data) < BULK:
-            self._aggregator.write(data)
+            self._aggregator.write(bytes(data))  # it takes bytes only; a small copy
             return
         self._aggregator.flush()  # keep the order of earlier small writes
         TLSMemoryBIOProtocol.write(self, data)
 
-    def writeSequence(self, sequence: Iterable[bytes]) -> None:
-        self.write(b"".join(sequence))
+    def writeSequence(self, sequence: Iterable[bytes | memoryview]) -> None:
+        # No join: a small header goes to the aggregator, a big payload straight on.
+        for data in sequence:
+            self._write_bulk(data)
 
     def _write(self, bytes: bytes) -> None:
         if self._lostTLSConnection:

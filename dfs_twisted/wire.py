@@ -181,7 +181,11 @@ def _check_header(mtype: int, flags: int, length: int, max_control: int, max_dat
 
 
 class FrameDecoder:
-    """Fed bytes, returns complete frames.
+    """Fed bytes, returns complete frames; DATA frames as pieces, as they arrive.
+
+    A DATA body is returned as soon as any of it is in, cut into DATA frames of
+    the same request (FLAG_END only on the last piece): a stream means the same
+    however it is cut, and its bytes are never held here.
 
     Raises ProtocolError on a length over the bound for that type, unknown type,
     unknown flag bits or FLAG_END on a non-DATA frame. Once it raised, further
@@ -246,6 +250,16 @@ class FrameDecoder:
                     frames.append(Frame(mtype, flags, request_id, b""))
                 else:
                     self._pending = (mtype, flags, request_id, length)
+            elif self._pending[0] == MessageType.DATA:
+                # Bulk data is passed on as it arrives, each piece a DATA frame of
+                # its own (FLAG_END only on the last): never buffered, never re-copied.
+                mtype, flags, request_id, length = self._pending
+                chunk = view[pos : pos + length]
+                pos += len(chunk)
+                remaining = length - len(chunk)
+                piece_flags = flags if remaining == 0 else flags & ~FLAG_END
+                frames.append(Frame(mtype, piece_flags, request_id, chunk.tobytes()))
+                self._pending = None if remaining == 0 else (mtype, flags, request_id, remaining)
             else:
                 mtype, flags, request_id, length = self._pending
                 need = length - len(self._body)
