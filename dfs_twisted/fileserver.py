@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -35,9 +34,10 @@ from .crypto import (
     parse_header,
     plaintext_size,
 )
+from .diskqueue import DiskQueue
 from .peers import PeerRegistry
 from .protocol import PeerProtocol, RemoteError, RequestRefused, SessionClosed
-from .store import BlobKey, BlobStore, BlobWriter
+from .store import BlobKey, BlobStore
 
 log = Logger()
 
@@ -105,15 +105,13 @@ class _SessionThrottle:
         self._session = session
 
     def pauseProducing(self) -> None:
-        if self._session.transport is not None:
-            self._session.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._session.hold_reading(self)
 
     def resumeProducing(self) -> None:
-        if self._session.transport is not None:
-            self._session.transport.resumeProducing()  # type: ignore[attr-defined]
+        self._session.release_reading(self)
 
     def stopProducing(self) -> None:
-        self.resumeProducing()
+        self._session.release_reading(self)
 
 
 class Upload:
@@ -128,13 +126,18 @@ class Upload:
     ) -> None:
         self._server = server
         self._upstream = upstream
-        self._upstream_paused = False
+        # Why the uploader is paused: slow peers, a full disk queue.
+        self._holds: set[object] = set()
         self._encryptor = Encryptor(
             server.key, server.node_id, name, version=time.time_ns(), mtime=int(time.time())
         )
         self.blob = self._encryptor.blob
         self._started = time.monotonic()
-        self._local: BlobWriter = server.store.begin(BlobKey(server.node_id, self.blob))
+        self._local = server.disk.blob(
+            server.store.begin(BlobKey(server.node_id, self.blob)),
+            pause=lambda: self._hold("disk"),
+            resume=lambda: self._release("disk"),
+        )
         announced = (
             None if size is None else ciphertext_size(len(self._encryptor.header), CHUNK_SIZE, size)
         )
@@ -147,29 +150,25 @@ class Upload:
     def write(self, data: bytes) -> None:
         for chunk in self._encryptor.update(data):
             self._emit(chunk)
-        self._throttle()
+        for session, stream in self._peers:
+            if session.paused and not stream.closed and session not in self._holds:
+                self._hold(session)
+                session.when_writable().addBoth(lambda _, s=session: self._release(s))
 
     def _emit(self, ciphertext: bytes) -> None:
         self._local.write(ciphertext)
         for _, stream in self._peers:
             stream.write(ciphertext)
 
-    def _throttle(self) -> None:
-        """Pause the uploader while any peer's connection is full."""
-        if self._upstream is None or self._upstream_paused:
-            return
-        slow = [s for s, stream in self._peers if s.paused and not stream.closed]
-        if not slow:
-            return
-        self._upstream_paused = True
-        self._upstream.pauseProducing()
+    def _hold(self, reason: object) -> None:
+        if not self._holds and self._upstream is not None:
+            self._upstream.pauseProducing()
+        self._holds.add(reason)
 
-        def resume(_: object) -> None:
-            self._upstream_paused = False
-            if self._upstream is not None:
-                self._upstream.resumeProducing()
-
-        DeferredList([s.when_writable() for s in slow], consumeErrors=True).addCallback(resume)
+    def _release(self, reason: object) -> None:
+        self._holds.discard(reason)
+        if not self._holds and self._upstream is not None:
+            self._upstream.resumeProducing()
 
     def finish(self) -> Deferred[PutResult]:
         return Deferred.fromCoroutine(self._finish())
@@ -180,7 +179,7 @@ class Upload:
         streamed = time.monotonic() - self._started
         replies = [stream.finish() for _, stream in self._peers]
         try:
-            await deferToThread(self._local.commit)
+            await self._local.commit()
         except BaseException:
             self.abort("local write failed")
             raise
@@ -278,10 +277,14 @@ class _PeerFetch:
     `header` fires with the blob's header, or fails if the fetch ends first.
     """
 
-    def __init__(self, server: FileServer, key: BlobKey) -> None:
+    def __init__(self, server: FileServer, session: PeerProtocol, key: BlobKey) -> None:
         self.key = key
         self._decryptor = Decryptor(server.key, owner=key.owner, blob=key.blob)
-        self._writer = server.store.begin(key)
+        self._writer = server.disk.blob(
+            server.store.begin(key),
+            pause=lambda: session.hold_reading(self),
+            resume=lambda: session.release_reading(self),
+        )
         self.size: int | None = None
         self.received = 0
         self.header: Deferred[BlobHeader] = Deferred()
@@ -349,7 +352,7 @@ class _PeerFetch:
             raise DamagedBlob(str(e)) from e
         if self._consumer is not None:
             self._consumer.write(last)
-        await deferToThread(self._writer.commit)
+        await self._writer.commit()
         return trailer
 
     def abort(self) -> None:
@@ -410,10 +413,16 @@ class FileSource:
 class IncomingReplica:
     """A peer's STORE being written to our store."""
 
-    def __init__(self, server: FileServer, key: BlobKey, size: int | None) -> None:
+    def __init__(
+        self, server: FileServer, session: PeerProtocol, key: BlobKey, size: int | None
+    ) -> None:
         self._key = key
         self._size = size
-        self._writer = server.store.begin(key)
+        self._writer = server.disk.blob(
+            server.store.begin(key),
+            pause=lambda: session.hold_reading(self),
+            resume=lambda: session.release_reading(self),
+        )
         self._head = bytearray()
         self._checked = False
 
@@ -455,7 +464,7 @@ class IncomingReplica:
             return Deferred.fromFailure(
                 Failure(RequestRefused("bad_request", "blob shorter than announced"))  # type: ignore[arg-type]
             )
-        d = deferToThread(self._writer.commit)
+        d = self._writer.commit()
         d.addCallback(
             lambda _: log.info(
                 "stored replica {blob} for {owner}", blob=self._key.blob, owner=self._key.owner
@@ -472,9 +481,16 @@ class FileServer:
     """The node's file logic, on top of the store, the org key and live peer sessions."""
 
     def __init__(
-        self, store: BlobStore, key: OrgKey, node_id: str, peers: PeerRegistry, clock: Clock
+        self,
+        store: BlobStore,
+        key: OrgKey,
+        node_id: str,
+        peers: PeerRegistry,
+        clock: Clock,
+        disk: DiskQueue,
     ) -> None:
         self.store = store
+        self.disk = disk
         self.key = key
         self.node_id = node_id
         self.peers = peers
@@ -537,7 +553,7 @@ class FileServer:
         self, session: PeerProtocol, key: BlobKey
     ) -> tuple[_PeerFetch, Deferred[wire.Message], BlobHeader]:
         """Ask ``session`` for a blob; return once its header arrived and opened."""
-        fetch = _PeerFetch(self, key)
+        fetch = _PeerFetch(self, session, key)
         reply = session.fetch(wire.Fetch(key.owner, key.blob), fetch)
         reply.addBoth(fetch.ended)
         timer = self.clock.callLater(FETCH_TIMEOUT, reply.cancel)
@@ -675,7 +691,7 @@ class FileServer:
 
     def open_store(self, session: PeerProtocol, request: wire.Store) -> IncomingReplica:
         self._authorize_write(session, request.owner)
-        return IncomingReplica(self, BlobKey(request.owner, request.blob), request.size)
+        return IncomingReplica(self, session, BlobKey(request.owner, request.blob), request.size)
 
     def open_fetch(self, session: PeerProtocol, request: wire.Fetch) -> FileSource:
         key = BlobKey(request.owner, request.blob)

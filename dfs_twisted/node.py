@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from .api import Api, ApiSite
 from .crypto import OrgKey
+from .diskqueue import DiskQueue
 from .fileserver import FileServer
 from .identity import (
     TOKEN_FILE,
@@ -104,8 +105,9 @@ class NodeService(MultiService):
         self.store = BlobStore(self.data_dir / "store")
         self.registry = PeerRegistry(self.reactor)
         self.registry.setServiceParent(self)
+        self.disk = DiskQueue(self.reactor)
         self.fileserver = FileServer(
-            self.store, self.org_key, self.identity.node_id, self.registry, self.reactor
+            self.store, self.org_key, self.identity.node_id, self.registry, self.reactor, self.disk
         )
         self.tls = MutualTLS(self.identity)
         self.factory = PeerFactory(
@@ -125,6 +127,7 @@ class NodeService(MultiService):
 
     def startService(self) -> None:
         tune_malloc()
+        self.disk.start()
         super().startService()
         for address in self.peer_addresses:
             self.registry.dial(address, self.factory, self.tls)
@@ -167,6 +170,8 @@ class NodeService(MultiService):
     def stopService(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._close())
         d.addCallback(lambda _: super(NodeService, self).stopService())
+        # Last: queued writes (and aborts of cut transfers) finish before the thread ends.
+        d.addCallback(lambda _: self.disk.stop())
         return d
 
 

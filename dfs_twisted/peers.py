@@ -57,10 +57,13 @@ class PeerRegistry(MultiService):
         # A TLS transport closes only once its producer is unregistered, and each
         # session registers itself: without this, ClientService.stopService's
         # loseConnection never completes and the node hangs on shutdown.
-        for sessions in self._sessions.values():
-            for session in sessions:
-                if session.transport is not None:
-                    session.transport.unregisterProducer()  # type: ignore[attr-defined]
+        sessions = [s for group in self._sessions.values() for s in group]
+        for session in sessions:
+            if session.transport is not None:
+                session.transport.unregisterProducer()  # type: ignore[attr-defined]
+                # Accepted sessions have no ClientService to end them, and a
+                # stopped node must not go on storing and serving for its peers.
+                session.transport.loseConnection()
         return super().stopService()
 
     def refused(self, address: str, reason: str) -> None:

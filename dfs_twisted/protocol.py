@@ -167,6 +167,7 @@ class PeerProtocol(Protocol):
         self._incoming: dict[int, IncomingBlob | _Discard] = {}
         self._serving: dict[int, BlobSource] = {}
         self._writable: list[Deferred[None]] = []
+        self._read_holds: set[object] = set()
         self._peer_id: str | None = None
         self._closing = False
         self._timeout: object = None
@@ -178,7 +179,7 @@ class PeerProtocol(Protocol):
         tcp = getattr(self.transport, "transport", None)
         if tcp is not None:
             # Bigger reads and send buffer for bulk sessions (measured: about 2x).
-            tcp.bufferSize = 1 << 20
+            tcp.bufferSize = 4 << 20
             tcp.SEND_LIMIT = 1 << 20
         self._timeout = self.factory.clock.callLater(
             HANDSHAKE_TIMEOUT, self.close, "handshake timed out"
@@ -224,6 +225,10 @@ class PeerProtocol(Protocol):
             self.factory.handler.session_lost(self, why)
         elif not self.ready.called:
             self.ready.errback(SessionClosed(why))
+            # Usually nobody waits on `ready` (close() already logged why): without
+            # this, every connection refused before HELLO also logs "Unhandled error
+            # in Deferred" when it is garbage-collected.
+            self.ready.addErrback(lambda _: None)
 
     def close(self, reason: str) -> None:
         """Close this connection, logging why (hostile or broken input, timeouts)."""
@@ -267,6 +272,19 @@ class PeerProtocol(Protocol):
 
     def stopProducing(self) -> None:
         self.paused = True
+
+    def hold_reading(self, holder: object) -> None:
+        """Stop reading from this peer until every holder released it (back-pressure)."""
+        if not self._read_holds and self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._read_holds.add(holder)
+
+    def release_reading(self, holder: object) -> None:
+        if holder not in self._read_holds:
+            return
+        self._read_holds.discard(holder)
+        if not self._read_holds and self.transport is not None and not self._closing:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def when_writable(self) -> Deferred[None]:
         """Fires once the transport wants more data."""

@@ -107,6 +107,13 @@ class BlobWriter:
             view = view[n:]
             self.written += n
 
+    def sync(self) -> None:
+        """Flush what was written so far to disk, so that commit() has little left to do."""
+        fd = self._fd
+        if fd is None:
+            raise ValueError("blob writer is closed")
+        os.fdatasync(fd)
+
     def commit(self) -> None:
         """Durably publish the blob, atomically replacing any previous version."""
         with self._lock:
