@@ -51,7 +51,7 @@ def timed(node: NodeProcess, *args: str) -> float:
 
 
 def blob_path(node: NodeProcess) -> Path:
-    owner = node.status()["node_id"]
+    owner: str = node.status()["node_id"]
     blobs = [p for p in (node.data_dir / "store" / owner).rglob("*") if p.is_file()]
     assert len(blobs) == 1, blobs
     return blobs[0]

@@ -12,6 +12,7 @@ import html
 import io
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -54,10 +55,11 @@ class ApiRequest(Request):
     site: ApiSite
 
     def gotLength(self, length: int | None) -> None:
-        channel = self.channel
+        channel: Any = self.channel
         # twisted.web hands the method and path to the request only after the
         # body; the channel already knows them when the headers are in.
-        method, path = channel._command, channel._path.split(b"?", 1)[0]
+        method: bytes = channel._command
+        path: bytes = channel._path.split(b"?", 1)[0]
         if method != b"PUT" or not path.startswith(FILES):
             if length is not None and length > MAX_CONTROL_BODY:
                 self.upload_error = ApiError(413, "request body too large")
@@ -68,10 +70,10 @@ class ApiRequest(Request):
         # The body goes to the upload, never here; read it in big pieces.
         self.content = io.BytesIO()
         channel.transport.bufferSize = 1 << 20
-        api = self.channel.site.api
+        api: Api = channel.site.api
         try:
             api.authorize(self.requestHeaders.getRawHeaders(b"authorization", []))
-            self.upload = api.server.begin_put(file_name(path), length, channel.transport)
+            self.upload = api.files.begin_put(file_name(path), length, channel.transport)
         except ApiError as e:
             self.upload_error = e
         except ValueError as e:
@@ -95,17 +97,17 @@ class Api(Resource):
 
     def __init__(self, server: FileServer, token: str, org: str) -> None:
         super().__init__()
-        self.server = server
+        self.files = server
         self._token = token.encode()
         self._org = org
         self._started = time.time()
 
-    def authorize(self, headers: list[bytes]) -> None:
+    def authorize(self, headers: Sequence[bytes]) -> None:
         given = headers[0] if headers else b""
         if not hmac.compare_digest(given, b"Bearer " + self._token):
             raise ApiError(401, "missing or wrong API token")
 
-    def render(self, request: Request) -> bytes | int:  # type: ignore[override]
+    def render(self, request: Request) -> bytes | int:
         d = Deferred.fromCoroutine(self._route(request))
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
@@ -132,7 +134,7 @@ class Api(Resource):
             else:
                 raise ApiError(405, "method not allowed")
         elif path in (b"/v1/files", b"/v1/files/") and method == b"GET":
-            entries = await self.server.list_files()
+            entries = await self.files.list_files()
             _json(
                 request,
                 200,
@@ -150,7 +152,7 @@ class Api(Resource):
         elif path == b"/v1/status" and method == b"GET":
             _json(request, 200, self.status())
         elif path == b"/v1/recover" and method == b"POST":
-            recovered, errors = await self.server.recover()
+            recovered, errors = await self.files.recover()
             _json(request, 200, {"recovered": recovered, "errors": errors})
         else:
             raise ApiError(404, "not found")
@@ -176,7 +178,7 @@ class Api(Resource):
         if request.args:
             raise ApiError(400, "unsupported query parameter")
         try:
-            download: Download = await self.server.open_download(name)
+            download: Download = await self.files.open_download(name)
         except ValueError as e:
             raise ApiError(400, str(e)) from e
         except FileNotFound:
@@ -191,15 +193,16 @@ class Api(Resource):
             # Headers are gone: all we can do is cut the body short so the
             # client sees an incomplete transfer, never wrong bytes.
             log.warn("download of a file stopped: {error}", error=str(e))
-            if request.channel is not None:
-                request.channel.transport.abortConnection()
+            channel: Any = request.channel
+            if channel is not None:
+                channel.transport.abortConnection()
             return
         if not request.finished and request.channel is not None:
             request.finish()
 
     async def _delete(self, request: Request, name: str) -> None:
         try:
-            here, peers = await self.server.delete(name)
+            here, peers = await self.files.delete(name)
         except ValueError as e:
             raise ApiError(400, str(e)) from e
         removed = [p for p in peers if p.ok]
@@ -215,7 +218,7 @@ class Api(Resource):
         )
 
     def status(self) -> dict[str, Any]:
-        server = self.server
+        server = self.files
         usage = server.usage()
         return {
             "node_id": server.node_id,
@@ -286,7 +289,7 @@ class ApiSite(Site):
         self.displayTracebacks = False
         self.noisy = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         # The access log would record file names (URL paths); they must not leave private/.
         pass
 

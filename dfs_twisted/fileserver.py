@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.interfaces import IConsumer, IPullProducer, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -153,7 +153,10 @@ class Upload:
         for session, stream in self._peers:
             if session.paused and not stream.closed and session not in self._holds:
                 self._hold(session)
-                session.when_writable().addBoth(lambda _, s=session: self._release(s))
+                session.when_writable().addBoth(self._writable, session)
+
+    def _writable(self, _: object, session: PeerProtocol) -> None:
+        self._release(session)
 
     def _emit(self, ciphertext: bytes) -> None:
         self._local.write(ciphertext)
@@ -223,6 +226,7 @@ class Download:
         raise NotImplementedError
 
 
+@implementer(IPullProducer)
 class _LocalDownload(Download):
     def __init__(self, server: FileServer, key: BlobKey, f: BinaryIO, name: str, size: int) -> None:
         super().__init__(name, size, "local")
@@ -395,7 +399,6 @@ class _PeerDownload(Download):
             consumer.unregisterProducer()
 
 
-@implementer(IPushProducer)
 class FileSource:
     """A stored blob served to a peer's FETCH."""
 
@@ -456,14 +459,10 @@ class IncomingReplica:
     def finish(self) -> Deferred[None]:
         if not self._checked:
             self._writer.abort()
-            return Deferred.fromFailure(
-                Failure(RequestRefused("bad_request", "blob too short for its header"))  # type: ignore[arg-type]
-            )
+            return fail(RequestRefused("bad_request", "blob too short for its header"))
         if self._size is not None and self._writer.written != self._size:
             self._writer.abort()
-            return Deferred.fromFailure(
-                Failure(RequestRefused("bad_request", "blob shorter than announced"))  # type: ignore[arg-type]
-            )
+            return fail(RequestRefused("bad_request", "blob shorter than announced"))
         d = self._writer.commit()
         d.addCallback(
             lambda _: log.info(

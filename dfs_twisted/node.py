@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -165,7 +165,7 @@ class NodeService(MultiService):
         self.api_url_file.unlink(missing_ok=True)
         for port in (self.api_port, self.peer_port):
             if port is not None:
-                await port.stopListening()
+                await maybeDeferred(port.stopListening)
 
     def stopService(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._close())

@@ -59,11 +59,12 @@ class PeerRegistry(MultiService):
         # loseConnection never completes and the node hangs on shutdown.
         sessions = [s for group in self._sessions.values() for s in group]
         for session in sessions:
-            if session.transport is not None:
-                session.transport.unregisterProducer()  # type: ignore[attr-defined]
+            transport: Any = session.transport
+            if transport is not None:
+                transport.unregisterProducer()
                 # Accepted sessions have no ClientService to end them, and a
                 # stopped node must not go on storing and serving for its peers.
-                session.transport.loseConnection()
+                transport.loseConnection()
         return super().stopService()
 
     def refused(self, address: str, reason: str) -> None:

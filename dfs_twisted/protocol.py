@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -251,7 +251,7 @@ class PeerProtocol(Protocol):
             timeout.cancel()  # type: ignore[attr-defined]
 
     def _address(self) -> str:
-        peer = self.transport.getPeer() if self.transport else None  # type: ignore[union-attr]
+        peer = self.transport.getPeer() if self.transport else None
         host = getattr(peer, "host", "?")
         port = getattr(peer, "port", "?")
         return f"{host}:{port}"
@@ -289,7 +289,7 @@ class PeerProtocol(Protocol):
     def when_writable(self) -> Deferred[None]:
         """Fires once the transport wants more data."""
         if self._closing:
-            return Deferred.fromFailure(Failure(SessionClosed("connection closed")))  # type: ignore[arg-type]
+            return fail(SessionClosed("connection closed"))
         if not self.paused:
             return succeed(None)
         d: Deferred[None] = Deferred()
@@ -312,7 +312,8 @@ class PeerProtocol(Protocol):
             return
         header = wire.data_header(request_id, len(payload), end=end, reply=reply)
         self.bytes_out += len(header) + len(payload)
-        self.transport.writeSequence([header, payload])  # type: ignore[union-attr]
+        # BulkTLSProtocol takes a memoryview payload without copying it.
+        self.transport.writeSequence([header, payload])  # type: ignore[union-attr, list-item]
 
     def _new_request(self, sink: FetchSink | None = None) -> tuple[int, _Pending]:
         request_id = next(self._ids)
@@ -501,10 +502,9 @@ class PeerProtocol(Protocol):
             pending.reply.callback(message)
 
 
-class PeerFactory(Factory):
+class PeerFactory(Factory[PeerProtocol]):
     """Builds PeerProtocols sharing one identity, pin store and handler."""
 
-    protocol = PeerProtocol
     noisy = False
 
     def __init__(

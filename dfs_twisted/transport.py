@@ -70,6 +70,7 @@ class BulkTLSProtocol(BufferingTLSTransport):
                 records = self._tlsConnection.bio_read(DRAIN)
             except WantReadError:
                 return
+            assert self.transport is not None
             self.transport.write(records)
 
 
@@ -90,5 +91,10 @@ class TLSClientEndpoint:
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         factory = BulkTLSFactory(self._creator, True, protocolFactory)
-        d = self._endpoint.connect(factory)
-        return d.addCallback(lambda tls: tls.wrappedProtocol)
+        d: Deferred[Any] = self._endpoint.connect(factory)
+        return d.addCallback(_unwrap)
+
+
+def _unwrap(tls: Any) -> IProtocol:
+    protocol: IProtocol = tls.wrappedProtocol
+    return protocol
