@@ -17,12 +17,15 @@ from pathlib import Path
 
 from .launcher import NodeProcess, free_port, start_network
 
-STORY = textwrap.dedent(
-    """\
+STORY = (
+    textwrap.dedent(
+        """\
     Quarterly report of the third organization.
     Revenue: up. Costs: down. Secrets: many.
     """
-).encode() * 2000
+    ).encode()
+    * 2000
+)
 
 
 def step(text: str) -> None:
