@@ -366,6 +366,7 @@ class _PeerFetch:
 class _PeerDownload(Download):
     def __init__(
         self,
+        server: FileServer,
         name: str,
         size: int,
         session: PeerProtocol,
@@ -374,6 +375,7 @@ class _PeerDownload(Download):
     ) -> None:
         assert session.info is not None
         super().__init__(name, size, session.info.org)
+        self._server = server
         self._session = session
         self._fetch = fetch
         self._reply = reply
@@ -392,6 +394,11 @@ class _PeerDownload(Download):
                 blob=self._fetch.key.blob,
                 org=self.source,
             )
+        except DamagedBlob:
+            self._fetch.abort()
+            assert self._session.info is not None
+            self._server.suspect(self._session.info.node_id, self._fetch.key)
+            raise
         except BaseException:
             self._fetch.abort()
             raise
@@ -490,6 +497,7 @@ class FileServer:
     ) -> None:
         self.store = store
         self.disk = disk
+        self._suspects: set[tuple[str, BlobKey]] = set()
         self.key = key
         self.node_id = node_id
         self.peers = peers
@@ -511,7 +519,12 @@ class FileServer:
         local = self._open_local(key, name)
         if local is not None:
             return local
-        for session in self.peers.live():
+        # Peers that served a damaged copy of this blob are asked last.
+        sessions = sorted(
+            self.peers.live(),
+            key=lambda s: (s.info is not None and (s.info.node_id, key) in self._suspects),
+        )
+        for session in sessions:
             try:
                 return await self._open_from_peer(session, key, name)
             except (RemoteError, SessionClosed, DamagedBlob, TimeoutError) as e:
@@ -542,6 +555,11 @@ class FileServer:
             self.damaged(key, str(e))
             return None
         return _LocalDownload(self, key, f, name, size)
+
+    def suspect(self, peer: str, key: BlobKey) -> None:
+        """Remember that ``peer`` served a damaged copy of ``key`` (until restart)."""
+        log.warn("peer {peer} served a damaged copy of {blob}", peer=peer, blob=key.blob)
+        self._suspects.add((peer, key))
 
     def damaged(self, key: BlobKey, why: str) -> None:
         """Drop a local blob that failed verification: peers hold good copies."""
@@ -579,7 +597,7 @@ class FileServer:
             reply.cancel()
             fetch.abort()
             raise DamagedBlob(str(e)) from e
-        return _PeerDownload(name, size, session, fetch, reply)
+        return _PeerDownload(self, name, size, session, fetch, reply)
 
     async def delete(self, name: str) -> tuple[bool, list[PeerOutcome]]:
         """Remove here and on every live peer; FileNotFound if nobody had it."""
