@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 from urllib.parse import quote, urlsplit
 
+from .admission import AdmissionError, NetworkKey
+
 BLOCK = 1 << 20
 
 
@@ -242,6 +244,10 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(run=cmd_status)
     recover = sub.add_parser("recover", help="fetch back every file of this org from peers")
     recover.set_defaults(run=cmd_recover)
+    network_key = sub.add_parser("network-key", help="federation admission keys")
+    network_key_sub = network_key.add_subparsers(dest="action", required=True)
+    create = network_key_sub.add_parser("create", help="write a new network key to FILE")
+    create.add_argument("file")
     return p
 
 
@@ -250,11 +256,23 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+def cmd_network_key_create(args: argparse.Namespace) -> None:
+    try:
+        NetworkKey.generate().create(Path(args.file))
+    except AdmissionError as e:
+        raise CliError(str(e)) from None
+    print(f"wrote a new network key to {args.file}: give it to every node of the federation")
+    print(f"  (twistd -n dfs ... --network-key {args.file}); keep it secret")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    if not args.node:
-        fail("no node given: use --node DIR or set DFS_NODE")
     try:
+        if args.command == "network-key":
+            cmd_network_key_create(args)
+            return
+        if not args.node:
+            fail("no node given: use --node DIR or set DFS_NODE")
         args.run(NodeClient(args.node), args)
     except CliError as e:
         fail(str(e))

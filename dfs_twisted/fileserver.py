@@ -522,7 +522,7 @@ class FileServer:
         # Peers that served a damaged copy of this blob are asked last.
         sessions = sorted(
             self.peers.live(),
-            key=lambda s: (s.info is not None and (s.info.node_id, key) in self._suspects),
+            key=lambda s: s.info is not None and (s.info.node_id, key) in self._suspects,
         )
         for session in sessions:
             try:

@@ -13,6 +13,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, s
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
+from .admission import Admission
 from .api import Api, ApiSite
 from .crypto import OrgKey
 from .diskqueue import DiskQueue
@@ -67,6 +68,7 @@ class NodeService(MultiService):
         listen: str = "127.0.0.1",
         api: str = "tcp:0:interface=127.0.0.1",
         org: str | None = None,
+        admission: Admission | None = None,
         reactor: Any = None,
     ) -> None:
         super().__init__()
@@ -81,6 +83,7 @@ class NodeService(MultiService):
         self.listen = listen
         self.api_endpoint = api
         self.org = org or f"node-{port}"
+        self.admission = admission or Admission()
         self.private = self.data_dir / "private"
         self.api_url_file = self.data_dir / "api.url"
         self.peer_port: IListeningPort | None = None
@@ -118,6 +121,7 @@ class NodeService(MultiService):
             f"{self.listen}:{self.port}",
             self.reactor,
             on_refused=self.registry.refused,
+            admission=self.admission,
         )
         self.api = Api(self.fileserver, self.token, self.org)
 
@@ -184,6 +188,7 @@ def node_from_options(options: Any) -> NodeService:
         listen=options["listen"],
         api=options["api"],
         org=options["org"],
+        admission=options["admission"],
     )
 
 

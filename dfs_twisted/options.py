@@ -8,6 +8,8 @@ from pathlib import Path
 
 from twisted.python import usage
 
+from .admission import Admission, AdmissionError, NetworkKey, load_allow_list
+
 
 @dataclass(frozen=True)
 class PeerAddress:
@@ -65,6 +67,13 @@ class NodeOptions(usage.Options):
         ["listen", None, "127.0.0.1", "interface for the peer port"],
         ["api", None, "tcp:0:interface=127.0.0.1", "Twisted endpoint for the HTTP API"],
         ["org", None, None, "a human name for this organization (default node-<port>)"],
+        [
+            "network-key",
+            None,
+            None,
+            "admit only nodes proving this network key (dfs network-key create)",
+        ],
+        ["allow", None, None, "admit only these node ids (a file: one id per line, # comments)"],
     ]
 
     def __init__(self) -> None:
@@ -87,9 +96,18 @@ class NodeOptions(usage.Options):
         org = self["org"]
         if not 1 <= len(org) <= 128 or any(ord(c) < 32 or ord(c) == 127 for c in org):
             raise usage.UsageError("--org must be 1-128 printable characters")
-        if not is_loopback(self["listen"]):
+        try:
+            self["admission"] = Admission(
+                network_key=None
+                if self["network-key"] is None
+                else NetworkKey.load(Path(self["network-key"])),
+                allowed=None if self["allow"] is None else load_allow_list(Path(self["allow"])),
+            )
+        except AdmissionError as e:
+            raise usage.UsageError(str(e)) from None
+        if not is_loopback(self["listen"]) and self["admission"].is_open:
             # Without an admission rule any stranger could connect and store data.
             raise usage.UsageError(
                 f"refusing to listen on {self['listen']}: listening beyond loopback needs "
-                "an admission rule (--network-key or --allow), which this version lacks"
+                "--network-key FILE or --allow FILE"
             )

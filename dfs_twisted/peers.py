@@ -24,6 +24,7 @@ class _Link:
 
     address: str
     last_error: str | None = None
+    refused: bool = False  # the peer answered but failed pinning or admission
 
 
 class PeerRegistry(MultiService):
@@ -54,29 +55,26 @@ class PeerRegistry(MultiService):
         self._links[text] = _Link(text)
 
     def stopService(self) -> Any:
-        # A TLS transport closes only once its producer is unregistered, and each
-        # session registers itself: without this, ClientService.stopService's
-        # loseConnection never completes and the node hangs on shutdown.
-        sessions = [s for group in self._sessions.values() for s in group]
-        for session in sessions:
-            transport: Any = session.transport
-            if transport is not None:
-                transport.unregisterProducer()
-                # Accepted sessions have no ClientService to end them, and a
-                # stopped node must not go on storing and serving for its peers.
-                transport.loseConnection()
+        # Accepted sessions have no ClientService to end them, and a stopped node
+        # must not go on storing and serving for its peers; dialled ones would
+        # not close either while registered as their transport's producer.
+        for session in [s for group in self._sessions.values() for s in group]:
+            session.disconnect()
         return super().stopService()
 
     def refused(self, address: str, reason: str) -> None:
         link = self._links.get(address)
         if link is not None:
             link.last_error = reason
+            link.refused = True
 
     def add(self, session: PeerProtocol) -> None:
         assert session.info is not None
         self._sessions.setdefault(session.info.node_id, []).append(session)
-        if session.dialled in self._links:
-            self._links[session.dialled].last_error = None
+        link = self._links.get(session.dialled or "")
+        if link is not None:
+            link.last_error = None
+            link.refused = False
 
     def remove(self, session: PeerProtocol, reason: str) -> None:
         if session.info is None:
@@ -89,6 +87,7 @@ class PeerRegistry(MultiService):
         link = self._links.get(session.dialled or "")
         if link is not None:
             link.last_error = reason
+            link.refused = True
         log.info(
             "peer {org} ({node_id}) disconnected: {reason}",
             org=session.info.org,
@@ -118,9 +117,7 @@ class PeerRegistry(MultiService):
                         "address": address,
                         "node_id": None,
                         "org": None,
-                        "state": "refused"
-                        if link.last_error and "pinned" in link.last_error
-                        else "connecting",
+                        "state": "refused" if link.refused else "connecting",
                         "direction": "outgoing",
                         "last_error": link.last_error,
                     }

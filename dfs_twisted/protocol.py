@@ -11,9 +11,11 @@ transport, so a peer that reads slowly pauses it; senders of bulk data wait on
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -24,6 +26,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
+from .admission import EXPORTER_LABEL, EXPORTER_LENGTH, Admission
 from .identity import NodeIdentity, PeerPins, PinMismatch, node_id_of
 
 log = Logger()
@@ -194,14 +197,29 @@ class PeerProtocol(Protocol):
         if self._peer_id == self.factory.identity.node_id:
             self.close("connected to itself")
             return
+        refusal = self.factory.admission.refuse_certificate(self._peer_id)
+        if refusal is not None:
+            self._refuse(f"admission refused: {refusal}")
+            return
         if self.dialled is not None:
             try:
                 self.factory.pins.check(self.dialled, self._peer_id)
             except PinMismatch as e:
-                self.factory.refused(self.dialled, str(e))
-                self.close(str(e))
+                self._refuse(str(e))
                 return
-        self.send(self.factory.hello(), 0)
+            # The dialler speaks first; the acceptor answers only once admitted,
+            # so a stranger learns nothing about this node.
+            self.send(self.factory.hello(self._binding()), 0)
+
+    def _binding(self) -> bytes | None:
+        """Keying material exported from this TLS session, to bind admission proofs."""
+        export = getattr(self.transport, "export_keying_material", None)
+        return None if export is None else bytes(export(EXPORTER_LABEL, EXPORTER_LENGTH))
+
+    def _refuse(self, reason: str) -> None:
+        if self.dialled is not None:
+            self.factory.refused(self.dialled, reason)
+        self.close(reason, tell_peer=True)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closing = True
@@ -230,11 +248,14 @@ class PeerProtocol(Protocol):
             # in Deferred" when it is garbage-collected.
             self.ready.addErrback(lambda _: None)
 
-    def close(self, reason: str) -> None:
-        """Close this connection, logging why (hostile or broken input, timeouts)."""
+    def close(self, reason: str, *, tell_peer: bool = False) -> None:
+        """Close this connection, logging why (hostile or broken input, refusals, timeouts).
+
+        With ``tell_peer`` the reason is sent first and the connection closed
+        cleanly; otherwise it is cut at once.
+        """
         if self._closing:
             return
-        self._closing = True
         who = self.info.org if self.info else (self._peer_id or "unauthenticated")
         log.warn(
             "closing peer connection {peer} at {address}: {reason}",
@@ -242,8 +263,22 @@ class PeerProtocol(Protocol):
             address=self._address(),
             reason=reason,
         )
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
+        if tell_peer:
+            self.send(wire.Error("refused", reason[:512]), 0, reply=True)
+            self._closing = True
+            self.disconnect()
+        else:
+            self._closing = True
+            if self.transport is not None:
+                self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def disconnect(self) -> None:
+        """Flush and close; in-flight requests fail with SessionClosed."""
+        transport: Any = self.transport
+        if transport is not None:
+            # A TLS transport closes only once its producer (this) is unregistered.
+            transport.unregisterProducer()
+            transport.loseConnection()
 
     def _cancel_timeout(self) -> None:
         timeout, self._timeout = self._timeout, None
@@ -361,6 +396,13 @@ class PeerProtocol(Protocol):
             self.close(f"protocol error: {e}")
 
     def _dispatch(self, frame: wire.Frame, message: wire.Message) -> None:
+        if isinstance(message, wire.Error) and frame.request_id == 0:
+            # The peer refuses this connection (admission, pinning) and says why.
+            reason = f"peer refused us: {message.message}"
+            if self.dialled is not None:
+                self.factory.refused(self.dialled, reason)
+            self.close(reason)
+            return
         if self.info is None:
             self._expect_hello(message)
             return
@@ -377,9 +419,19 @@ class PeerProtocol(Protocol):
         if not isinstance(message, wire.Hello):
             raise wire.ProtocolError(f"expected HELLO, got {type(message).__name__}")
         if message.version != wire.PROTOCOL_VERSION:
-            raise wire.ProtocolError(f"unsupported protocol version {message.version}")
+            self._refuse(
+                f"protocol version {message.version} not supported "
+                f"(this node speaks {wire.PROTOCOL_VERSION})"
+            )
+            return
         if message.node_id != self._peer_id:
             raise wire.ProtocolError("HELLO node id does not match the TLS certificate")
+        refusal = self.factory.admission.refuse_proof(self._binding(), self._peer_id, message.proof)
+        if refusal is not None:
+            self._refuse(f"admission refused: {refusal}")
+            return
+        if self.dialled is None:
+            self.send(self.factory.hello(self._binding()), 0)
         self._cancel_timeout()
         self.info = PeerInfo(
             node_id=self._peer_id,
@@ -516,7 +568,7 @@ class PeerFactory(Factory[PeerProtocol]):
         listen: str,
         clock: IReactorTime,
         on_refused: Callable[[str, str], None] | None = None,
-        dialled: str | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.identity = identity
         self.pins = pins
@@ -525,28 +577,23 @@ class PeerFactory(Factory[PeerProtocol]):
         self.listen = listen
         self.clock = clock
         self._on_refused = on_refused
+        self.admission = admission or Admission()
         # Set on a factory that dials one configured address: its protocols pin it.
-        self.dialled = dialled
+        self.dialled: str | None = None
 
     def dialling(self, address: str) -> PeerFactory:
         """A factory like this one for dialling ``address``."""
-        return PeerFactory(
-            self.identity,
-            self.pins,
-            self.handler,
-            self.org,
-            self.listen,
-            self.clock,
-            self._on_refused,
-            dialled=address,
-        )
+        factory = copy.copy(self)
+        factory.dialled = address
+        return factory
 
-    def hello(self) -> wire.Hello:
+    def hello(self, binding: bytes | None) -> wire.Hello:
         return wire.Hello(
             version=wire.PROTOCOL_VERSION,
             node_id=self.identity.node_id,
             org=self.org,
             listen=self.listen,
+            proof=self.admission.proof(binding, self.identity.node_id),
         )
 
     def refused(self, address: str, reason: str) -> None:

@@ -9,6 +9,7 @@ once and delivers received records in batches; small writes still go through
 Twisted's aggregator. It overrides private methods of `TLSMemoryBIOProtocol`;
 the tests that move files between real nodes exercise them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -66,6 +67,10 @@ class BulkTLSProtocol(BufferingTLSTransport):
                 self._tlsShutdownFinished(Failure())
                 break
             self._flushSendBIO()
+
+    def export_keying_material(self, label: bytes, length: int) -> bytes:
+        """RFC 8446 exporter: the same on both ends of this TLS session only."""
+        return bytes(self._tlsConnection.export_keying_material(label, length))
 
     def _flushReceiveBIO(self) -> None:
         # As Twisted's, but records are handed on in batches of up to DELIVER

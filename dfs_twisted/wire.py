@@ -85,6 +85,8 @@ class Hello:
     org: str
     listen: str
     features: tuple[str, ...] = ()
+    # Proof of the federation's network key, bound to this TLS session (64 hex), if any.
+    proof: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,7 +383,7 @@ def _keys(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
-_HELLO_KEYS = _keys("version", "node_id", "org", "listen", "features")
+_HELLO_KEYS = _keys("version", "node_id", "org", "listen", "features", "proof")
 _OWNER_BLOB_KEYS = _keys("owner", "blob")
 _STORE_KEYS = _keys("owner", "blob", "size")
 _LIST_KEYS = _keys("owner", "after", "limit")
@@ -402,6 +404,7 @@ def _parse_hello(obj: dict[str, Any]) -> Hello:
         features=tuple(
             _plain_text(f, "HELLO.features[]", max_len=MAX_FEATURE_LEN) for f in features
         ),
+        proof=None if obj["proof"] is None else _hex(obj["proof"], "HELLO.proof"),
     )
 
 
@@ -535,6 +538,7 @@ def _fields(message: Message) -> tuple[MessageType, dict[str, Any]]:
             "org": message.org,
             "listen": message.listen,
             "features": _as_json(message.features),
+            "proof": message.proof,
         }
     if isinstance(message, Store):
         return MessageType.STORE, {

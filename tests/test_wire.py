@@ -459,6 +459,7 @@ class DecodeRejectsTests(SynchronousTestCase):
             "org": "Acme",
             "listen": "127.0.0.1:7000",
             "features": [],
+            "proof": None,
         }
         base.update(overrides)
         return base
@@ -535,6 +536,7 @@ class FuzzTests(SynchronousTestCase):
                     "org",
                     "listen",
                     "features",
+                    "proof",
                     "x",
                 ]
             ),
