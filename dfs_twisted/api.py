@@ -17,11 +17,13 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import implementer
 
 from . import __version__
 from .fileserver import DamagedBlob, Download, FileNotFound, FileServer, Upload
@@ -90,6 +92,26 @@ class ApiRequest(Request):
             self.upload.abort("client went away")
             self.upload = None
         super().connectionLost(reason)
+
+
+@implementer(IConsumer)
+class _Response:
+    """A download's consumer: the request, minus the errors of a client that left."""
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        if self._request.channel is not None:
+            self._request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        if self._request.channel is not None:
+            self._request.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        if self._request.channel is not None:
+            self._request.write(data)
 
 
 class Api(Resource):
@@ -188,7 +210,7 @@ class Api(Resource):
         request.setHeader(b"content-length", str(download.size).encode())
         request.setHeader(b"x-dfs-source", download.source.encode("utf-8", "replace"))
         try:
-            await download.stream_to(request)
+            await download.stream_to(_Response(request))
         except Exception as e:
             # Headers are gone: all we can do is cut the body short so the
             # client sees an incomplete transfer, never wrong bytes.

@@ -384,7 +384,8 @@ class _PeerDownload(Download):
         return Deferred.fromCoroutine(self._stream(consumer))
 
     async def _stream(self, consumer: IConsumer) -> None:
-        consumer.registerProducer(_SessionThrottle(self._session), True)
+        throttle = _SessionThrottle(self._session)
+        consumer.registerProducer(throttle, True)
         try:
             self._fetch.attach(consumer)
             await self._reply
@@ -404,6 +405,8 @@ class _PeerDownload(Download):
             raise
         finally:
             consumer.unregisterProducer()
+            # Never leave the peer connection paused on behalf of a finished download.
+            throttle.stopProducing()
 
 
 class FileSource:

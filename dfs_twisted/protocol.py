@@ -126,8 +126,11 @@ class OutgoingStream:
         reply.addBoth(self._on_reply)
 
     def _on_reply(self, result: object) -> object:
-        # An early reply (a refusal) ends the stream: stop sending.
-        self.closed = True
+        # An early reply (a refusal) ends the stream: stop sending, and end it
+        # on the receiver's side too, which otherwise waits for the END.
+        if not self.closed:
+            self.closed = True
+            self._session.send(wire.Abort("refused"), self._id)
         return result
 
     def write(self, data: bytes) -> None:
@@ -141,6 +144,7 @@ class OutgoingStream:
 
     def finish(self) -> Deferred[wire.Message]:
         if not self.closed:
+            self.closed = True
             self._session.send_data(self._id, b"", end=True, reply=False)
         return self.reply
 

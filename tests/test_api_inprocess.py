@@ -1,0 +1,194 @@
+"""The HTTP API of one real node, called over loopback with twisted.web's Agent."""
+
+from __future__ import annotations
+
+import json
+import os
+from io import BytesIO
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http_headers import Headers
+
+from dfs_twisted.node import NodeService
+
+from .inprocess import NodeTestCase
+
+reactor: Any = _reactor
+
+# Over one encryption chunk, so the body streams through the upload in many pieces.
+DATA = os.urandom(2 * 1024 * 1024 + 7)
+
+
+class _Body(Protocol):
+    """Collects a response body (readBody warns about this transport on every call)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if reason is not None and reason.check(ResponseDone):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+def read_body(response: Any) -> Deferred[bytes]:
+    body = _Body()
+    response.deliverBody(body)
+    return body.done
+
+
+class ApiTests(NodeTestCase):
+    async def node(self) -> NodeService:
+        node = self.make_node(org="alpha")
+        self.url = (await node.ready).rstrip("/")
+        self.token = node.token
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.agent = Agent(reactor, pool=pool)
+        return node
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        token: str | None = "",
+    ) -> tuple[Any, bytes]:
+        """One request; ``token`` "" means the node's own, None means none at all."""
+        headers = Headers()
+        if token is not None:
+            headers.addRawHeader(b"authorization", f"Bearer {token or self.token}".encode())
+        producer: Any = None if body is None else FileBodyProducer(BytesIO(body))
+        response = await self.agent.request(
+            method.encode(), (self.url + path).encode(), headers, producer
+        )
+        return response, await read_body(response)
+
+    def json(self, response: Any, body: bytes) -> Any:
+        [content_type] = response.headers.getRawHeaders(b"content-type")
+        self.assertEqual(content_type, b"application/json")
+        return json.loads(body)
+
+    async def test_api_url_written(self) -> None:
+        node = await self.node()
+        self.assertEqual(node.api_url_file.read_text(), self.url + "/\n")
+        self.assertTrue(self.url.startswith("http://127.0.0.1:"))
+
+    async def test_status_needs_the_token(self) -> None:
+        node = await self.node()
+        for token in (None, "wrong", self.token + "x", "Bearer"):
+            response, body = await self.call("GET", "/v1/status", token=token)
+            self.assertEqual(response.code, 401, token)
+            self.assertNotIn(node.node_id.encode(), body)
+            self.assertNotIn(b"alpha", body)
+            self.assertEqual(self.json(response, body), {"error": "missing or wrong API token"})
+
+    async def test_status_with_token(self) -> None:
+        node = await self.node()
+        response, body = await self.call("GET", "/v1/status")
+        self.assertEqual(response.code, 200)
+        status = self.json(response, body)
+        self.assertEqual(status["node_id"], node.node_id)
+        self.assertEqual(status["org"], "alpha")
+        self.assertEqual(status["peers"], [])
+
+    async def test_status_page_without_token_shows_no_file_names(self) -> None:
+        node = await self.node()
+        response, _ = await self.call("PUT", "/v1/files/secret-plans.txt", b"x")
+        self.assertEqual(response.code, 201)
+        response, body = await self.call("GET", "/", token=None)
+        self.assertEqual(response.code, 200)
+        [content_type] = response.headers.getRawHeaders(b"content-type")
+        self.assertTrue(content_type.startswith(b"text/html"))
+        self.assertIn(node.node_id.encode(), body)
+        self.assertNotIn(b"secret-plans", body)
+
+    async def test_put_then_get_streams_the_bytes(self) -> None:
+        await self.node()
+        response, body = await self.call("PUT", "/v1/files/big.bin", DATA)
+        self.assertEqual(response.code, 201)
+        put = self.json(response, body)
+        self.assertEqual((put["size"], put["replicas"], put["peers"]), (len(DATA), 1, []))
+
+        response, body = await self.call("GET", "/v1/files/big.bin")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(body, DATA)
+        self.assertEqual(response.headers.getRawHeaders(b"x-dfs-source"), [b"local"])
+
+        response, body = await self.call("GET", "/v1/files")
+        listing = self.json(response, body)
+        self.assertEqual(
+            [(f["name"], f["size"], f["replicas"]) for f in listing], [("big.bin", len(DATA), 1)]
+        )
+
+    async def test_put_needs_the_token_and_stores_nothing_without_it(self) -> None:
+        node = await self.node()
+        response, _ = await self.call("PUT", "/v1/files/x", b"data", token="wrong")
+        self.assertEqual(response.code, 401)
+        self.assertEqual(node.store.blobs(node.node_id), [])
+
+    async def test_unicode_name_round_trip(self) -> None:
+        await self.node()
+        path = "/v1/files/" + quote("résumé 2024.txt")
+        response, _ = await self.call("PUT", path, b"hello")
+        self.assertEqual(response.code, 201)
+        response, body = await self.call("GET", path)
+        self.assertEqual((response.code, body), (200, b"hello"))
+
+    async def test_delete(self) -> None:
+        node = await self.node()
+        await self.call("PUT", "/v1/files/gone", b"bye")
+        response, body = await self.call("DELETE", "/v1/files/gone")
+        self.assertEqual(response.code, 200)
+        self.assertTrue(self.json(response, body)["deleted_here"])
+        self.assertEqual(node.store.blobs(node.node_id), [])
+        response, _ = await self.call("GET", "/v1/files/gone")
+        self.assertEqual(response.code, 404)
+        response, _ = await self.call("DELETE", "/v1/files/gone")
+        self.assertEqual(response.code, 404)
+
+    async def test_unknown_name_is_404(self) -> None:
+        await self.node()
+        response, body = await self.call("GET", "/v1/files/nothing-here")
+        self.assertEqual(response.code, 404)
+        self.assertIn("error", self.json(response, body))
+
+    async def test_bad_names_are_400_without_traceback(self) -> None:
+        node = await self.node()
+        for name in ("a" * 1025, "a%00b", "%ff", "a%2Fb%00"):
+            for method, body in (("GET", None), ("PUT", b"data"), ("DELETE", None)):
+                response, text = await self.call(method, "/v1/files/" + name, body)
+                self.assertEqual(response.code, 400, (method, name))
+                error = self.json(response, text)["error"]
+                self.assertIsInstance(error, str)
+                self.assertNotIn(b"Traceback", text)
+                self.assertNotIn(b'File "', text)
+        self.assertEqual(node.store.blobs(node.node_id), [])
+
+    async def test_unknown_paths_are_404(self) -> None:
+        await self.node()
+        for method, path in (
+            ("GET", "/nope"),
+            ("GET", "/v1/nope"),
+            ("GET", "/v2/status"),
+            ("POST", "/v1/status"),
+        ):
+            response, body = await self.call(method, path)
+            self.assertEqual(response.code, 404, (method, path))
+            self.assertIn("error", self.json(response, body))
+
+    async def test_unknown_path_without_token_reveals_nothing(self) -> None:
+        await self.node()
+        response, body = await self.call("GET", "/v1/files", token=None)
+        self.assertEqual(response.code, 401)
+        self.assertEqual(self.json(response, body), {"error": "missing or wrong API token"})

@@ -1,0 +1,209 @@
+"""Real nodes in one process over loopback TLS: HELLO, replication, authorization, pins."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import task
+
+from dfs_twisted import wire
+from dfs_twisted.fileserver import FileNotFound
+from dfs_twisted.node import NodeService
+from dfs_twisted.protocol import RemoteError
+from dfs_twisted.store import BlobKey
+
+from .inprocess import BytesConsumer, NodeTestCase, blob_path, eventually, free_port, reactor
+
+# More than one encryption chunk and many DATA frames, still quick on loopback.
+DATA = os.urandom(3 * 1024 * 1024 + 12345)
+
+
+async def put(node: NodeService, name: str, data: bytes) -> tuple[str, int]:
+    """Store ``data`` as ``name`` through the file server; return (blob, replicas)."""
+    upload = node.fileserver.begin_put(name, len(data), None)
+    for start in range(0, len(data), 100_000):
+        upload.write(data[start : start + 100_000])
+    result = await upload.finish()
+    return result.blob, result.replicas
+
+
+async def get(node: NodeService, name: str) -> tuple[bytes, str]:
+    download = await node.fileserver.open_download(name)
+    consumer: Any = BytesConsumer()  # an IConsumer, which mypy cannot see
+    await download.stream_to(consumer)
+    return consumer.value, download.source
+
+
+class TwoNodeTests(NodeTestCase):
+    async def two_nodes(self) -> tuple[NodeService, NodeService]:
+        a_port = free_port()
+        a = self.make_node(a_port, org="alpha")
+        b = self.make_node(peers=[a_port], org="beta")
+        await self.connected(a, b)
+        return a, b
+
+    async def test_hello_exchange(self) -> None:
+        a, b = await self.two_nodes()
+        on_a, on_b = self.session(a, b), self.session(b, a)
+        assert on_a.info is not None and on_b.info is not None
+        self.assertEqual((on_a.info.node_id, on_a.info.org), (b.node_id, "beta"))
+        self.assertEqual((on_b.info.node_id, on_b.info.org), (a.node_id, "alpha"))
+        self.assertEqual(on_b.info.listen, f"127.0.0.1:{a.port}")
+        # b dialled a: b pinned a's id under the address it dialled.
+        self.assertEqual(b.factory.pins.get(f"127.0.0.1:{a.port}"), a.node_id)
+        [row] = b.registry.status()
+        self.assertEqual(row["state"], "connected")
+        self.assertEqual(row["node_id"], a.node_id)
+        self.assertEqual(row["direction"], "outgoing")
+        [row] = a.registry.status()
+        self.assertEqual((row["node_id"], row["direction"]), (b.node_id, "incoming"))
+
+    async def test_put_reaches_peer_then_download_from_peer_then_delete(self) -> None:
+        a, b = await self.two_nodes()
+        blob, replicas = await put(a, "report.bin", DATA)
+        self.assertEqual(replicas, 2)
+        local, remote = blob_path(a, a.node_id, blob), blob_path(b, a.node_id, blob)
+        self.assertTrue(remote.exists())
+        self.assertEqual(remote.read_bytes(), local.read_bytes())
+        # Ciphertext only: the plaintext is on neither disk.
+        self.assertNotIn(DATA[:64], remote.read_bytes())
+        self.assertNotIn(b"report.bin", remote.read_bytes())
+
+        local.unlink()
+        plain, source = await get(a, "report.bin")
+        self.assertEqual(plain, DATA)
+        self.assertEqual(source, "beta")
+        # The fetched copy was verified and restored locally.
+        self.assertEqual(local.read_bytes(), remote.read_bytes())
+        plain, source = await get(a, "report.bin")
+        self.assertEqual((plain, source), (DATA, "local"))
+
+        here, outcomes = await a.fileserver.delete("report.bin")
+        self.assertTrue(here)
+        self.assertEqual([(o.node_id, o.ok) for o in outcomes], [(b.node_id, True)])
+        self.assertFalse(remote.exists())
+        self.assertFalse(local.exists())
+        with self.assertRaises(FileNotFound):
+            await a.fileserver.open_download("report.bin")
+
+    async def test_empty_file_round_trip(self) -> None:
+        _, b = await self.two_nodes()
+        blob, replicas = await put(b, "empty", b"")
+        self.assertEqual(replicas, 2)
+        blob_path(b, b.node_id, blob).unlink()
+        self.assertEqual(await get(b, "empty"), (b"", "alpha"))
+
+    async def test_list_files_counts_replicas(self) -> None:
+        a, b = await self.two_nodes()
+        await put(a, "one", b"1")
+        await put(a, "two", b"22")
+        entries = await a.fileserver.list_files()
+        self.assertEqual(
+            [(e.name, e.size, e.replicas) for e in entries], [("one", 1, 2), ("two", 2, 2)]
+        )
+        self.assertEqual(await b.fileserver.list_files(), [])
+
+    async def test_recover_after_losing_the_store(self) -> None:
+        a, _ = await self.two_nodes()
+        blob, _ = await put(a, "precious", DATA)
+        blob_path(a, a.node_id, blob).unlink()
+        recovered, errors = await a.fileserver.recover()
+        self.assertEqual((recovered, errors), (["precious"], []))
+        self.assertEqual(await get(a, "precious"), (DATA, "local"))
+
+    async def test_stopped_node_closes_its_sessions(self) -> None:
+        a, b = await self.two_nodes()
+        # a only accepted b's connection; stopping a must still end that session,
+        # or a stopped node would go on storing and serving blobs for b.
+        await a.stopService()
+        await eventually(lambda: b.registry.live() == [], "b to see a go")
+        self.assertEqual(a.registry.live(), [])
+        [row] = b.registry.status()
+        self.assertNotEqual(row["state"], "connected")
+
+    async def test_reconnects_after_peer_restart(self) -> None:
+        a, b = await self.two_nodes()
+        blob, _ = await put(a, "kept", b"kept")
+        await b.stopService()
+        await eventually(lambda: a.registry.live() == [], "a to see b go")
+        again = self.make_node(b.port, peers=[a.port], org="beta", data_dir=b.data_dir)
+        self.assertEqual(again.node_id, b.node_id)
+        await self.connected(a, again)
+        self.assertTrue(blob_path(again, a.node_id, blob).exists())
+        # b's pin of a survived the restart and still matches.
+        self.assertEqual(again.factory.pins.get(f"127.0.0.1:{a.port}"), a.node_id)
+
+    async def test_peer_that_starts_later_is_connected(self) -> None:
+        a_port = free_port()
+        b = self.make_node(peers=[a_port], org="beta")
+        await self.start(b)
+        await task.deferLater(reactor, 0.3, lambda: None)  # b has tried and failed
+        self.assertEqual(b.registry.live(), [])
+        [row] = b.registry.status()
+        self.assertEqual(row["state"], "connecting")
+        a = self.make_node(a_port, org="alpha")
+        await self.connected(a, b)
+
+
+class AuthorizationTests(NodeTestCase):
+    async def test_peer_cannot_write_or_delete_another_orgs_blobs(self) -> None:
+        a_port, b_port = free_port(), free_port()
+        a = self.make_node(a_port, org="alpha")
+        b = self.make_node(b_port, peers=[a_port], org="beta")
+        c = self.make_node(peers=[a_port, b_port], org="gamma")
+        await self.connected(a, b, c)
+        blob, replicas = await put(a, "alpha's", DATA[:100_000])
+        self.assertEqual(replicas, 3)
+        on_c = blob_path(c, a.node_id, blob)
+        before = on_c.read_bytes()
+
+        b_to_c = self.session(b, c)
+        with self.assertRaises(RemoteError) as caught:
+            await b_to_c.request(wire.Delete(a.node_id, blob))
+        self.assertEqual(caught.exception.code, "forbidden")
+        self.assertEqual(on_c.read_bytes(), before)
+
+        # b replays a's own ciphertext under a's name: still not b's to write.
+        forged = b_to_c.store(wire.Store(a.node_id, blob, len(before)))
+        forged.write(before)
+        with self.assertRaises(RemoteError) as caught:
+            await forged.finish()
+        self.assertEqual(caught.exception.code, "forbidden")
+        forged = b_to_c.store(wire.Store(a.node_id, blob, 5))
+        forged.write(b"xxxxx")
+        with self.assertRaises(RemoteError) as caught:
+            await forged.finish()
+        self.assertEqual(caught.exception.code, "forbidden")
+        self.assertEqual(on_c.read_bytes(), before)
+
+        # The session survives refusals, and b's own namespace still works on c.
+        self.assertIn(b_to_c, b.registry.live())
+        _, replicas = await put(b, "beta's", b"b")
+        self.assertEqual(replicas, 3)
+        self.assertTrue(c.store.exists(BlobKey(a.node_id, blob)))
+
+
+class PinningTests(NodeTestCase):
+    async def test_address_pinned_to_another_id_is_refused(self) -> None:
+        a_port = free_port()
+        a = self.make_node(a_port, org="alpha")
+        impostor_pin = "f" * 64
+        b = self.make_node(peers=[a_port], org="beta", pins={f"127.0.0.1:{a_port}": impostor_pin})
+        await self.start(a, b)
+        address = f"127.0.0.1:{a_port}"
+
+        def refused() -> bool:
+            [row] = b.registry.status()
+            return row["last_error"] is not None
+
+        await eventually(refused, "the pin refusal")
+        [row] = b.registry.status()
+        self.assertEqual(row["address"], address)
+        self.assertNotEqual(row["state"], "connected")
+        self.assertIsNone(row["node_id"])
+        self.assertIn("pinned", row["last_error"])
+        self.assertEqual(b.registry.live(), [])
+        self.assertEqual(a.registry.live(), [])
+        # The pin is kept: a changed key is never silently accepted.
+        self.assertEqual(b.factory.pins.get(address), impostor_pin)
