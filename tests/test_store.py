@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-import shutil
 import stat
-import tempfile
 from typing import Any
 
 from hypothesis import given, settings
@@ -44,14 +42,6 @@ def read_all(store: BlobStore, key: BlobKey) -> bytes | None:
 
 class StoreTestCase(SynchronousTestCase):
     def setUp(self) -> None:
-        # trial runs tests inside _trial_temp, but under pytest self.mktemp()'s
-        # relative paths would land in the source tree: use a scratch cwd then.
-        if "_trial_temp" not in pathlib.Path.cwd().name:
-            scratch = tempfile.mkdtemp(prefix="dfs-store-test-")
-            old = os.getcwd()
-            os.chdir(scratch)
-            self.addCleanup(shutil.rmtree, scratch, True)
-            self.addCleanup(os.chdir, old)
         # Modes are checked exactly; make them independent of the caller's umask.
         old_umask = os.umask(0o022)
         self.addCleanup(os.umask, old_umask)
