@@ -116,11 +116,15 @@ def cmd_put(client: NodeClient, args: argparse.Namespace) -> None:
     held = [p for p in peers if p["ok"]]
     print(
         f"stored {name} ({result['size']} bytes): here and on {len(held)} of {len(peers)} "
-        f"connected peers ({result['replicas']} copies)"
+        f"connected peers ({_count(result['replicas'], 'copy', 'copies')})"
     )
     for p in peers:
         if not p["ok"]:
             print(f"warning: peer {p['org']} did not store it: {p['error']}", file=sys.stderr)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:

@@ -37,6 +37,7 @@ from .crypto import (
 from .diskqueue import DiskQueue
 from .peers import PeerRegistry
 from .protocol import PeerProtocol, RemoteError, RequestRefused, SessionClosed
+from .space import NoSpace, SpaceAccount
 from .store import BlobKey, BlobStore
 
 log = Logger()
@@ -426,11 +427,16 @@ class FileSource:
 class IncomingReplica:
     """A peer's STORE being written to our store."""
 
+    DISK_CHECK_EVERY = 16 << 20
+
     def __init__(
         self, server: FileServer, session: PeerProtocol, key: BlobKey, size: int | None
     ) -> None:
         self._key = key
         self._size = size
+        self._space = server.space
+        self._replaces = server.store.size(key) or 0
+        self._next_disk_check = self.DISK_CHECK_EVERY
         self._writer = server.disk.blob(
             server.store.begin(key),
             pause=lambda: session.hold_reading(self),
@@ -443,6 +449,14 @@ class IncomingReplica:
         if self._size is not None and self._writer.written + len(data) > self._size:
             self._writer.abort()
             raise wire.ProtocolError(f"STORE of {self._key.blob} sent more than announced")
+        written = self._writer.written + len(data)
+        check_disk = written >= self._next_disk_check
+        if check_disk:
+            self._next_disk_check = written + self.DISK_CHECK_EVERY
+        try:
+            self._space.check(self._key.owner, written - self._replaces, 0 if check_disk else None)
+        except NoSpace as e:
+            raise RequestRefused(e.code, e.message) from None
         self._writer.write(data)
         if not self._checked:
             self._check_header(data)
@@ -473,13 +487,11 @@ class IncomingReplica:
         if self._size is not None and self._writer.written != self._size:
             self._writer.abort()
             return fail(RequestRefused("bad_request", "blob shorter than announced"))
-        d = self._writer.commit()
-        d.addCallback(
-            lambda _: log.info(
-                "stored replica {blob} for {owner}", blob=self._key.blob, owner=self._key.owner
-            )
-        )
-        return d
+        return self._writer.commit().addCallback(self._committed)
+
+    def _committed(self, _: object) -> None:
+        self._space.changed(self._key.owner, self._writer.written - self._replaces)
+        log.info("stored replica {blob} for {owner}", blob=self._key.blob, owner=self._key.owner)
 
     def abort(self, reason: str) -> None:
         self._writer.abort()
@@ -497,9 +509,11 @@ class FileServer:
         peers: PeerRegistry,
         clock: Clock,
         disk: DiskQueue,
+        space: SpaceAccount,
     ) -> None:
         self.store = store
         self.disk = disk
+        self.space = space
         self._suspects: set[tuple[str, BlobKey]] = set()
         self.key = key
         self.node_id = node_id
@@ -711,7 +725,17 @@ class FileServer:
 
     def open_store(self, session: PeerProtocol, request: wire.Store) -> IncomingReplica:
         self._authorize_write(session, request.owner)
-        return IncomingReplica(self, session, BlobKey(request.owner, request.blob), request.size)
+        key = BlobKey(request.owner, request.blob)
+        announced = request.size or 0
+        try:
+            self.space.check(key.owner, announced - (self.store.size(key) or 0), announced)
+        except NoSpace as e:
+            assert session.info is not None
+            log.warn(
+                "refused a replica from {org}: {reason}", org=session.info.org, reason=e.message
+            )
+            raise RequestRefused(e.code, e.message) from None
+        return IncomingReplica(self, session, key, request.size)
 
     def open_fetch(self, session: PeerProtocol, request: wire.Fetch) -> FileSource:
         key = BlobKey(request.owner, request.blob)
@@ -726,8 +750,10 @@ class FileServer:
         if isinstance(request, wire.Delete):
             self._authorize_write(session, request.owner)
             key = BlobKey(request.owner, request.blob)
+            size = self.store.size(key) or 0
             if not self.store.delete(key):
                 raise RequestRefused("not_found", "no such blob")
+            self.space.changed(key.owner, -size)
             log.info("deleted replica {blob} for {owner}", blob=key.blob, owner=key.owner)
             return succeed(wire.Ack())
         blobs, more = self.store.blobs_after(request.owner, request.after, request.limit)

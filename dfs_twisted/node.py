@@ -29,7 +29,8 @@ from .identity import (
 )
 from .options import PeerAddress
 from .peers import PeerRegistry
-from .protocol import PeerFactory
+from .protocol import Limits, PeerFactory
+from .space import SpaceAccount, SpaceLimits
 from .store import BlobStore
 from .transport import BulkTLSFactory
 
@@ -69,6 +70,8 @@ class NodeService(MultiService):
         api: str = "tcp:0:interface=127.0.0.1",
         org: str | None = None,
         admission: Admission | None = None,
+        limits: Limits | None = None,
+        space: SpaceLimits | None = None,
         reactor: Any = None,
     ) -> None:
         super().__init__()
@@ -84,6 +87,8 @@ class NodeService(MultiService):
         self.api_endpoint = api
         self.org = org or f"node-{port}"
         self.admission = admission or Admission()
+        self.limits = limits or Limits()
+        self.space_limits = space or SpaceLimits()
         self.private = self.data_dir / "private"
         self.api_url_file = self.data_dir / "api.url"
         self.peer_port: IListeningPort | None = None
@@ -110,7 +115,13 @@ class NodeService(MultiService):
         self.registry.setServiceParent(self)
         self.disk = DiskQueue(self.reactor)
         self.fileserver = FileServer(
-            self.store, self.org_key, self.identity.node_id, self.registry, self.reactor, self.disk
+            self.store,
+            self.org_key,
+            self.identity.node_id,
+            self.registry,
+            self.reactor,
+            self.disk,
+            SpaceAccount(self.store, self.space_limits),
         )
         self.tls = MutualTLS(self.identity)
         self.factory = PeerFactory(
@@ -122,6 +133,7 @@ class NodeService(MultiService):
             self.reactor,
             on_refused=self.registry.refused,
             admission=self.admission,
+            limits=self.limits,
         )
         self.api = Api(self.fileserver, self.token, self.org)
 
@@ -189,6 +201,11 @@ def node_from_options(options: Any) -> NodeService:
         api=options["api"],
         org=options["org"],
         admission=options["admission"],
+        limits=Limits(
+            handshake_timeout=options["handshake-timeout"],
+            stall_timeout=options["stall-timeout"],
+        ),
+        space=SpaceLimits(quota=options["quota"], reserve=options["reserve"]),
     )
 
 

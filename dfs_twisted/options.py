@@ -9,6 +9,7 @@ from pathlib import Path
 from twisted.python import usage
 
 from .admission import Admission, AdmissionError, NetworkKey, load_allow_list
+from .space import parse_size
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class NodeOptions(usage.Options):
             "admit only nodes proving this network key (dfs network-key create)",
         ],
         ["allow", None, None, "admit only these node ids (a file: one id per line, # comments)"],
+        ["quota", None, "10G", "most bytes held for any one other org (500M, 20G)"],
+        ["reserve", None, "1G", "free disk never given to other orgs' replicas"],
+        ["handshake-timeout", None, 30.0, "seconds a peer has for TLS and HELLO", float],
+        ["stall-timeout", None, 120.0, "seconds a transfer may receive nothing", float],
     ]
 
     def __init__(self) -> None:
@@ -88,6 +93,14 @@ class NodeOptions(usage.Options):
         if self["port"] is None:
             raise usage.UsageError("--port is required")
         self["port"] = parse_port(self["port"])
+        for name in ("quota", "reserve"):
+            try:
+                self[name] = parse_size(self[name])
+            except ValueError as e:
+                raise usage.UsageError(f"--{name}: {e}") from None
+        for name in ("handshake-timeout", "stall-timeout"):
+            if not self[name] > 0:
+                raise usage.UsageError(f"--{name} must be a positive number of seconds")
         if self["data-dir"] is None:
             self["data-dir"] = f"dfs-{self['port']}"
         self["data-dir"] = Path(self["data-dir"]).absolute()

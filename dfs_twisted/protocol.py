@@ -31,7 +31,17 @@ from .identity import NodeIdentity, PeerPins, PinMismatch, node_id_of
 
 log = Logger()
 
-HANDSHAKE_TIMEOUT = 30.0
+
+@dataclass(frozen=True)
+class Limits:
+    """What one connection may cost this node."""
+
+    handshake_timeout: float = 30.0  # TLS and HELLO must be done by then
+    stall_timeout: float = 120.0  # a frame or transfer that receives nothing this long
+    max_streams: int = 16  # concurrent STOREs received, and FETCHes served, per connection
+    max_unauthenticated: int = 64  # accepted connections still in TLS or HELLO at once
+
+
 # DATA frames are cut at this size: large enough to keep Python overhead low,
 # small enough that a frame is a fraction of the transport's buffer.
 DATA_FRAME = 256 * 1024
@@ -175,6 +185,9 @@ class PeerProtocol(Protocol):
         self._serving: dict[int, BlobSource] = {}
         self._writable: list[Deferred[None]] = []
         self._read_holds: set[object] = set()
+        self._counted = False
+        self._stall: Any = None
+        self._last_received = 0.0
         self._peer_id: str | None = None
         self._closing = False
         self._timeout: object = None
@@ -183,14 +196,26 @@ class PeerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        factory = self.factory
+        factory.unauthenticated += 1
+        self._counted = True
+        if factory.unauthenticated > factory.limits.max_unauthenticated:
+            self.close("too many connections awaiting their handshake")
+            return
         tcp = getattr(self.transport, "transport", None)
         if tcp is not None:
             # Bigger reads and send buffer for bulk sessions (measured: about 2x).
             tcp.bufferSize = 4 << 20
             tcp.SEND_LIMIT = 1 << 20
-        self._timeout = self.factory.clock.callLater(
-            HANDSHAKE_TIMEOUT, self.close, "handshake timed out"
+        self._timeout = factory.clock.callLater(
+            factory.limits.handshake_timeout, self.close, "handshake timed out"
         )
+
+    def _authenticated(self) -> None:
+        """No longer counted as a connection awaiting its handshake."""
+        if self._counted:
+            self._counted = False
+            self.factory.unauthenticated -= 1
 
     def handshakeCompleted(self) -> None:
         peer_cert = self.transport.getPeerCertificate()  # type: ignore[union-attr]
@@ -228,6 +253,9 @@ class PeerProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._closing = True
         self._cancel_timeout()
+        self._authenticated()
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
         why = reason.getErrorMessage() if reason is not None else "closed"
         for pending in self._pending.values():
             if not pending.reply.called:
@@ -390,6 +418,7 @@ class PeerProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        self._last_received = self.factory.clock.seconds()
         try:
             frames = self._decoder.feed(data)
             for frame in frames:
@@ -398,6 +427,37 @@ class PeerProtocol(Protocol):
                 self._dispatch(frame, wire.decode(frame))
         except wire.ProtocolError as e:
             self.close(f"protocol error: {e}")
+            return
+        self._watch()
+
+    # -- stalls: a peer that starts a frame or a transfer and then goes quiet
+
+    def _busy(self) -> bool:
+        return (
+            self._decoder.buffered > 0
+            or bool(self._incoming)
+            or any(p.streaming for p in self._pending.values())
+        )
+
+    def _watch(self) -> None:
+        if self._stall is None and self.info is not None and self._busy():
+            self._stall = self.factory.clock.callLater(
+                self.factory.limits.stall_timeout, self._check_stall
+            )
+
+    def _check_stall(self) -> None:
+        self._stall = None
+        if self._closing or not self._busy():
+            return
+        limit = self.factory.limits.stall_timeout
+        quiet = self.factory.clock.seconds() - self._last_received
+        if self._read_holds:
+            quiet = 0.0  # we stopped reading (slow disk or client): not the peer's fault
+            self._last_received = self.factory.clock.seconds()
+        if quiet >= limit:
+            self.close(f"stalled: nothing received for {quiet:.0f}s in the middle of a transfer")
+        else:
+            self._stall = self.factory.clock.callLater(limit - quiet, self._check_stall)
 
     def _dispatch(self, frame: wire.Frame, message: wire.Message) -> None:
         if isinstance(message, wire.Error) and frame.request_id == 0:
@@ -449,6 +509,7 @@ class PeerProtocol(Protocol):
             node_id=self._peer_id,
             address=self.info.address,
         )
+        self._authenticated()
         self.factory.handler.session_ready(self)
         self.ready.callback(self)
 
@@ -459,7 +520,13 @@ class PeerProtocol(Protocol):
             if sink is None:
                 raise wire.ProtocolError(f"DATA for unknown request {request_id}")
             if not isinstance(sink, _Discard):
-                sink.write(message.payload)
+                try:
+                    sink.write(message.payload)
+                except RequestRefused as e:
+                    # Refused mid-stream (a quota): drop the rest of it.
+                    sink.abort(e.message)
+                    self._incoming[request_id] = sink = _Discard()
+                    self.send(wire.Error(e.code, e.message[:512]), request_id, reply=True)
             if message.end:
                 del self._incoming[request_id]
                 if not isinstance(sink, _Discard):
@@ -470,14 +537,20 @@ class PeerProtocol(Protocol):
             return
         if request_id in self._incoming or request_id in self._serving:
             raise wire.ProtocolError(f"request id {request_id} reused while active")
+        limit = self.factory.limits.max_streams
         if isinstance(message, wire.Store):
+            active = sum(not isinstance(s, _Discard) for s in self._incoming.values())
             try:
+                if active >= limit:
+                    raise RequestRefused("busy", f"at most {limit} transfers at once")
                 self._incoming[request_id] = handler.open_store(self, message)
             except RequestRefused as e:
                 self._incoming[request_id] = _Discard()
                 self.send(wire.Error(e.code, e.message[:512]), request_id, reply=True)
         elif isinstance(message, wire.Fetch):
             try:
+                if len(self._serving) >= limit:
+                    raise RequestRefused("busy", f"at most {limit} transfers at once")
                 source = handler.open_fetch(self, message)
             except RequestRefused as e:
                 self.send(wire.Error(e.code, e.message[:512]), request_id, reply=True)
@@ -573,6 +646,7 @@ class PeerFactory(Factory[PeerProtocol]):
         clock: IReactorTime,
         on_refused: Callable[[str, str], None] | None = None,
         admission: Admission | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.identity = identity
         self.pins = pins
@@ -582,6 +656,10 @@ class PeerFactory(Factory[PeerProtocol]):
         self.clock = clock
         self._on_refused = on_refused
         self.admission = admission or Admission()
+        self.limits = limits or Limits()
+        # Connections of this factory still in TLS or HELLO (each dialling copy
+        # counts its own: the bound is for what strangers can open to us).
+        self.unauthenticated = 0
         # Set on a factory that dials one configured address: its protocols pin it.
         self.dialled: str | None = None
 

@@ -23,9 +23,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from dfs_twisted import wire
 from dfs_twisted.identity import NodeIdentity, PeerPins, ensure_private_dir
 from dfs_twisted.protocol import (
-    HANDSHAKE_TIMEOUT,
     BlobSource,
     IncomingBlob,
+    Limits,
     PeerFactory,
     PeerProtocol,
     RemoteError,
@@ -306,7 +306,7 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_handshake_timeout_closes(self) -> None:
         proto, transport = self.connect()
-        self.clock.advance(HANDSHAKE_TIMEOUT - 1)
+        self.clock.advance(Limits().handshake_timeout - 1)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(1)
         self.assertClosed(proto, transport)

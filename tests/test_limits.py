@@ -1,0 +1,223 @@
+"""Resource limits: stalls, handshake floods, concurrent transfers, quotas, the disk reserve."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import cast
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from dfs_twisted import wire
+from dfs_twisted.identity import PeerPins, ensure_private_dir
+from dfs_twisted.launcher import NodeProcess, free_port
+from dfs_twisted.protocol import IncomingBlob, Limits, PeerFactory, PeerProtocol
+from dfs_twisted.space import GiB, NoSpace, SpaceAccount, SpaceLimits, parse_size
+from dfs_twisted.store import BlobKey, BlobStore
+
+from .test_protocol import FakeHandler, TLSStringTransport, identity, sent
+
+OWNER = "c" * 64
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.aborted: str | None = None
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def finish(self) -> Deferred[None]:
+        return succeed(None)
+
+    def abort(self, reason: str) -> None:
+        self.aborted = reason
+
+
+class AcceptingHandler(FakeHandler):
+    def open_store(self, session: PeerProtocol, request: wire.Store) -> IncomingBlob:
+        self.stores.append(request)
+        return Sink()
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    LIMITS = Limits(handshake_timeout=10, stall_timeout=60, max_streams=2, max_unauthenticated=3)
+
+    def setUp(self) -> None:
+        self.me, self.peer = identity(self), identity(self)
+        root = Path(self.mktemp())
+        ensure_private_dir(root)
+        self.clock = task.Clock()
+        self.handler = AcceptingHandler()
+        self.factory = PeerFactory(
+            self.me,
+            PeerPins(root / "pins.json"),
+            self.handler,
+            "me",
+            "127.0.0.1:3000",
+            cast(IReactorTime, self.clock),
+            limits=self.LIMITS,
+        )
+
+    def connect(self) -> tuple[PeerProtocol, TLSStringTransport]:
+        proto = self.factory.buildProtocol(None)
+        transport = TLSStringTransport(self.peer)
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def connected(self) -> tuple[PeerProtocol, TLSStringTransport]:
+        proto, transport = self.connect()
+        proto.handshakeCompleted()
+        hello = wire.Hello(wire.PROTOCOL_VERSION, self.peer.node_id, "peer", "127.0.0.1:4000")
+        proto.dataReceived(wire.encode(hello, 0))
+        self.assertIsNotNone(proto.info)
+        transport.clear()
+        return proto, transport
+
+    def test_too_many_connections_awaiting_handshake(self) -> None:
+        waiting = [self.connect() for _ in range(3)]
+        self.assertFalse(any(t.disconnecting for _, t in waiting))
+        extra_proto, extra = self.connect()
+        self.assertTrue(extra.disconnecting)
+        extra_proto.connectionLost(Failure(ConnectionDone()))  # as a real transport would
+        # Once one finishes its handshake, there is room again.
+        proto, _ = waiting[0]
+        proto.handshakeCompleted()
+        hello = wire.Hello(wire.PROTOCOL_VERSION, self.peer.node_id, "peer", "127.0.0.1:4000")
+        proto.dataReceived(wire.encode(hello, 0))
+        _, another = self.connect()
+        self.assertFalse(another.disconnecting)
+
+    def test_silent_connection_closed_at_handshake_timeout(self) -> None:
+        _, transport = self.connect()
+        self.clock.advance(self.LIMITS.handshake_timeout - 0.5)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_slow_frame_is_a_stall(self) -> None:
+        proto, transport = self.connected()
+        frame = wire.encode(wire.List(OWNER), 1)
+        # One byte a little more often than the limit is still one frame taking forever.
+        for byte in frame[:5]:
+            proto.dataReceived(bytes([byte]))
+            self.clock.advance(self.LIMITS.stall_timeout / 2)
+        self.clock.advance(self.LIMITS.stall_timeout)
+        self.assertTrue(transport.disconnecting)
+
+    def test_transfer_that_stops_is_closed_and_dropped(self) -> None:
+        proto, transport = self.connected()
+        proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, 100), 1))
+        proto.dataReceived(wire.encode(wire.Data(b"x" * 10, end=False), 1))
+        self.clock.advance(self.LIMITS.stall_timeout - 1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_idle_session_is_not_a_stall(self) -> None:
+        _, transport = self.connected()
+        self.clock.advance(self.LIMITS.stall_timeout * 10)
+        self.assertFalse(transport.disconnecting)
+
+    def test_paused_reading_is_not_the_peers_fault(self) -> None:
+        proto, transport = self.connected()
+        proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, None), 1))
+        proto.hold_reading(self)  # our disk is slow
+        self.clock.advance(self.LIMITS.stall_timeout * 3)
+        self.assertFalse(transport.disconnecting)
+        proto.release_reading(self)
+        self.clock.advance(self.LIMITS.stall_timeout * 2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_concurrent_transfers_bounded(self) -> None:
+        proto, transport = self.connected()
+        for request_id in (1, 2, 3):
+            proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, None), request_id))
+        self.assertEqual(len(self.handler.stores), 2)
+        [busy] = sent(transport)
+        assert isinstance(busy, wire.Error)
+        self.assertEqual(busy.code, "busy")
+        self.assertFalse(transport.disconnecting)
+        # The refused stream's data in flight is dropped; the session goes on.
+        proto.dataReceived(wire.encode(wire.Data(b"late", end=True), 3))
+        self.assertFalse(transport.disconnecting)
+
+
+class SpaceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        root = Path(tempfile.mkdtemp(prefix="dfs-space-"))
+        self.addCleanup(shutil.rmtree, root, True)
+        self.store = BlobStore(root / "store")
+        self.free = 100 * GiB
+
+    def account(self, quota: int, reserve: int) -> SpaceAccount:
+        return SpaceAccount(self.store, SpaceLimits(quota, reserve), free=lambda: self.free)
+
+    def test_parse_size(self) -> None:
+        self.assertEqual(parse_size("500M"), 500 << 20)
+        self.assertEqual(parse_size("20G"), 20 << 30)
+        self.assertEqual(parse_size("1.5k"), 1536)
+        self.assertEqual(parse_size("7"), 7)
+        self.assertEqual(parse_size("2GiB"), 2 << 30)
+        for bad in ("", "G", "abc", "-1G", "1X"):
+            self.assertRaises(ValueError, parse_size, bad)
+
+    def test_quota_counts_what_is_held(self) -> None:
+        writer = self.store.begin(BlobKey(OWNER, "d" * 64))
+        writer.write(b"x" * 600)
+        writer.commit()
+        account = self.account(quota=1000, reserve=0)
+        account.check(OWNER, 400, None)
+        with self.assertRaises(NoSpace) as caught:
+            account.check(OWNER, 401, None)
+        self.assertEqual(caught.exception.code, "quota")
+        account.changed(OWNER, -600)
+        account.check(OWNER, 1000, None)
+        # Another org has a quota of its own.
+        self.account(quota=1000, reserve=0).check("e" * 64, 1000, None)
+
+    def test_reserve_protects_free_disk(self) -> None:
+        account = self.account(quota=100 * GiB, reserve=GiB)
+        self.free = 2 * GiB
+        account.check(OWNER, GiB, GiB)
+        with self.assertRaises(NoSpace) as caught:
+            account.check(OWNER, GiB + 1, GiB + 1)
+        self.assertEqual(caught.exception.code, "disk_full")
+
+
+class QuotaProcessTests(SynchronousTestCase):
+    """A real node with a small quota refuses a peer's replicas beyond it."""
+
+    def test_quota_refusal_reported_to_the_owner(self) -> None:
+        root = Path(tempfile.mkdtemp(prefix="dfs-quota-"))
+        self.addCleanup(shutil.rmtree, root, True)
+        holder = NodeProcess(free_port(), root / "holder", extra=["--quota", "2M"])
+        self.addCleanup(holder.stop)
+        holder.start().wait_ready()
+        owner = NodeProcess(free_port(), root / "owner", [holder.port])
+        self.addCleanup(owner.stop)
+        owner.start().wait_ready()
+        owner.wait_peers(1)
+        data = (root / "one.bin").resolve()
+        data.write_bytes(b"q" * 1_500_000)
+        first = owner.dfs("put", str(data), "--name", "one")
+        self.assertIn("1 of 1", first.stdout.decode())
+        for name, stdin in (("two", None), ("three", data.read_bytes())):
+            args = ["put", "-" if stdin else str(data), "--name", name]
+            result = owner.dfs(*args, input=stdin)
+            self.assertIn("0 of 1", result.stdout.decode())
+            self.assertIn("quota", result.stderr.decode())
+        owner_id = owner.status()["node_id"]
+        held = [p for p in (holder.data_dir / "store" / owner_id).rglob("*") if p.is_file()]
+        self.assertEqual(len(held), 1)
+        self.assertEqual(list((holder.data_dir / "store" / "tmp").iterdir()), [])
+        self.assertIn("refused a replica", holder.log_path.read_text())
+        # The owner's own copies are all there.
+        self.assertEqual(len(owner.dfs("ls", "--json").stdout.decode().split('"name"')), 4)
