@@ -54,6 +54,7 @@ class ApiRequest(Request):
 
     upload: Upload | None = None
     upload_error: ApiError | None = None
+    body_size = 0
     site: ApiSite
 
     def gotLength(self, length: int | None) -> None:
@@ -84,7 +85,13 @@ class ApiRequest(Request):
     def handleContentChunk(self, data: bytes) -> None:
         if self.upload is not None:
             self.upload.write(data)
-        elif self.upload_error is None and self.content is not None:
+            return
+        # Bounded whether or not a Content-Length announced it (chunked bodies).
+        self.body_size += len(data)
+        if self.body_size > MAX_CONTROL_BODY and self.upload_error is None:
+            self.upload_error = ApiError(413, "request body too large")
+            self.content = io.BytesIO()
+        if self.upload_error is None and self.content is not None:
             self.content.write(data)
 
     def connectionLost(self, reason: Failure) -> None:

@@ -39,7 +39,11 @@ class Limits:
     handshake_timeout: float = 30.0  # TLS and HELLO must be done by then
     stall_timeout: float = 120.0  # a frame or transfer that receives nothing this long
     max_streams: int = 16  # concurrent STOREs received, and FETCHes served, per connection
-    max_unauthenticated: int = 64  # accepted connections still in TLS or HELLO at once
+    # Connections still in TLS or HELLO at once, in all and from one address: past
+    # either bound the oldest waiting one is dropped, so idle sockets cannot lock
+    # out a peer that completes its handshake promptly.
+    max_unauthenticated: int = 64
+    max_unauthenticated_per_host: int = 16
 
 
 # DATA frames are cut at this size: large enough to keep Python overhead low,
@@ -197,11 +201,8 @@ class PeerProtocol(Protocol):
     def connectionMade(self) -> None:
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         factory = self.factory
-        factory.unauthenticated += 1
+        factory.waiting(self)
         self._counted = True
-        if factory.unauthenticated > factory.limits.max_unauthenticated:
-            self.close("too many connections awaiting their handshake")
-            return
         tcp = getattr(self.transport, "transport", None)
         if tcp is not None:
             # Bigger reads and send buffer for bulk sessions (measured: about 2x).
@@ -215,7 +216,7 @@ class PeerProtocol(Protocol):
         """No longer counted as a connection awaiting its handshake."""
         if self._counted:
             self._counted = False
-            self.factory.unauthenticated -= 1
+            self.factory.admitted(self)
 
     def handshakeCompleted(self) -> None:
         peer_cert = self.transport.getPeerCertificate()  # type: ignore[union-attr]
@@ -251,6 +252,13 @@ class PeerProtocol(Protocol):
         self.close(reason, tell_peer=True)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if not self._closing and self.info is None:
+            # Failed TLS handshakes (garbage, plain TCP, no certificate) end here.
+            log.warn(
+                "connection from {address} ended before its handshake completed: {reason}",
+                address=self._address(),
+                reason=reason.getErrorMessage() if reason is not None else "closed",
+            )
         self._closing = True
         self._cancel_timeout()
         self._authenticated()
@@ -316,6 +324,10 @@ class PeerProtocol(Protocol):
         timeout, self._timeout = self._timeout, None
         if timeout is not None and timeout.active():  # type: ignore[attr-defined]
             timeout.cancel()  # type: ignore[attr-defined]
+
+    def remote_host(self) -> str:
+        peer = self.transport.getPeer() if self.transport else None
+        return str(getattr(peer, "host", "?"))
 
     def _address(self) -> str:
         peer = self.transport.getPeer() if self.transport else None
@@ -657,11 +669,33 @@ class PeerFactory(Factory[PeerProtocol]):
         self._on_refused = on_refused
         self.admission = admission or Admission()
         self.limits = limits or Limits()
-        # Connections of this factory still in TLS or HELLO (each dialling copy
-        # counts its own: the bound is for what strangers can open to us).
-        self.unauthenticated = 0
+        # Connections still in TLS or HELLO, oldest first, by remote host; shared
+        # with the copies dialling() makes.
+        self._waiting: dict[str, list[PeerProtocol]] = {}
         # Set on a factory that dials one configured address: its protocols pin it.
         self.dialled: str | None = None
+
+    def waiting(self, protocol: PeerProtocol) -> None:
+        """Count a new connection awaiting its handshake; drop the oldest past a bound."""
+        host = protocol.remote_host()
+        self._waiting.setdefault(host, []).append(protocol)
+        if len(self._waiting[host]) > self.limits.max_unauthenticated_per_host:
+            oldest = self._waiting[host][0]
+        elif sum(map(len, self._waiting.values())) > self.limits.max_unauthenticated:
+            oldest = max(self._waiting.values(), key=len)[0]
+        else:
+            return
+        self.admitted(oldest)
+        oldest.close("too many connections awaiting their handshake; dropped the oldest")
+
+    def admitted(self, protocol: PeerProtocol) -> None:
+        """A connection no longer awaits its handshake (done, or closed)."""
+        host = protocol.remote_host()
+        waiting = self._waiting.get(host, [])
+        if protocol in waiting:
+            waiting.remove(protocol)
+        if not waiting:
+            self._waiting.pop(host, None)
 
     def dialling(self, address: str) -> PeerFactory:
         """A factory like this one for dialling ``address``."""

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import cast
 
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
@@ -81,19 +80,33 @@ class ConnectionLimitTests(SynchronousTestCase):
         transport.clear()
         return proto, transport
 
-    def test_too_many_connections_awaiting_handshake(self) -> None:
+    def test_too_many_connections_awaiting_handshake_drop_the_oldest(self) -> None:
         waiting = [self.connect() for _ in range(3)]
         self.assertFalse(any(t.disconnecting for _, t in waiting))
-        extra_proto, extra = self.connect()
-        self.assertTrue(extra.disconnecting)
-        extra_proto.connectionLost(Failure(ConnectionDone()))  # as a real transport would
-        # Once one finishes its handshake, there is room again.
-        proto, _ = waiting[0]
+        # A fourth: the oldest idle one goes, the newcomer may finish its handshake.
+        _, newest = self.connect()
+        self.assertTrue(waiting[0][1].disconnecting)
+        self.assertFalse(newest.disconnecting)
+        self.assertFalse(any(t.disconnecting for _, t in waiting[1:]))
+        # One that completes its handshake no longer counts.
+        proto, transport = waiting[1]
         proto.handshakeCompleted()
         hello = wire.Hello(wire.PROTOCOL_VERSION, self.peer.node_id, "peer", "127.0.0.1:4000")
         proto.dataReceived(wire.encode(hello, 0))
-        _, another = self.connect()
-        self.assertFalse(another.disconnecting)
+        self.connect()
+        self.assertFalse(transport.disconnecting)
+        self.assertFalse(waiting[2][1].disconnecting)
+
+    def test_one_address_cannot_fill_the_table(self) -> None:
+        self.factory.limits = Limits(max_unauthenticated=10, max_unauthenticated_per_host=2)
+        first, second, third = (self.connect()[1] for _ in range(3))
+        self.assertTrue(first.disconnecting)
+        self.assertFalse(second.disconnecting or third.disconnecting)
+        # Another address still gets in.
+        proto = self.factory.buildProtocol(None)
+        other = TLSStringTransport(self.peer, peer_address=IPv4Address("TCP", "127.0.0.2", 1))
+        proto.makeConnection(other)
+        self.assertFalse(other.disconnecting or second.disconnecting)
 
     def test_silent_connection_closed_at_handshake_timeout(self) -> None:
         _, transport = self.connect()

@@ -13,6 +13,7 @@ from typing import cast
 
 from OpenSSL import crypto
 from twisted.internet import task
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
@@ -40,8 +41,8 @@ BLOB = "d" * 64
 class TLSStringTransport(StringTransport):
     """A StringTransport that presents a peer certificate, like a TLS transport."""
 
-    def __init__(self, peer: NodeIdentity | None) -> None:
-        super().__init__()
+    def __init__(self, peer: NodeIdentity | None, peer_address: IPv4Address | None = None) -> None:
+        super().__init__(peerAddress=peer_address)
         self.aborted = False
         self._cert = None if peer is None else crypto.X509.from_cryptography(peer.certificate)
 
