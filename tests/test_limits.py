@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import cast
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
@@ -21,6 +23,9 @@ from dfs_twisted.space import GiB, NoSpace, SpaceAccount, SpaceLimits, parse_siz
 from dfs_twisted.store import BlobKey, BlobStore
 
 from .test_protocol import FakeHandler, TLSStringTransport, identity, sent
+from .test_wire import encode_all, framed
+
+FUZZ = settings(database=None, deadline=None, max_examples=150)
 
 OWNER = "c" * 64
 
@@ -46,8 +51,10 @@ class AcceptingHandler(FakeHandler):
         return Sink()
 
 
-class ConnectionLimitTests(SynchronousTestCase):
-    LIMITS = Limits(handshake_timeout=10, stall_timeout=60, max_streams=2, max_unauthenticated=3)
+class LiveProtocolCase(SynchronousTestCase):
+    """A PeerProtocol of a real factory on an in-memory transport, with a fake clock."""
+
+    LIMITS = Limits()
 
     def setUp(self) -> None:
         self.me, self.peer = identity(self), identity(self)
@@ -79,6 +86,10 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertIsNotNone(proto.info)
         transport.clear()
         return proto, transport
+
+
+class ConnectionLimitTests(LiveProtocolCase):
+    LIMITS = Limits(handshake_timeout=10, stall_timeout=60, max_streams=2, max_unauthenticated=3)
 
     def test_too_many_connections_awaiting_handshake_drop_the_oldest(self) -> None:
         waiting = [self.connect() for _ in range(3)]
@@ -234,3 +245,47 @@ class QuotaProcessTests(SynchronousTestCase):
         self.assertIn("refused a replica", holder.log_path.read_text())
         # The owner's own copies are all there.
         self.assertEqual(len(owner.dfs("ls", "--json").stdout.decode().split('"name"')), 4)
+
+
+class LiveProtocolFuzzTests(LiveProtocolCase):
+    """Random and mutated frame streams fed to a live, admitted PeerProtocol."""
+
+    @FUZZ
+    @given(st.lists(framed, max_size=8), st.data())
+    def test_mutated_streams_close_or_serve_never_crash(
+        self, items: list[tuple[wire.Message, int, bool]], data: st.DataObject
+    ) -> None:
+        raw = bytearray(encode_all(items))
+        for _ in range(data.draw(st.integers(0, 4))):
+            if raw:
+                raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
+        self.feed_and_check(bytes(raw), data.draw(st.lists(st.integers(0, len(raw)))))
+
+    @FUZZ
+    @given(st.binary(max_size=4096), st.lists(st.integers(0, 4096), max_size=8))
+    def test_random_bytes_close_or_serve_never_crash(self, raw: bytes, cuts: list[int]) -> None:
+        self.feed_and_check(raw, cuts)
+
+    def feed_and_check(self, raw: bytes, cuts: list[int]) -> None:
+        self.handler = AcceptingHandler()
+        self.factory.handler = self.handler
+        proto, transport = self.connected()
+        start = 0
+        # Any exception escaping dataReceived would fail the test here.
+        for cut in [*sorted(c for c in cuts if c <= len(raw)), len(raw)]:
+            proto.dataReceived(raw[start:cut])
+            start = cut
+        # Whatever it answered is well-formed frames; it never buffers past a frame.
+        wire.FrameDecoder().feed(transport.value())
+        self.assertLessEqual(proto._decoder.buffered, wire.HEADER.size + wire.MAX_CONTROL_BODY)
+        if transport.disconnecting:
+            return
+        if proto._decoder.buffered:
+            # Left in the middle of a frame: the stall timer ends it.
+            self.clock.advance(self.LIMITS.stall_timeout + 1)
+            self.assertTrue(transport.disconnecting)
+            return
+        # Still open between frames: it must still answer a valid request.
+        transport.clear()
+        proto.dataReceived(wire.encode(wire.List(OWNER), 4242))
+        self.assertTrue(transport.value() or transport.disconnecting)
