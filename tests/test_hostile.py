@@ -15,7 +15,6 @@ never sleeps used for synchronisation.
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import http.client
 import json
@@ -28,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from OpenSSL import SSL
@@ -39,6 +38,8 @@ from dfs_twisted.crypto import Encryptor, OrgKey
 from dfs_twisted.identity import NodeIdentity, ensure_private_dir
 from dfs_twisted.launcher import NodeProcess, free_port, start_network
 from dfs_twisted.wire import MessageType
+
+from .shared import SharedFixture
 
 IO_TIMEOUT = 10.0  # bound on any one socket operation of the attacker
 WAIT = 15.0  # bound on any wait for the node to react (log line, temp file gone)
@@ -297,46 +298,18 @@ class VictimNetwork:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class HostileTestCase(SynchronousTestCase):
+class HostileTestCase(SharedFixture, SynchronousTestCase):
     """Tests of one class share one victim network, started by the first of them."""
 
-    _network: ClassVar[VictimNetwork | None] = None
-    _pending: ClassVar[set[str] | None] = None
-
     @classmethod
-    def network(cls) -> VictimNetwork:
-        if cls._network is None:
-            cls._network = VictimNetwork()
-            cls._pending = {name for name in dir(cls) if name.startswith("test_")}
-            atexit.register(cls.shutdown)
-        return cls._network
-
-    @classmethod
-    def shutdown(cls) -> None:
-        if cls._network is not None:
-            cls._network.stop()
-            cls._network = None
-
-    @classmethod
-    def setUpClass(cls) -> None:  # pytest calls it; trial does not (see setUp)
-        cls.network()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.shutdown()
+    def make_shared(cls) -> VictimNetwork:
+        return VictimNetwork()
 
     def setUp(self) -> None:
-        self.net = self.network()
-        self.addCleanup(self._done)
+        self.net: VictimNetwork = self.shared()
+        self.addCleanup(self._shared_done)
         self.rounds = 0
         self.baseline()
-
-    def _done(self) -> None:
-        pending = type(self)._pending
-        if pending is not None:
-            pending.discard(self._testMethodName)
-            if not pending:
-                type(self).shutdown()
 
     # -- the victim's disk
 

@@ -8,7 +8,6 @@ last test of the class has run (and, as a fallback, at interpreter exit).
 
 from __future__ import annotations
 
-import atexit
 import http.client
 import json
 import os
@@ -22,12 +21,14 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeFailed, NodeProcess, free_port, start_network
+
+from .shared import SharedFixture
 
 REPO = Path(__file__).resolve().parent.parent
 TAC = REPO / "tac"
@@ -184,44 +185,16 @@ class Network:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class SharedNetworkTestCase(ProcessTestCase):
+class SharedNetworkTestCase(SharedFixture, ProcessTestCase):
     """Tests of one class share a network; each uses its own file names."""
 
-    _network: ClassVar[Network | None] = None
-    _pending: ClassVar[set[str] | None] = None
-
     @classmethod
-    def network(cls) -> Network:
-        if cls._network is None:
-            cls._network = Network()
-            cls._pending = {name for name in dir(cls) if name.startswith("test_")}
-            atexit.register(cls.shutdown)
-        return cls._network
-
-    @classmethod
-    def shutdown(cls) -> None:
-        if cls._network is not None:
-            cls._network.stop()
-            cls._network = None
-
-    @classmethod
-    def setUpClass(cls) -> None:  # pytest calls it; trial does not (see setUp)
-        cls.network()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.shutdown()
+    def make_shared(cls) -> Network:
+        return Network()
 
     def setUp(self) -> None:
-        self.net = self.network()
-        self.addCleanup(self._done)
-
-    def _done(self) -> None:
-        pending = type(self)._pending
-        if pending is not None:
-            pending.discard(self._testMethodName)
-            if not pending:
-                type(self).shutdown()
+        self.net: Network = self.shared()
+        self.addCleanup(self._shared_done)
 
     def put(self, node: NodeProcess, data: bytes, name: str) -> tuple[str, str]:
         """Store ``data`` as ``name``; return the `dfs put` output and the new blob's path."""
