@@ -27,6 +27,7 @@ from zope.interface import implementer
 
 from . import __version__
 from .fileserver import DamagedBlob, Download, FileNotFound, FileServer, Upload
+from .keys import Keyring, ReadKey, ReadKeyError
 
 log = Logger()
 
@@ -63,6 +64,11 @@ class ApiRequest(Request):
         # body; the channel already knows them when the headers are in.
         method: bytes = channel._command
         path: bytes = channel._path.split(b"?", 1)[0]
+        if method == b"PUT" and b"?" in channel._path:
+            # Writes go to this org's namespace only; a read key cannot write.
+            self.upload_error = ApiError(400, "PUT takes no query parameters")
+            self.content = io.BytesIO()
+            return
         if method != b"PUT" or not path.startswith(FILES):
             if length is not None and length > MAX_CONTROL_BODY:
                 self.upload_error = ApiError(413, "request body too large")
@@ -124,9 +130,10 @@ class _Response:
 class Api(Resource):
     isLeaf = True
 
-    def __init__(self, server: FileServer, token: str, org: str) -> None:
+    def __init__(self, server: FileServer, token: str, org: str, keyring: Keyring) -> None:
         super().__init__()
         self.files = server
+        self.keyring = keyring
         self._token = token.encode()
         self._org = org
         self._started = time.time()
@@ -163,7 +170,7 @@ class Api(Resource):
             else:
                 raise ApiError(405, "method not allowed")
         elif path in (b"/v1/files", b"/v1/files/") and method == b"GET":
-            entries = await self.files.list_files()
+            entries = await self.files.list_files(self._reader(request))
             _json(
                 request,
                 200,
@@ -203,15 +210,35 @@ class Api(Resource):
             },
         )
 
-    async def _get(self, request: Request, name: str) -> None:
-        if request.args:
+    def _reader(self, request: Request) -> ReadKey | None:
+        """The imported read key that ``?org=ORG`` names (None: this org)."""
+        args = request.args or {}
+        if set(args) - {b"org"} or len(args.get(b"org", [])) > 1:
             raise ApiError(400, "unsupported query parameter")
+        if not args:
+            return None
+        spec = args[b"org"][0].decode("utf-8", "replace")
+        if spec in (self._org, self.files.node_id):
+            return None
         try:
-            download: Download = await self.files.open_download(name)
+            return self.keyring.find(spec)
+        except ReadKeyError as e:
+            raise ApiError(404, str(e)) from None
+
+    async def _get(self, request: Request, name: str) -> None:
+        reader = self._reader(request)
+        try:
+            download: Download = await self.files.open_download(name, reader)
         except ValueError as e:
             raise ApiError(400, str(e)) from e
         except FileNotFound:
             raise ApiError(404, "no such file on this node or any connected peer") from None
+        except DamagedBlob as e:
+            if reader is None:
+                raise
+            raise ApiError(
+                502, f"cannot read {reader.org}'s file: wrong key or damaged data ({e})"
+            ) from e
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", str(download.size).encode())
@@ -230,6 +257,8 @@ class Api(Resource):
             request.finish()
 
     async def _delete(self, request: Request, name: str) -> None:
+        if request.args:
+            raise ApiError(400, "DELETE takes no query parameters")
         try:
             here, peers = await self.files.delete(name)
         except ValueError as e:

@@ -13,6 +13,8 @@ from typing import IO, Any, NoReturn
 from urllib.parse import quote, urlsplit
 
 from .admission import AdmissionError, NetworkKey
+from .crypto import CryptoError, OrgKey
+from .keys import Keyring, ReadKey, ReadKeyError
 
 BLOCK = 1 << 20
 
@@ -128,7 +130,7 @@ def _count(n: int, one: str, many: str) -> str:
 
 
 def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
-    response = client.request("GET", file_path(args.name))
+    response = client.request("GET", file_path(args.name) + _org_query(args))
     if response.status >= 400:
         _decode(response)
     source = response.getheader("x-dfs-source", "local")
@@ -154,7 +156,9 @@ def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
             "(the node found damaged data: see its log; retrying fetches it from a peer)"
         )
     # Only now: the node restores its local copy once the whole stream verified.
-    if source != "local":
+    if source != "local" and args.org is not None:
+        print(f"{args.name} of org {args.org}: read from peer {source}", file=sys.stderr)
+    elif source != "local":
         print(
             f"local copy of {args.name} missing or damaged: fetched it from peer {source} "
             "and restored the local copy",
@@ -180,8 +184,40 @@ def cmd_rm(client: NodeClient, args: argparse.Namespace) -> None:
     print(f"deleted {args.name}: {here}on {len(removed)} peers")
 
 
+def _org_query(args: argparse.Namespace) -> str:
+    return "" if args.org is None else "?org=" + quote(args.org, safe="")
+
+
+def cmd_key_export(client: NodeClient, args: argparse.Namespace) -> None:
+    status = client.json("GET", "/v1/status")
+    try:
+        key = OrgKey.from_bytes((client.dir / "private" / "org.key").read_bytes())
+    except (OSError, CryptoError) as e:
+        raise CliError(f"cannot read this org's key: {e}") from None
+    try:
+        ReadKey(status["node_id"], status["org"], key).write_new(Path(args.output))
+    except ReadKeyError as e:
+        raise CliError(str(e)) from None
+    print(f"wrote the read key of org {status['org']} to {args.output}")
+    print("  it lets its holder read every file of this org: hand it over privately")
+
+
+def cmd_key_import(client: NodeClient, args: argparse.Namespace) -> None:
+    try:
+        key = ReadKey.from_bytes(Path(args.file).read_bytes())
+    except OSError as e:
+        raise CliError(f"cannot read {args.file}: {e.strerror}") from None
+    except ReadKeyError as e:
+        raise CliError(f"{args.file}: {e}") from None
+    if key.org_id == client.json("GET", "/v1/status")["node_id"]:
+        raise CliError(f"{args.file} is this org's own key")
+    Keyring(client.dir / "private" / "keys").add(key)
+    print(f"imported the read key of org {key.org} ({key.org_id[:16]}...)")
+    print(f"  read its files with: dfs get NAME --org {key.org}")
+
+
 def cmd_ls(client: NodeClient, args: argparse.Namespace) -> None:
-    entries = client.json("GET", "/v1/files")
+    entries = client.json("GET", "/v1/files" + _org_query(args))
     if args.json:
         print(json.dumps([{k: e[k] for k in ("name", "size", "replicas")} for e in entries]))
         return
@@ -236,18 +272,28 @@ def parser() -> argparse.ArgumentParser:
     get = sub.add_parser("get", help="fetch and decrypt a file")
     get.add_argument("name")
     get.add_argument("-o", "--output", help="write here instead of stdout")
+    get.add_argument("--org", help="another org's file (name, id or id prefix), with its read key")
     get.set_defaults(run=cmd_get)
     rm = sub.add_parser("rm", help="delete a file here and on every peer")
     rm.add_argument("name")
     rm.set_defaults(run=cmd_rm)
     ls = sub.add_parser("ls", help="list this org's files")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--org", help="another org's files, with its imported read key")
     ls.set_defaults(run=cmd_ls)
     status = sub.add_parser("status", help="node, peers and storage")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=cmd_status)
     recover = sub.add_parser("recover", help="fetch back every file of this org from peers")
     recover.set_defaults(run=cmd_recover)
+    key = sub.add_parser("key", help="read keys: hand this org's to another, import another's")
+    key_sub = key.add_subparsers(dest="action", required=True)
+    export = key_sub.add_parser("export", help="write this org's read key to a file")
+    export.add_argument("-o", "--output", required=True)
+    export.set_defaults(run=cmd_key_export)
+    import_ = key_sub.add_parser("import", help="accept another org's read key")
+    import_.add_argument("file")
+    import_.set_defaults(run=cmd_key_import)
     network_key = sub.add_parser("network-key", help="federation admission keys")
     network_key_sub = network_key.add_subparsers(dest="action", required=True)
     create = network_key_sub.add_parser("create", help="write a new network key to FILE")

@@ -34,7 +34,8 @@ from .crypto import (
     parse_header,
     plaintext_size,
 )
-from .diskqueue import DiskQueue
+from .diskqueue import DiskQueue, QueuedBlob
+from .keys import ReadKey
 from .peers import PeerRegistry
 from .protocol import PeerProtocol, RemoteError, RequestRefused, SessionClosed
 from .space import NoSpace, SpaceAccount
@@ -215,6 +216,21 @@ class Upload:
             stream.abort(reason)
 
 
+class _NotKept:
+    """Where a fetched blob goes when it is not to be stored here."""
+
+    written = 0
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def commit(self) -> Deferred[None]:
+        return succeed(None)
+
+    def abort(self) -> None:
+        pass
+
+
 class Download:
     """A file's plaintext, ready to stream to a consumer (an HTTP response)."""
 
@@ -229,12 +245,14 @@ class Download:
 
 @implementer(IPullProducer)
 class _LocalDownload(Download):
-    def __init__(self, server: FileServer, key: BlobKey, f: BinaryIO, name: str, size: int) -> None:
+    def __init__(
+        self, server: FileServer, key: BlobKey, org_key: OrgKey, f: BinaryIO, name: str, size: int
+    ) -> None:
         super().__init__(name, size, "local")
         self._server = server
         self._key = key
         self._file = f
-        self._decryptor = Decryptor(server.key, owner=key.owner, blob=key.blob)
+        self._decryptor = Decryptor(org_key, owner=key.owner, blob=key.blob)
         self._consumer: IConsumer | None = None
         self._done: Deferred[None] = Deferred()
 
@@ -282,13 +300,20 @@ class _PeerFetch:
     `header` fires with the blob's header, or fails if the fetch ends first.
     """
 
-    def __init__(self, server: FileServer, session: PeerProtocol, key: BlobKey) -> None:
+    def __init__(
+        self, server: FileServer, session: PeerProtocol, key: BlobKey, org_key: OrgKey, keep: bool
+    ) -> None:
         self.key = key
-        self._decryptor = Decryptor(server.key, owner=key.owner, blob=key.blob)
-        self._writer = server.disk.blob(
-            server.store.begin(key),
-            pause=lambda: session.hold_reading(self),
-            resume=lambda: session.release_reading(self),
+        self._decryptor = Decryptor(org_key, owner=key.owner, blob=key.blob)
+        # Another org's file read with its key is not kept: it is not ours to hold.
+        self._writer: QueuedBlob | _NotKept = (
+            server.disk.blob(
+                server.store.begin(key),
+                pause=lambda: session.hold_reading(self),
+                resume=lambda: session.release_reading(self),
+            )
+            if keep
+            else _NotKept()
         )
         self.size: int | None = None
         self.received = 0
@@ -517,6 +542,7 @@ class FileServer:
         self._suspects: set[tuple[str, BlobKey]] = set()
         self.key = key
         self.node_id = node_id
+        self.own = ReadKey(node_id, "this org", key)
         self.peers = peers
         self.clock = clock
 
@@ -527,13 +553,18 @@ class FileServer:
         self.key.blob_id(name)  # validates the name
         return Upload(self, name, size, upstream)
 
-    def _key_for(self, name: str) -> BlobKey:
-        return BlobKey(self.node_id, self.key.blob_id(name))
+    def _key_for(self, name: str, reader: ReadKey | None = None) -> BlobKey:
+        org = reader or self.own
+        return BlobKey(org.org_id, org.key.blob_id(name))
 
-    async def open_download(self, name: str) -> Download:
-        """The local copy if it verifies, else one fetched from a peer (FileNotFound)."""
-        key = self._key_for(name)
-        local = self._open_local(key, name)
+    async def open_download(self, name: str, reader: ReadKey | None = None) -> Download:
+        """The local copy if it verifies, else one fetched from a peer (FileNotFound).
+
+        ``reader``: another org's read key, to read that org's file instead.
+        """
+        org = reader or self.own
+        key = self._key_for(name, reader)
+        local = self._open_local(key, name, org.key, own=reader is None)
         if local is not None:
             return local
         # Peers that served a damaged copy of this blob are asked last.
@@ -543,7 +574,7 @@ class FileServer:
         )
         for session in sessions:
             try:
-                return await self._open_from_peer(session, key, name)
+                return await self._open_from_peer(session, key, name, org.key, reader is None)
             except (RemoteError, SessionClosed, DamagedBlob, TimeoutError) as e:
                 assert session.info is not None
                 level = (
@@ -557,21 +588,22 @@ class FileServer:
                 )
         raise FileNotFound(name)
 
-    def _open_local(self, key: BlobKey, name: str) -> Download | None:
+    def _open_local(self, key: BlobKey, name: str, org_key: OrgKey, own: bool) -> Download | None:
         f = self.store.open(key)
         if f is None:
             return None
         try:
             header = read_header(f)
-            meta = open_metadata(self.key, header)
+            meta = open_metadata(org_key, header)
             if meta.name != name:
                 raise DamagedBlob("blob names another file")
             size = plaintext_size(header, self.store.size(key) or 0)
         except (CryptoError, DamagedBlob) as e:
             f.close()
-            self.damaged(key, str(e))
+            if own:  # another org's replica may be fine and the imported key wrong
+                self.damaged(key, str(e))
             return None
-        return _LocalDownload(self, key, f, name, size)
+        return _LocalDownload(self, key, org_key, f, name, size)
 
     def suspect(self, peer: str, key: BlobKey) -> None:
         """Remember that ``peer`` served a damaged copy of ``key`` (until restart)."""
@@ -584,10 +616,10 @@ class FileServer:
         self.store.delete(key)
 
     async def _start_fetch(
-        self, session: PeerProtocol, key: BlobKey
+        self, session: PeerProtocol, key: BlobKey, org_key: OrgKey, keep: bool
     ) -> tuple[_PeerFetch, Deferred[wire.Message], BlobHeader]:
         """Ask ``session`` for a blob; return once its header arrived and opened."""
-        fetch = _PeerFetch(self, session, key)
+        fetch = _PeerFetch(self, session, key, org_key, keep)
         reply = session.fetch(wire.Fetch(key.owner, key.blob), fetch)
         reply.addBoth(fetch.ended)
         timer = self.clock.callLater(FETCH_TIMEOUT, reply.cancel)
@@ -597,15 +629,17 @@ class FileServer:
             if timer.active():
                 timer.cancel()
         try:
-            open_metadata(self.key, header)
+            open_metadata(org_key, header)
         except CryptoError as e:
             reply.cancel()
             fetch.abort()
             raise DamagedBlob(str(e)) from e
         return fetch, reply, header
 
-    async def _open_from_peer(self, session: PeerProtocol, key: BlobKey, name: str) -> Download:
-        fetch, reply, header = await self._start_fetch(session, key)
+    async def _open_from_peer(
+        self, session: PeerProtocol, key: BlobKey, name: str, org_key: OrgKey, keep: bool
+    ) -> Download:
+        fetch, reply, header = await self._start_fetch(session, key, org_key, keep)
         try:
             if fetch.size is None:
                 raise DamagedBlob("no size announced")
@@ -643,18 +677,20 @@ class FileServer:
                 log.warn("could not list {org}: {error}", org=session.info.org, error=str(e))
         return listings
 
-    async def list_files(self) -> list[FileEntry]:
-        listings = await self.peer_listings(self.node_id)
+    async def list_files(self, reader: ReadKey | None = None) -> list[FileEntry]:
+        """This org's files held here (or, with ``reader``, another org's)."""
+        org = reader or self.own
+        listings = await self.peer_listings(org.org_id)
         entries = []
-        for blob in self.store.blobs(self.node_id):
-            key = BlobKey(self.node_id, blob)
+        for blob in self.store.blobs(org.org_id):
+            key = BlobKey(org.org_id, blob)
             f = self.store.open(key)
             if f is None:
                 continue
             try:
                 with f:
                     header = read_header(f)
-                    meta = open_metadata(self.key, header)
+                    meta = open_metadata(org.key, header)
                     size = plaintext_size(header, self.store.size(key) or 0)
             except CryptoError as e:
                 log.warn("skipping unreadable blob {blob}: {error}", blob=blob, error=str(e))
@@ -692,7 +728,7 @@ class FileServer:
 
     async def _fetch_to_store(self, session: PeerProtocol, key: BlobKey) -> str:
         """Fetch a blob into the store, verifying all of it; return its file name."""
-        fetch, reply, header = await self._start_fetch(session, key)
+        fetch, reply, header = await self._start_fetch(session, key, self.key, keep=True)
         try:
             await reply
             await fetch.complete()

@@ -27,6 +27,7 @@ from .identity import (
     load_or_create_secret,
     write_secret,
 )
+from .keys import Keyring
 from .options import PeerAddress
 from .peers import PeerRegistry
 from .protocol import Limits, PeerFactory
@@ -135,7 +136,7 @@ class NodeService(MultiService):
             admission=self.admission,
             limits=self.limits,
         )
-        self.api = Api(self.fileserver, self.token, self.org)
+        self.api = Api(self.fileserver, self.token, self.org, Keyring(self.private / "keys"))
 
     @property
     def node_id(self) -> str:
