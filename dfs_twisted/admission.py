@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .identity import SecretFileError, create_secret
 from .store import InvalidId, parse_id
 
 EXPORTER_LABEL = b"EXPORTER-dfs-admission-v1"
@@ -55,13 +55,9 @@ class NetworkKey:
     def create(self, path: Path) -> None:
         """Write to a new file, mode 0600; never overwrite one."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise AdmissionError(f"{path} exists; not overwriting it") from None
-        except OSError as e:
-            raise AdmissionError(f"cannot create {path}: {e.strerror}") from None
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.to_bytes())
+            create_secret(path, self.to_bytes())
+        except SecretFileError as e:
+            raise AdmissionError(str(e)) from None
 
     def proof(self, binding: bytes, node_id: str) -> str:
         """What node ``node_id`` sends on the TLS session with exporter value ``binding``."""

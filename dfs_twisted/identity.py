@@ -68,6 +68,22 @@ def write_secret(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+class SecretFileError(Exception):
+    """A secret file that cannot be created (one-line reason)."""
+
+
+def create_secret(path: Path, data: bytes) -> None:
+    """Write a new file, mode 0600, for the user to hand on; never overwrite one."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise SecretFileError(f"{path} exists; not overwriting it") from None
+    except OSError as e:
+        raise SecretFileError(f"cannot create {path}: {e.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
 def load_or_create_secret(path: Path, make: bytes) -> bytes:
     """Read a secret file, creating it with ``make`` the first time."""
     if not path.exists():

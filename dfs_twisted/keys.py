@@ -8,11 +8,11 @@ delete them (writes are authorized by the TLS identity of the owner's node).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .crypto import FormatError, OrgKey
+from .identity import SecretFileError, create_secret
 from .store import InvalidId, parse_id
 
 _MAGIC = "dfs-read-key"
@@ -58,13 +58,9 @@ class ReadKey:
     def write_new(self, path: Path) -> None:
         """Write to a new file, mode 0600; never overwrite one."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise ReadKeyError(f"{path} exists; not overwriting it") from None
-        except OSError as e:
-            raise ReadKeyError(f"cannot create {path}: {e.strerror}") from None
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.to_bytes())
+            create_secret(path, self.to_bytes())
+        except SecretFileError as e:
+            raise ReadKeyError(str(e)) from None
 
 
 class Keyring:

@@ -173,9 +173,6 @@ class NodeProcess:
             if self.process.stderr:
                 self.process.stderr.close()
 
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
 
 def start_network(root: Path, topology: Sequence[tuple[int, Sequence[int]]]) -> list[NodeProcess]:
     """Start nodes given as (port, ports it dials) under ``root``; wait until all are linked."""
