@@ -104,6 +104,11 @@ class NodeOptions(usage.Options):
         if self["data-dir"] is None:
             self["data-dir"] = f"dfs-{self['port']}"
         self["data-dir"] = Path(self["data-dir"]).absolute()
+        parent = getattr(self, "parent", None)
+        if parent is not None and parent.get("pidfile") == "twistd.pid":
+            # One pidfile per node, in its own directory: several nodes can start
+            # from one working directory, and two never share one data dir.
+            parent["pidfile"] = str(self["data-dir"] / "twistd.pid")
         if self["org"] is None:
             self["org"] = f"node-{self['port']}"
         org = self["org"]

@@ -41,6 +41,16 @@ def _script(name: str) -> list[str]:
     return [str(BIN / name)]
 
 
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def run(
     argv: Sequence[str],
     env: dict[str, str] | None = None,
@@ -224,6 +234,32 @@ class PluginTests(ProcessTestCase):
         out = result.stdout.decode()
         for flag in ("--port", "--peers", "--data-dir", "--listen", "--api", "--org"):
             self.assertIn(flag, out)
+
+    def test_nodes_started_from_one_directory_each_keep_their_own_pidfile(self) -> None:
+        # As the README runs them: several `twistd -n dfs` from one directory.
+        cwd = self.tempdir()
+        first, second = free_port(), free_port()
+        procs = []
+        for port, data in ((first, "nodes/a"), (second, "nodes/b")):
+            argv = [*_script("twistd"), "-n", "dfs", "--port", str(port), "--data-dir", data]
+            proc = subprocess.Popen(
+                argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            procs.append(proc)
+            self.addCleanup(_stop, proc)
+        for data in ("nodes/a", "nodes/b"):
+            deadline = time.monotonic() + 30
+            while not (cwd / data / "api.url").exists():
+                self.assertTrue(all(p.poll() is None for p in procs), "a node exited")
+                self.assertLess(time.monotonic(), deadline, f"{data} never listened")
+                time.sleep(0.05)
+            self.assertTrue((cwd / data / "twistd.pid").exists())
+        # A second node on the same data dir is refused.
+        again = run(
+            [*_script("twistd"), "-n", "dfs", "--port", str(free_port()), "--data-dir", "nodes/a"],
+            cwd=cwd,
+        )
+        self.assertNotEqual(again.returncode, 0)
 
     def test_port_is_required(self) -> None:
         result = run([*_script("twistd"), "-n", "--pidfile=", "dfs"], cwd=self.tempdir())
