@@ -99,6 +99,10 @@ class PeerRegistry(MultiService):
         """One session per connected peer node (the oldest, if both sides dialled)."""
         return [sessions[0] for sessions in self._sessions.values() if sessions]
 
+    def sessions(self) -> list[PeerProtocol]:
+        """Every authenticated session, a second one to the same peer included."""
+        return [s for group in self._sessions.values() for s in group]
+
     def status(self) -> list[dict[str, Any]]:
         """Every configured address and every accepted peer, with its state."""
         rows: list[dict[str, Any]] = []
@@ -137,6 +141,7 @@ def _row(session: PeerProtocol, address: str) -> dict[str, Any]:
         "org": session.info.org,
         "state": "connected",
         "direction": "outgoing" if session.dialled else "incoming",
+        "rtt_ms": None if session.rtt is None else round(session.rtt * 1000, 2),
         "bytes_in": session.bytes_in,
         "bytes_out": session.bytes_out,
         "last_error": None,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -49,6 +50,7 @@ class Limits:
 # DATA frames are cut at this size: large enough to keep Python overhead low,
 # small enough that a frame is a fraction of the transport's buffer.
 DATA_FRAME = 256 * 1024
+PING_INTERVAL = 10.0  # seconds between round-trip measurements of a session
 
 
 class RemoteError(Exception):
@@ -190,6 +192,8 @@ class PeerProtocol(Protocol):
         self._writable: list[Deferred[None]] = []
         self._read_holds: set[object] = set()
         self._counted = False
+        self._pinger: task.LoopingCall | None = None
+        self.rtt: float | None = None  # seconds, from the last answered PING
         self._stall: Any = None
         self._last_received = 0.0
         self._peer_id: str | None = None
@@ -262,6 +266,8 @@ class PeerProtocol(Protocol):
         self._closing = True
         self._cancel_timeout()
         self._authenticated()
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
         if self._stall is not None and self._stall.active():
             self._stall.cancel()
         why = reason.getErrorMessage() if reason is not None else "closed"
@@ -409,7 +415,7 @@ class PeerProtocol(Protocol):
         else:
             self._pending.pop(request_id, None)
 
-    def request(self, message: wire.Delete | wire.List) -> Deferred[wire.Message]:
+    def request(self, message: wire.Delete | wire.List | wire.Ping) -> Deferred[wire.Message]:
         """Send a control request; the Deferred fires with the reply message."""
         request_id, pending = self._new_request()
         self.send(message, request_id)
@@ -522,8 +528,19 @@ class PeerProtocol(Protocol):
             address=self.info.address,
         )
         self._authenticated()
+        self._pinger = task.LoopingCall(self._ping)
+        self._pinger.clock = self.factory.clock
+        self._pinger.start(PING_INTERVAL, now=False)
         self.factory.handler.session_ready(self)
         self.ready.callback(self)
+
+    def _ping(self) -> None:
+        sent = self.factory.clock.seconds()
+
+        def answered(_: object) -> None:
+            self.rtt = self.factory.clock.seconds() - sent
+
+        self.request(wire.Ping()).addCallbacks(answered, lambda _: None)
 
     def _on_request(self, request_id: int, message: wire.Message) -> None:
         handler = self.factory.handler
@@ -570,6 +587,8 @@ class PeerProtocol(Protocol):
             self._serving[request_id] = source
             self.send(wire.FetchReply(source.size), request_id, reply=True)
             self._pump(request_id, source)
+        elif isinstance(message, wire.Ping):
+            self.send(wire.Ack(), request_id, reply=True)
         elif isinstance(message, wire.Delete | wire.List):
             self._answer(request_id, maybeDeferred(handler.answer, self, message))
         else:

@@ -58,6 +58,10 @@ class SpaceAccount:
         self._free = free or (lambda: shutil.disk_usage(store.root).free)
         self._held: dict[str, int] | None = None
 
+    def free(self) -> int:
+        """Free bytes on the store's disk."""
+        return self._free()
+
     def held(self, owner: str) -> int:
         if self._held is None:
             self._held = dict(self._store.usage())

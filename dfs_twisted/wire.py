@@ -57,6 +57,7 @@ class MessageType(enum.IntEnum):
     LIST_REPLY = 9
     ERROR = 10
     ABORT = 11
+    PING = 12
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
@@ -121,6 +122,11 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
+class Ping:
+    """Answered with an Ack at once: measures round-trip time, keeps links alive."""
+
+
+@dataclass(frozen=True, slots=True)
 class FetchReply:
     size: int  # ciphertext bytes that follow as DATA frames
 
@@ -149,7 +155,18 @@ class Data:
 
 
 Message: TypeAlias = (
-    Hello | Store | Fetch | Delete | List | Ack | FetchReply | ListReply | Error | Abort | Data
+    Hello
+    | Store
+    | Fetch
+    | Delete
+    | List
+    | Ack
+    | Ping
+    | FetchReply
+    | ListReply
+    | Error
+    | Abort
+    | Data
 )
 
 
@@ -442,6 +459,11 @@ def _parse_ack(obj: dict[str, Any]) -> Ack:
     return Ack()
 
 
+def _parse_ping(obj: dict[str, Any]) -> Ping:
+    _require_keys(obj, "PING", frozenset())
+    return Ping()
+
+
 def _parse_fetch_reply(obj: dict[str, Any]) -> FetchReply:
     _require_keys(obj, "FETCH_REPLY", _FETCH_REPLY_KEYS)
     return FetchReply(size=_int(obj["size"], "FETCH_REPLY.size", 0, SIZE_LIMIT - 1))
@@ -476,6 +498,7 @@ _PARSERS: dict[MessageType, Callable[[dict[str, Any]], Message]] = {
     MessageType.DELETE: _parse_delete,
     MessageType.LIST: _parse_list,
     MessageType.ACK: _parse_ack,
+    MessageType.PING: _parse_ping,
     MessageType.FETCH_REPLY: _parse_fetch_reply,
     MessageType.LIST_REPLY: _parse_list_reply,
     MessageType.ERROR: _parse_error,
@@ -558,6 +581,8 @@ def _fields(message: Message) -> tuple[MessageType, dict[str, Any]]:
         }
     if isinstance(message, Ack):
         return MessageType.ACK, {}
+    if isinstance(message, Ping):
+        return MessageType.PING, {}
     if isinstance(message, FetchReply):
         return MessageType.FETCH_REPLY, {"size": message.size}
     if isinstance(message, ListReply):

@@ -31,6 +31,7 @@ from dfs_twisted.wire import (
     ListReply,
     Message,
     MessageType,
+    Ping,
     ProtocolError,
     Store,
     data_header,
@@ -108,6 +109,7 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Delete, owner=hex_ids, blob=hex_ids),
     st.builds(List, owner=hex_ids, after=st.none() | hex_ids, limit=st.integers(1, MAX_LIST_PAGE)),
     st.just(Ack()),
+    st.just(Ping()),
     st.builds(FetchReply, size=sizes),
     st.builds(
         ListReply,
@@ -140,6 +142,7 @@ class RoundTripTests(SynchronousTestCase):
         List(A),
         List(A, after=B, limit=1),
         Ack(),
+        Ping(),
         FetchReply(2**62 - 1),
         ListReply((B, A, C), more=True),
         ListReply((), more=False),
@@ -332,7 +335,7 @@ class FramingRejectsTests(SynchronousTestCase):
         self.assertRaises(ProtocolError, decode, frame)
 
     def test_unknown_type(self) -> None:
-        for mtype in (0, 12, 255):
+        for mtype in (0, 13, 255):
             self.assertRejectedAtHeader(HEADER.pack(mtype, 0, 1, 0))
             self.assertRaises(ProtocolError, decode, Frame(mtype, 0, 1, b"{}"))
 
