@@ -24,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dfs_twisted import wire
 from dfs_twisted.identity import NodeIdentity, PeerPins, ensure_private_dir
 from dfs_twisted.protocol import (
+    PING_INTERVAL,
     BlobSource,
     IncomingBlob,
     Limits,
@@ -171,9 +172,12 @@ class HostileInputTests(SynchronousTestCase):
         self.assertEqual(proto.info.org, "peer")
         self.assertEqual(self.successResultOf(proto.ready), proto)
         self.assertFalse(transport.disconnecting)
-        # The handshake timer was cancelled by the HELLO.
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # The handshake timer was cancelled by the HELLO; what is left is the pinger,
+        # and the connection's end stops it.
+        [pinger] = self.clock.getDelayedCalls()
+        self.assertEqual(pinger.getTime(), PING_INTERVAL)
         self.lose(proto)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(len(self.handler.lost), 1)
 
     def test_dialler_speaks_first(self) -> None:
@@ -192,6 +196,20 @@ class HostileInputTests(SynchronousTestCase):
             proto.dataReceived(bytes([byte]))
         self.assertEqual(self.handler.ready, [proto])
         self.assertFalse(transport.disconnecting)
+
+    def test_ping_measures_rtt_and_pings_are_answered(self) -> None:
+        proto, transport = self.connected()
+        self.clock.advance(PING_INTERVAL)
+        [ping] = wire.FrameDecoder().feed(transport.value())
+        self.assertEqual(wire.decode(ping), wire.Ping())
+        self.clock.advance(0.25)
+        proto.dataReceived(wire.encode(wire.Ack(), ping.request_id, reply=True))
+        self.assertEqual(proto.rtt, 0.25)
+        # The peer's PING gets an ACK.
+        transport.clear()
+        proto.dataReceived(wire.encode(wire.Ping(), 9))
+        [ack] = wire.FrameDecoder().feed(transport.value())
+        self.assertEqual((wire.decode(ack), ack.request_id, ack.flags), (wire.Ack(), 9, 2))
 
     # -- hostile input
 
