@@ -7,16 +7,21 @@ import http.client
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NoReturn
 from urllib.parse import quote, urlsplit
+
+from tqdm import tqdm
 
 from .admission import AdmissionError, NetworkKey
 from .crypto import CryptoError, OrgKey
 from .keys import Keyring, ReadKey, ReadKeyError
 
 BLOCK = 1 << 20
+PROGRESS_FROM = 4 << 20  # smaller transfers finish before a bar would help
+WATCH_SECONDS = 2.0
 
 
 class CliError(Exception):
@@ -88,18 +93,49 @@ def file_path(name: str) -> str:
     return "/v1/files/" + quote(name, safe="")
 
 
-def _read_blocks(stream: IO[bytes]) -> Iterator[bytes]:
+def _read_blocks(stream: IO[bytes], bar: tqdm[Any]) -> Iterator[bytes]:
     while block := stream.read(BLOCK):
+        bar.update(len(block))
         yield block
 
 
+def _bar(args: argparse.Namespace, total: int | None, verb: str) -> tqdm[Any]:
+    """A progress bar on stderr: only on a terminal, for more than a few MB, not --quiet."""
+    hidden = args.quiet or not sys.stderr.isatty() or (total is not None and total < PROGRESS_FROM)
+    return tqdm(
+        total=total,
+        desc=verb,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+        disable=hidden,
+    )
+
+
+def _rate(size: int, seconds: float) -> str:
+    return f"{_human(size)} in {seconds:.1f} s ({size / max(seconds, 1e-6) / 1e6:.0f} MB/s)"
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
 def cmd_put(client: NodeClient, args: argparse.Namespace) -> None:
+    started = time.monotonic()
     if args.path == "-":
         if not args.name:
             raise CliError("--name is required when reading stdin")
-        result = _decode(
-            client.request("PUT", file_path(args.name), _read_blocks(sys.stdin.buffer))
-        )
+        with _bar(args, None, "put") as bar:
+            body = _read_blocks(sys.stdin.buffer, bar)
+            result = _decode(client.request("PUT", file_path(args.name), body))
         name = args.name
     else:
         path = Path(args.path)
@@ -113,12 +149,15 @@ def cmd_put(client: NodeClient, args: argparse.Namespace) -> None:
                 raise CliError(f"{path} is not a regular file")
             size = os.fstat(f.fileno()).st_size
             headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
-            result = _decode(client.request("PUT", file_path(name), f, headers))
+            with _bar(args, size, "put") as bar:
+                body = _read_blocks(f, bar)
+                result = _decode(client.request("PUT", file_path(name), body, headers))
     peers = result["peers"]
     held = [p for p in peers if p["ok"]]
     print(
-        f"stored {name} ({result['size']} bytes): here and on {len(held)} of {len(peers)} "
-        f"connected peers ({_count(result['replicas'], 'copy', 'copies')})"
+        f"stored {name}: {_rate(result['size'], time.monotonic() - started)}, here and on "
+        f"{len(held)} of {len(peers)} connected peers "
+        f"({_count(result['replicas'], 'copy', 'copies')})"
     )
     for p in peers:
         if not p["ok"]:
@@ -130,20 +169,24 @@ def _count(n: int, one: str, many: str) -> str:
 
 
 def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
+    started = time.monotonic()
     response = client.request("GET", file_path(args.name) + _org_query(args))
     if response.status >= 400:
         _decode(response)
     source = response.getheader("x-dfs-source", "local")
     expected = int(response.getheader("content-length", "-1"))
+    bar = _bar(args, expected, "get")
+    on_terminal = not bar.disable  # closing the bar sets disable
     if args.output is None or args.output == "-":
-        received = _copy(response, sys.stdout.buffer)
+        with bar:
+            received = _copy(response, sys.stdout.buffer, bar)
         sys.stdout.buffer.flush()
     else:
         out = Path(args.output)
         partial = out.with_name(f".{out.name}.part")
         try:
-            with partial.open("wb") as f:
-                received = _copy(response, f)
+            with partial.open("wb") as f, bar:
+                received = _copy(response, f, bar)
             if received == expected:
                 partial.replace(out)
         except OSError as e:
@@ -164,14 +207,18 @@ def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
             "and restored the local copy",
             file=sys.stderr,
         )
+    if on_terminal:
+        # On a terminal, after the bar: what was done, and how fast.
+        print(f"got {args.name}: {_rate(received, time.monotonic() - started)}", file=sys.stderr)
 
 
-def _copy(response: http.client.HTTPResponse, out: IO[bytes]) -> int:
+def _copy(response: http.client.HTTPResponse, out: IO[bytes], bar: tqdm[Any]) -> int:
     received = 0
     try:
         while block := response.read(BLOCK):
             out.write(block)
             received += len(block)
+            bar.update(len(block))
     except (http.client.IncompleteRead, OSError):
         pass
     return received
@@ -231,21 +278,45 @@ def cmd_ls(client: NodeClient, args: argparse.Namespace) -> None:
 
 
 def cmd_status(client: NodeClient, args: argparse.Namespace) -> None:
-    status = client.json("GET", "/v1/status")
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps(client.json("GET", "/v1/status"), indent=2))
         return
-    print(f"node    {status['node_id']}")
-    print(f"org     {status['org']}  (version {status['version']}, up {status['uptime']}s)")
-    print(f"stored  {status['storage']['own_bytes']} bytes of own files")
-    for owner, size in status["storage"]["held_for_others"].items():
-        print(f"        {size} bytes held for {owner[:16]}")
-    print("peers:" if status["peers"] else "peers:  none")
+    if not args.watch:
+        print(status_table(client.json("GET", "/v1/status")))
+        return
+    try:
+        while True:
+            table = status_table(client.json("GET", "/v1/status"))
+            # Home the cursor and clear the screen, then redraw: no flicker of scrolling.
+            print(
+                f"\033[H\033[2J{table}\n\n(refreshing every {WATCH_SECONDS:.0f} s; Ctrl-C to stop)"
+            )
+            time.sleep(WATCH_SECONDS)
+    except KeyboardInterrupt:
+        return
+
+
+def status_table(status: dict[str, Any]) -> str:
+    storage = status["storage"]
+    lines = [
+        f"node    {status['node_id']}",
+        f"org     {status['org']}  (version {status['version']}, up {status['uptime']:.0f} s)",
+        f"stored  {_human(storage['own_bytes'])} of this org's files",
+    ]
+    for owner, size in storage["held_for_others"].items():
+        lines.append(f"        {_human(size)} held for {owner[:16]}")
+    if "free_bytes" in storage:
+        lines.append(f"disk    {_human(storage['free_bytes'])} free")
+    lines.append("peers:" if status["peers"] else "peers:  none")
+    lines.append(f"  {'ADDRESS':<22} {'STATE':<11} {'ORG':<16} {'NODE':<16} {'RTT':>8}")
     for p in status["peers"]:
-        org = p["org"] or "?"
-        node = (p["node_id"] or "?")[:16]
+        rtt = "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.1f} ms"
         error = f"  ({p['last_error']})" if p.get("last_error") else ""
-        print(f"  {p['address']:<22} {p['state']:<11} {org:<16} {node}{error}")
+        lines.append(
+            f"  {p['address']:<22} {p['state']:<11} {p['org'] or '?':<16} "
+            f"{(p['node_id'] or '?')[:16]:<16} {rtt:>8}{error}"
+        )
+    return "\n".join(lines)
 
 
 def cmd_recover(client: NodeClient, args: argparse.Namespace) -> None:
@@ -263,6 +334,9 @@ def parser() -> argparse.ArgumentParser:
         "--node",
         default=os.environ.get("DFS_NODE"),
         help="the node's directory (default: $DFS_NODE)",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars or summaries on stderr"
     )
     sub = p.add_subparsers(dest="command", required=True)
     put = sub.add_parser("put", help="store a file")
@@ -283,6 +357,7 @@ def parser() -> argparse.ArgumentParser:
     ls.set_defaults(run=cmd_ls)
     status = sub.add_parser("status", help="node, peers and storage")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true", help="redraw every few seconds")
     status.set_defaults(run=cmd_status)
     recover = sub.add_parser("recover", help="fetch back every file of this org from peers")
     recover.set_defaults(run=cmd_recover)
