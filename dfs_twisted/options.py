@@ -8,6 +8,7 @@ from pathlib import Path
 
 from twisted.python import usage
 
+from . import logs
 from .admission import Admission, AdmissionError, NetworkKey, load_allow_list
 from .space import parse_size
 
@@ -79,6 +80,7 @@ class NodeOptions(usage.Options):
         ["reserve", None, "1G", "free disk never given to other orgs' replicas"],
         ["handshake-timeout", None, 30.0, "seconds a peer has for TLS and HELLO", float],
         ["stall-timeout", None, 120.0, "seconds a transfer may receive nothing", float],
+        ["log-format", None, "text", "text (twistd's) or json (one JSON object per line)"],
     ]
 
     def __init__(self) -> None:
@@ -109,6 +111,11 @@ class NodeOptions(usage.Options):
             # One pidfile per node, in its own directory: several nodes can start
             # from one working directory, and two never share one data dir.
             parent["pidfile"] = str(self["data-dir"] / "twistd.pid")
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
+        if self["log-format"] == "json" and parent is not None:
+            logs.logfile = parent.get("logfile")
+            parent["logger"] = logs.JSON_OBSERVER
         if self["org"] is None:
             self["org"] = f"node-{self['port']}"
         org = self["org"]

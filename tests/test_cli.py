@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.cli import PROGRESS_FROM, _bar, _human, _rate, parser, status_table
+from dfs_twisted.launcher import NodeProcess, free_port
 
 STATUS = {
     "node_id": "a" * 64,
@@ -71,3 +76,17 @@ class ProgressTests(SynchronousTestCase):
         self.assertTrue(_bar(argparse.Namespace(quiet=True), 1 << 30, "put").disable)
         self.assertTrue(_bar(argparse.Namespace(quiet=False), PROGRESS_FROM - 1, "get").disable)
         self.assertFalse(_bar(argparse.Namespace(quiet=False), None, "put").disable)
+
+
+class JsonLogTests(SynchronousTestCase):
+    def test_node_logs_json_lines(self) -> None:
+        root = Path(tempfile.mkdtemp(prefix="dfs-jsonlog-"))
+        self.addCleanup(shutil.rmtree, root, True)
+        node = NodeProcess(free_port(), root / "node", extra=["--log-format", "json"])
+        self.addCleanup(node.stop)
+        node.start().wait_ready()
+        node.stop()
+        events = [json.loads(line) for line in node.log_path.read_text().splitlines() if line]
+        listening = [e for e in events if e.get("log_namespace") == "dfs_twisted.node"]
+        self.assertEqual(len(listening[0]["node_id"]), 64)
+        self.assertEqual(listening[0]["port"], node.port)
