@@ -87,7 +87,6 @@ class PeerRegistry(MultiService):
         link = self._links.get(session.dialled or "")
         if link is not None:
             link.last_error = reason
-            link.refused = True
         log.info(
             "peer {org} ({node_id}) disconnected: {reason}",
             org=session.info.org,

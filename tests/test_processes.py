@@ -609,6 +609,13 @@ class LatePeerTests(ProcessTestCase):
         owner = early.status()["node_id"]
         held = list((late.data_dir / "store" / owner).rglob("*"))
         self.assertEqual(len([p for p in held if p.is_file()]), 1)
+        # A peer that goes away is being dialled again, not "refused".
+        late.stop()
+        deadline = time.monotonic() + 30
+        while (peer := early.status()["peers"][0])["state"] == "connected":
+            self.assertLess(time.monotonic(), deadline, "the stopped peer still shows connected")
+            time.sleep(0.05)
+        self.assertEqual(peer["state"], "connecting")
 
 
 class TacTests(ProcessTestCase):
