@@ -2,13 +2,14 @@
 
 Uploads stream: `ApiRequest` routes the body of `PUT /v1/files/{name}` into the
 put pipeline as it arrives instead of letting twisted.web spool it to a temp file.
-Downloads stream through a producer. Every /v1/ call needs the bearer token.
+Downloads stream through a producer. Every /v1/ call needs the bearer token, and
+so does ``GET /metrics`` (Prometheus text format): peers' ids, orgs and addresses
+are not for anyone who can reach the port.
 """
 
 from __future__ import annotations
 
 import hmac
-import html
 import io
 import json
 import time
@@ -28,11 +29,17 @@ from zope.interface import implementer
 from . import __version__
 from .fileserver import DamagedBlob, Download, FileNotFound, FileServer, Upload
 from .keys import Keyring, ReadKey, ReadKeyError
+from .metrics import CONTENT_TYPE, NodeMetrics, outcome_of
+from .page import status_page
 
 log = Logger()
 
 FILES = b"/v1/files/"
 MAX_CONTROL_BODY = 64 * 1024
+
+
+class _Interrupted(Exception):
+    """A download cut short after its headers were sent (the connection is aborted)."""
 
 
 class ApiError(Exception):
@@ -130,9 +137,17 @@ class _Response:
 class Api(Resource):
     isLeaf = True
 
-    def __init__(self, server: FileServer, token: str, org: str, keyring: Keyring) -> None:
+    def __init__(
+        self,
+        server: FileServer,
+        token: str,
+        org: str,
+        keyring: Keyring,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         super().__init__()
         self.files = server
+        self.metrics = metrics or NodeMetrics(server)
         self.keyring = keyring
         self._token = token.encode()
         self._org = org
@@ -149,6 +164,22 @@ class Api(Resource):
         return NOT_DONE_YET
 
     async def _route(self, request: Request) -> None:
+        """Dispatch, counting file operations by outcome."""
+        operation = _operation(request.method, request.path)
+        try:
+            await self._dispatch(request)
+        except BaseException as e:
+            if operation is not None:
+                status = e.status if isinstance(e, ApiError) else None
+                if isinstance(e, DamagedBlob):
+                    status = 502
+                outcome = "interrupted" if isinstance(e, _Interrupted) else outcome_of(status)
+                self.metrics.operation(operation, outcome)
+            raise
+        if operation is not None:
+            self.metrics.operation(operation, "ok")
+
+    async def _dispatch(self, request: Request) -> None:
         assert isinstance(request, ApiRequest)
         method = request.method
         path = request.path
@@ -156,6 +187,12 @@ class Api(Resource):
             raise request.upload_error
         if path == b"/" and method == b"GET":
             _send(request, 200, self._page().encode(), b"text/html; charset=utf-8")
+            return
+        if path == b"/metrics":
+            if method != b"GET":
+                raise ApiError(405, "method not allowed")
+            self.authorize(request.requestHeaders.getRawHeaders(b"authorization", []))
+            _send(request, 200, self.metrics.exposition(), CONTENT_TYPE.encode())
             return
         if not path.startswith(b"/v1/"):
             raise ApiError(404, "not found")
@@ -199,6 +236,7 @@ class Api(Resource):
             raise ApiError(400, "upload did not start")
         request.upload = None
         result = await upload.finish()
+        self.metrics.put_done(result.seconds, result.size)
         _json(
             request,
             201,
@@ -252,7 +290,8 @@ class Api(Resource):
             channel: Any = request.channel
             if channel is not None:
                 channel.transport.abortConnection()
-            return
+            raise _Interrupted(str(e)) from e
+        self.metrics.get_done(download.size)
         if not request.finished and request.channel is not None:
             request.finish()
 
@@ -287,34 +326,17 @@ class Api(Resource):
             "storage": {
                 "own_bytes": usage.get(server.node_id, 0),
                 "held_for_others": {o: b for o, b in usage.items() if o != server.node_id},
+                "free_bytes": server.space.free(),
+                "quota_bytes": server.space.limits.quota,
+                "reserve_bytes": server.space.limits.reserve,
             },
         }
 
     def _page(self) -> str:
-        status = self.status()
-        rows = "".join(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>".format(
-                html.escape(p["address"]),
-                html.escape(p["org"] or "-"),
-                html.escape((p["node_id"] or "-")[:16]),
-                html.escape(p["state"]),
-            )
-            for p in status["peers"]
-        )
-        return (
-            "<!doctype html><html><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>dfs node {html.escape(self._org)}</title></head><body>"
-            f"<h1>{html.escape(self._org)}</h1>"
-            f"<p>node id <code>{status['node_id']}</code>, version {__version__}</p>"
-            "<table><tr><th>address</th><th>org</th><th>node id</th><th>state</th></tr>"
-            f"{rows}</table>"
-            f"<p>own bytes stored: {status['storage']['own_bytes']}</p>"
-            "</body></html>"
-        )
+        return status_page(self._org)
 
     def _failed(self, failure: Failure, request: Request) -> None:
-        if request.finished or request.channel is None:
+        if request.finished or request.channel is None or failure.check(_Interrupted):
             return
         if failure.check(ApiError):
             error: ApiError = failure.value  # type: ignore[assignment]
@@ -324,6 +346,15 @@ class Api(Resource):
         else:
             log.failure("API request failed", failure)
             _json(request, 500, {"error": "internal error (see the node's log)"})
+
+
+def _operation(method: bytes | None, path: bytes | None) -> str | None:
+    """The file operation a request is, for the metrics (None: not one)."""
+    if path is not None and path.startswith(FILES) and len(path) > len(FILES):
+        return {b"PUT": "put", b"GET": "get", b"DELETE": "delete"}.get(method or b"")
+    if path == b"/v1/recover" and method == b"POST":
+        return "recover"
+    return None
 
 
 def _send(request: Request, status: int, body: bytes, content_type: bytes) -> None:

@@ -75,6 +75,7 @@ class PutResult:
     blob: str
     size: int
     peers: tuple[PeerOutcome, ...]
+    seconds: float = 0.0  # from the start of the upload until durable everywhere
 
     @property
     def replicas(self) -> int:
@@ -197,13 +198,15 @@ class Upload:
                 outcomes.append(PeerOutcome(session.info.org, session.info.node_id, True))
             except (RemoteError, SessionClosed) as e:
                 outcomes.append(PeerOutcome(session.info.org, session.info.node_id, False, str(e)))
-        result = PutResult(self.blob, self._encryptor.size, tuple(outcomes))
+        result = PutResult(
+            self.blob, self._encryptor.size, tuple(outcomes), time.monotonic() - self._started
+        )
         log.info(
             "put {blob}: {size} bytes in {seconds:.2f}s (streamed {streamed:.2f}s, "
             "durable here {local:.2f}s), {replicas} replicas",
             blob=self.blob,
             size=result.size,
-            seconds=time.monotonic() - self._started,
+            seconds=result.seconds,
             streamed=streamed,
             local=local,
             replicas=result.replicas,

@@ -28,6 +28,7 @@ from .identity import (
     write_secret,
 )
 from .keys import Keyring
+from .metrics import NodeMetrics
 from .options import PeerAddress
 from .peers import PeerRegistry
 from .protocol import Limits, PeerFactory
@@ -136,7 +137,15 @@ class NodeService(MultiService):
             admission=self.admission,
             limits=self.limits,
         )
-        self.api = Api(self.fileserver, self.token, self.org, Keyring(self.private / "keys"))
+        pins = self.factory.pins
+        self.metrics = NodeMetrics(self.fileserver, pinned=pins.get)
+        self.api = Api(
+            self.fileserver,
+            self.token,
+            self.org,
+            Keyring(self.private / "keys"),
+            metrics=self.metrics,
+        )
 
     @property
     def node_id(self) -> str:
