@@ -281,6 +281,7 @@ class Api(Resource):
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", str(download.size).encode())
         request.setHeader(b"x-dfs-source", download.source.encode("utf-8", "replace"))
+        started = time.monotonic()
         try:
             await download.stream_to(_Response(request))
         except Exception as e:
@@ -292,6 +293,13 @@ class Api(Resource):
                 channel.transport.abortConnection()
             raise _Interrupted(str(e)) from e
         self.metrics.get_done(download.size)
+        log.info(
+            "get {blob}: {size} bytes in {seconds:.2f}s from {source}",
+            blob=download.blob,
+            size=download.size,
+            seconds=time.monotonic() - started,
+            source=download.source,
+        )
         if not request.finished and request.channel is not None:
             request.finish()
 

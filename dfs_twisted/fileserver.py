@@ -237,8 +237,9 @@ class _NotKept:
 class Download:
     """A file's plaintext, ready to stream to a consumer (an HTTP response)."""
 
-    def __init__(self, name: str, size: int, source: str) -> None:
+    def __init__(self, name: str, blob: str, size: int, source: str) -> None:
         self.name = name
+        self.blob = blob  # what logs may name: never the file name
         self.size = size
         self.source = source  # "local" or the org of the peer it comes from
 
@@ -251,7 +252,7 @@ class _LocalDownload(Download):
     def __init__(
         self, server: FileServer, key: BlobKey, org_key: OrgKey, f: BinaryIO, name: str, size: int
     ) -> None:
-        super().__init__(name, size, "local")
+        super().__init__(name, key.blob, size, "local")
         self._server = server
         self._key = key
         self._file = f
@@ -403,7 +404,7 @@ class _PeerDownload(Download):
         reply: Deferred[wire.Message],
     ) -> None:
         assert session.info is not None
-        super().__init__(name, size, session.info.org)
+        super().__init__(name, fetch.key.blob, size, session.info.org)
         self._server = server
         self._session = session
         self._fetch = fetch
@@ -655,6 +656,7 @@ class FileServer:
 
     async def delete(self, name: str) -> tuple[bool, list[PeerOutcome]]:
         """Remove here and on every live peer; FileNotFound if nobody had it."""
+        started = time.monotonic()
         key = self._key_for(name)
         here = self.store.delete(key)
         outcomes = []
@@ -666,7 +668,14 @@ class FileServer:
                 outcomes.append(PeerOutcome(session.info.org, session.info.node_id, ok))
             except (RemoteError, SessionClosed) as e:
                 outcomes.append(PeerOutcome(session.info.org, session.info.node_id, False, str(e)))
-        log.info("deleted {blob} (held here: {here})", blob=key.blob, here=here)
+        log.info(
+            "delete {blob}: held here {here}, on {removed} of {peers} peers, {seconds:.2f}s",
+            blob=key.blob,
+            here=here,
+            removed=sum(o.ok for o in outcomes),
+            peers=len(outcomes),
+            seconds=time.monotonic() - started,
+        )
         return here, outcomes
 
     async def peer_listings(self, owner: str) -> dict[str, set[str]]:
