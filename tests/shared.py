@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
+
+from dfs_twisted.launcher import NodeProcess, free_port, start_network
 
 
 class Stoppable(Protocol):
@@ -54,3 +59,17 @@ class SharedFixture:
             pending.discard(self._testMethodName)
             if not pending:
                 type(self).stop_shared()
+
+
+def seed_network(test: Any, prefix: str) -> tuple[Path, NodeProcess, NodeProcess, NodeProcess]:
+    """The seed's three nodes (A; B dials A; C dials A and B) for one test, in a temp dir.
+
+    Returns (root, a, b, c); the nodes are stopped and the directory removed at cleanup.
+    """
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    test.addCleanup(shutil.rmtree, root, True)
+    a, b, c = free_port(), free_port(), free_port()
+    nodes = start_network(root / "nodes", [(a, []), (b, [a]), (c, [a, b])])
+    for node in nodes:
+        test.addCleanup(node.stop)
+    return root, nodes[0], nodes[1], nodes[2]

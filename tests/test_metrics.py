@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
-from dfs_twisted.launcher import NodeProcess, free_port, start_network
+from dfs_twisted.launcher import NodeProcess
 from dfs_twisted.metrics import NodeCollector, NodeMetrics
 from dfs_twisted.space import SpaceLimits
+
+from .shared import seed_network
 
 NAME = "reports/metrics-canary-7f3a9c.bin"
 
@@ -60,14 +59,7 @@ class MetricsNetworkTests(SynchronousTestCase):
     """Three real node processes; C does a put, gets and a delete, then everyone is scraped."""
 
     def setUp(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dfs-metrics-"))
-        self.addCleanup(shutil.rmtree, self.root, True)
-        a, b, c = free_port(), free_port(), free_port()
-        self.a, self.b, self.c = start_network(
-            self.root / "nodes", [(a, []), (b, [a]), (c, [a, b])]
-        )
-        for node in (self.a, self.b, self.c):
-            self.addCleanup(node.stop)
+        self.root, self.a, self.b, self.c = seed_network(self, "dfs-metrics-")
 
     def assert_no_secrets(self, text: str, blob: str) -> None:
         self.assertNotIn(NAME, text)

@@ -14,7 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.crypto import OrgKey
 from dfs_twisted.keys import Keyring, ReadKey, ReadKeyError
-from dfs_twisted.launcher import NodeProcess, free_port, start_network
+from dfs_twisted.launcher import NodeProcess
+
+from .shared import seed_network
 
 A, B = "a" * 64, "ab" + "c" * 62
 
@@ -77,14 +79,7 @@ class SharingTests(SynchronousTestCase):
     """The seed's promise: an org handed another's key reads that org's files."""
 
     def setUp(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dfs-sharing-"))
-        self.addCleanup(shutil.rmtree, self.root, True)
-        a, b, c = free_port(), free_port(), free_port()
-        self.a, self.b, self.c = start_network(
-            self.root / "nodes", [(a, []), (b, [a]), (c, [a, b])]
-        )
-        for node in (self.a, self.b, self.c):
-            self.addCleanup(node.stop)
+        self.root, self.a, self.b, self.c = seed_network(self, "dfs-sharing-")
 
     def fail_line(self, node: NodeProcess, *args: str) -> str:
         result = node.dfs(*args, check=False)
