@@ -7,6 +7,7 @@ blob and to every connected peer. Nothing holds a whole file in memory.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -756,6 +757,58 @@ class FileServer:
 
     def session_ready(self, session: PeerProtocol) -> None:
         self.peers.add(session)
+        Deferred.fromCoroutine(self.catch_up(session)).addErrback(
+            lambda f: log.warn(
+                "catching up {peer} failed: {error}",
+                peer=session.info and session.info.org,
+                error=f.getErrorMessage(),
+            )
+        )
+
+    async def catch_up(self, session: PeerProtocol) -> int:
+        """Send a peer that just connected this org's files it lacks (it was down).
+
+        Only pushes what this node holds: a node that lost its store pushes
+        nothing and deletes nothing, so `recover` can still bring everything back.
+        """
+        held = await _list_all(session, self.node_id)
+        missing = [b for b in self.store.blobs(self.node_id) if b not in held]
+        sent = 0
+        for blob in missing:
+            if session.transport is None or session.info is None:
+                break
+            try:
+                await self._push(session, BlobKey(self.node_id, blob))
+                sent += 1
+            except (RemoteError, SessionClosed) as e:
+                log.warn(
+                    "could not send {blob} to {org}: {error}",
+                    blob=blob,
+                    org=session.info.org,
+                    error=str(e),
+                )
+        if missing:
+            assert session.info is not None
+            log.info(
+                "caught up {org}: sent {sent} of {missing} missing blobs",
+                org=session.info.org,
+                sent=sent,
+                missing=len(missing),
+            )
+        return sent
+
+    async def _push(self, session: PeerProtocol, key: BlobKey) -> None:
+        """Stream a stored blob of this org to a peer, as the peer reads it."""
+        f = self.store.open(key)
+        if f is None:
+            return  # deleted meanwhile
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            stream = session.store(wire.Store(key.owner, key.blob, size))
+            while block := f.read(CHUNK_SIZE):
+                await session.when_writable()
+                stream.write(block)
+            await stream.finish()
 
     def session_lost(self, session: PeerProtocol, reason: str) -> None:
         self.peers.remove(session, reason)

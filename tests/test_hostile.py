@@ -236,8 +236,15 @@ class TLSLink:
         return wire.Frame(mtype, flags, request_id, self.recv_exact(length))
 
     def read_message(self) -> tuple[wire.Frame, wire.Message]:
-        f = self.read_frame()
-        return f, wire.decode(f)
+        """The next answer to us (or HELLO), skipping the node's own requests to us.
+
+        Once admitted, a node asks a new peer what it holds (to send it what it
+        missed); the attacker never answers, which costs the node nothing.
+        """
+        while True:
+            f = self.read_frame()
+            if f.flags & wire.FLAG_REPLY or f.request_id == 0:
+                return f, wire.decode(f)
 
     def hello(self, *, version: int = wire.PROTOCOL_VERSION, node_id: str | None = None) -> None:
         assert self.identity is not None

@@ -618,6 +618,33 @@ class LatePeerTests(ProcessTestCase):
         self.assertEqual(peer["state"], "connecting")
 
 
+class CatchUpTests(ProcessTestCase):
+    def test_peer_that_was_down_during_a_put_gets_the_file_when_it_comes_back(self) -> None:
+        root = self.tempdir()
+        away_port = free_port()
+        owner = self.start_node(free_port(), root / "owner", peers=[away_port])
+        data = payload(3_000_000)
+        source = root / "while-away.bin"
+        source.write_bytes(data)
+        out = self.assert_ok(owner.dfs("put", str(source)))
+        self.assertIn("0 of 0 connected peers", out)
+        owner_id = owner.status()["node_id"]
+
+        away = self.start_node(away_port, root / "away")
+        away.wait_peers(1)
+        deadline = time.monotonic() + 30
+        store = away.data_dir / "store" / owner_id
+        while not [p for p in store.rglob("*") if p.is_file()]:
+            self.assertLess(time.monotonic(), deadline, "the returning peer never got the file")
+            time.sleep(0.05)
+        # The replica is the owner's blob, byte for byte, and the owner counts it.
+        [replica] = [p for p in store.rglob("*") if p.is_file()]
+        [original] = [p for p in (owner.data_dir / "store" / owner_id).rglob("*") if p.is_file()]
+        self.assertEqual(replica.read_bytes(), original.read_bytes())
+        listing = json.loads(self.assert_ok(owner.dfs("ls", "--json")))
+        self.assertEqual(listing, [{"name": "while-away.bin", "size": len(data), "replicas": 2}])
+
+
 class TacTests(ProcessTestCase):
     def start_tac(self, tac: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
         argv = [*_script("twistd"), "-n", "-y", str(tac), "--pidfile=", f"--logfile={cwd}/tac.log"]
