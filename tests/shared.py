@@ -62,14 +62,29 @@ class SharedFixture:
 
 
 def seed_network(test: Any, prefix: str) -> tuple[Path, NodeProcess, NodeProcess, NodeProcess]:
-    """The seed's three nodes (A; B dials A; C dials A and B) for one test, in a temp dir.
+    """A SeedNetwork for one test: (root, a, b, c), stopped and removed at cleanup."""
+    net = SeedNetwork(prefix)
+    test.addCleanup(net.stop)
+    return net.root, net.a, net.b, net.c
 
-    Returns (root, a, b, c); the nodes are stopped and the directory removed at cleanup.
-    """
-    root = Path(tempfile.mkdtemp(prefix=prefix))
-    test.addCleanup(shutil.rmtree, root, True)
-    a, b, c = free_port(), free_port(), free_port()
-    nodes = start_network(root / "nodes", [(a, []), (b, [a]), (c, [a, b])])
-    for node in nodes:
-        test.addCleanup(node.stop)
-    return root, nodes[0], nodes[1], nodes[2]
+
+class SeedNetwork:
+    """The seed's three nodes (A; B dials A; C dials A and B), shared by a test class."""
+
+    def __init__(self, prefix: str = "dfs-net-") -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        a, b, c = free_port(), free_port(), free_port()
+        try:
+            self.a, self.b, self.c = start_network(self.root, [(a, []), (b, [a]), (c, [a, b])])
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+
+    @property
+    def nodes(self) -> list[NodeProcess]:
+        return [self.a, self.b, self.c]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

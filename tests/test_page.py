@@ -27,10 +27,9 @@ from urllib.parse import quote
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from dfs_twisted.launcher import NodeProcess, free_port, start_network
 from dfs_twisted.page import status_page
 
-from .shared import SharedFixture
+from .shared import SeedNetwork, SharedFixture
 
 FILE_NAME = "status page <check> & co.txt"
 LATE_NAME = "lost by a peer.bin"
@@ -132,17 +131,11 @@ class PageHtmlTests(SynchronousTestCase):
         self.assertIn("form-action 'none'", csp)
 
 
-class PageNetwork:
-    """Three real nodes: A; B dials A; C dials A and B. A holds FILE_NAME."""
+class PageNetwork(SeedNetwork):
+    """The seed's three nodes; A holds FILE_NAME."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dfs-page-"))
-        a, b, c = free_port(), free_port(), free_port()
-        try:
-            self.a, self.b, self.c = start_network(self.root, [(a, []), (b, [a]), (c, [a, b])])
-        except BaseException:
-            shutil.rmtree(self.root, ignore_errors=True)
-            raise
+        super().__init__("dfs-page-")
         try:
             self.url = (self.a.data_dir / "api.url").read_text().strip()
             self.token = (self.a.data_dir / "private" / "api_token").read_text().strip()
@@ -150,15 +143,6 @@ class PageNetwork:
         except BaseException:
             self.stop()
             raise
-
-    @property
-    def nodes(self) -> list[NodeProcess]:
-        return [self.a, self.b, self.c]
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class StatusPageBrowserTests(SharedFixture, SynchronousTestCase):

@@ -28,7 +28,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeFailed, NodeProcess, free_port, start_network
 
-from .shared import SharedFixture
+from .shared import SeedNetwork, SharedFixture
 
 REPO = Path(__file__).resolve().parent.parent
 TAC = REPO / "tac"
@@ -173,37 +173,15 @@ class ProcessTestCase(SynchronousTestCase):
         return node
 
 
-class Network:
-    """The seed's three nodes: A; B dials A; C dials A and B."""
-
-    def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dfs-net-"))
-        a, b, c = free_port(), free_port(), free_port()
-        try:
-            self.a, self.b, self.c = start_network(self.root, [(a, []), (b, [a]), (c, [a, b])])
-        except BaseException:
-            shutil.rmtree(self.root, ignore_errors=True)
-            raise
-
-    @property
-    def nodes(self) -> list[NodeProcess]:
-        return [self.a, self.b, self.c]
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
 class SharedNetworkTestCase(SharedFixture, ProcessTestCase):
     """Tests of one class share a network; each uses its own file names."""
 
     @classmethod
-    def make_shared(cls) -> Network:
-        return Network()
+    def make_shared(cls) -> SeedNetwork:
+        return SeedNetwork()
 
     def setUp(self) -> None:
-        self.net: Network = self.shared()
+        self.net: SeedNetwork = self.shared()
         self.addCleanup(self._shared_done)
 
     def put(self, node: NodeProcess, data: bytes, name: str) -> tuple[str, str]:
