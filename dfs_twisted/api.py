@@ -310,9 +310,8 @@ class Api(Resource):
             here, peers = await self.files.delete(name)
         except ValueError as e:
             raise ApiError(400, str(e)) from e
-        removed = [p for p in peers if p.ok]
-        if not here and not removed:
-            raise ApiError(404, "no such file on this node or any connected peer")
+        except FileNotFound:
+            raise ApiError(404, "no such file on this node or any connected peer") from None
         _json(
             request,
             200,

@@ -7,7 +7,11 @@ construction).  Each file gets a fresh random data key, wrapped under the
 organisation key-encryption key; chunks are AES-GCM sealed with a nonce made of
 a per-file prefix, the chunk index and a "last chunk" flag, and authenticate the
 SHA-256 digest of the header.  The trailer carries the plaintext size and
-SHA-256 so that truncation at a chunk boundary is detected.
+SHA-256 so that truncation at a chunk boundary is detected, and ends with the
+owner's Ed25519 signature over the SHA-256 of every byte before it.  The header
+names the owner's public key, whose SPKI hash is the owner id: any node can
+check that a blob is complete and the owner's own (SealCheck) without being able
+to read it.  Deletions are signed the same way (Tombstone).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives import hmac as _hmac
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -45,11 +50,14 @@ __all__ = [
     "IntegrityError",
     "Metadata",
     "OrgKey",
+    "SealCheck",
+    "Tombstone",
     "Trailer",
     "ciphertext_size",
     "header_length",
     "open_metadata",
     "open_trailer",
+    "owner_id",
     "parse_header",
     "plaintext_size",
     "validate_name",
@@ -59,7 +67,7 @@ CHUNK_SIZE: int = 1 << 20
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 4 * 1024 * 1024
 MAX_NAME_BYTES = 1024
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TAG = 16
 KEY_SIZE = 32
 NONCE_PREFIX_SIZE = 7
@@ -69,13 +77,22 @@ WRAPPED_KEY_SIZE = 12 + KEY_SIZE + TAG
 MAX_SEALED_META = 8192
 
 MAGIC = b"DFSB"
-_FIXED = struct.Struct(">4sBI32s32sQ7s60sH")
+# magic, format, chunk size, owner id, owner public key, blob id, version,
+# nonce prefix, wrapped data key, sealed metadata length.
+_FIXED = struct.Struct(">4sBI32s32s32sQ7s60sH")
 FIXED_HEADER_SIZE: int = _FIXED.size
 # The metadata AAD is everything before the u16 sealed_meta length field.
 _META_AAD_END = FIXED_HEADER_SIZE - 2
 
 _TRAILER_PLAIN = struct.Struct(">Q32s")
-TRAILER_SIZE: int = _TRAILER_PLAIN.size + TAG
+SIGNATURE_SIZE = 64
+_SEALED_TRAILER_SIZE = _TRAILER_PLAIN.size + TAG
+# The sealed size and hash, then the owner's signature over all that precedes it.
+TRAILER_SIZE: int = _SEALED_TRAILER_SIZE + SIGNATURE_SIZE
+_SEAL_CONTEXT = b"dfs-twisted v2 blob seal\x00"
+_TOMB_CONTEXT = b"dfs-twisted v2 tombstone\x00"
+_TOMB = struct.Struct(">4s32s32s32sQ64s")
+TOMB_MAGIC = b"DFST"
 
 _NONCE = struct.Struct(">7sIB")
 # Index 0xFFFFFFFF is reserved for the trailer nonce.
@@ -116,6 +133,27 @@ def _hkdf(secret: bytes, info: bytes) -> bytes:
 
 def _is_hex_id(value: object) -> bool:
     return isinstance(value, str) and len(value) == _HEX_ID_LEN and _HEX_DIGITS.issuperset(value)
+
+
+def owner_id(public_key: bytes) -> str:
+    """The id of the node owning an Ed25519 public key: SHA-256 of its SPKI, hex."""
+    spki = Ed25519PublicKey.from_public_bytes(public_key).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+def _raw_public(signer: Ed25519PrivateKey) -> bytes:
+    return signer.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+
+
+def _verify(public_key: bytes, signature: bytes, message: bytes, what: str) -> None:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        raise IntegrityError(f"{what}: the owner's signature does not verify") from None
 
 
 def _check_chunk_size(chunk_size: int) -> bool:
@@ -223,6 +261,7 @@ class BlobHeader:
     """A parsed blob header; ``raw`` is the exact header bytes."""
 
     owner: str
+    owner_key: bytes  # Ed25519 public key; owner == owner_id(owner_key)
     blob: str
     version: int
     chunk_size: int
@@ -245,7 +284,7 @@ def header_length(prefix: bytes) -> int:
     """Total header length, from at least FIXED_HEADER_SIZE leading blob bytes."""
     if len(prefix) < FIXED_HEADER_SIZE:
         raise FormatError(f"need {FIXED_HEADER_SIZE} bytes to read the header length")
-    magic, fmt, chunk_size, _o, _b, _v, _p, _w, meta_len = _FIXED.unpack_from(prefix)
+    magic, fmt, chunk_size, _o, _k, _b, _v, _p, _w, meta_len = _FIXED.unpack_from(prefix)
     if magic != MAGIC:
         raise FormatError("not a dfs blob (bad magic)")
     if fmt != FORMAT_VERSION:
@@ -263,9 +302,18 @@ def parse_header(data: bytes) -> BlobHeader:
     if len(data) < total:
         raise FormatError("blob too short for its header")
     raw = bytes(data[:total])
-    _m, _f, chunk_size, owner, blob, version, prefix, wrapped, _l = _FIXED.unpack_from(raw)
+    _m, _f, chunk_size, owner, owner_key, blob, version, prefix, wrapped, _l = _FIXED.unpack_from(
+        raw
+    )
+    try:
+        keyed = owner_id(owner_key)
+    except ValueError:
+        raise FormatError("header holds an invalid owner key") from None
+    if keyed != owner.hex():
+        raise FormatError("header's owner id is not its owner key's")
     return BlobHeader(
         owner=owner.hex(),
+        owner_key=owner_key,
         blob=blob.hex(),
         version=version,
         chunk_size=chunk_size,
@@ -341,7 +389,9 @@ def _decrypt_trailer(aead: AESGCM, header: BlobHeader, trailer: bytes | memoryvi
     if len(trailer) != TRAILER_SIZE:
         raise IntegrityError("trailer missing or truncated")
     try:
-        plain = aead.decrypt(_trailer_nonce(header.nonce_prefix), trailer, header.digest)
+        plain = aead.decrypt(
+            _trailer_nonce(header.nonce_prefix), trailer[:_SEALED_TRAILER_SIZE], header.digest
+        )
     except InvalidTag:
         raise IntegrityError("trailer failed authentication") from None
     size, digest = _TRAILER_PLAIN.unpack(plain)
@@ -352,6 +402,137 @@ def open_trailer(key: OrgKey, header: BlobHeader, trailer: bytes) -> Trailer:
     """Decrypt the last TRAILER_SIZE bytes of a blob."""
     data_key, _meta = _open_header(key, header)
     return _decrypt_trailer(AESGCM(data_key), header, trailer)
+
+
+class SealCheck:
+    """Checks that a blob is complete and signed by its owner, with no org key.
+
+    Feed it the blob's bytes as they arrive; ``finish`` raises IntegrityError
+    unless every byte is as the owner signed it.  This is what a node holding
+    another org's replica can verify.
+    """
+
+    def __init__(self, *, owner: str | None = None, blob: str | None = None) -> None:
+        self._want_owner = owner
+        self._want_blob = blob
+        self.header: BlobHeader | None = None
+        self.length = 0
+        self._head = bytearray()
+        self._hash = hashlib.sha256()
+        # The last SIGNATURE_SIZE bytes seen: the signature, if the blob ends here.
+        self._tail = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        self.length += len(view)
+        if self.header is None:
+            self._head += view
+            self._try_header()
+        if len(view) >= SIGNATURE_SIZE:
+            self._hash.update(self._tail)
+            self._hash.update(view[:-SIGNATURE_SIZE])
+            self._tail = bytearray(view[-SIGNATURE_SIZE:])
+        else:
+            self._tail += view
+            extra = len(self._tail) - SIGNATURE_SIZE
+            if extra > 0:
+                self._hash.update(self._tail[:extra])
+                del self._tail[:extra]
+
+    def _try_header(self) -> None:
+        if len(self._head) < FIXED_HEADER_SIZE:
+            return
+        total = header_length(bytes(self._head[:FIXED_HEADER_SIZE]))
+        if len(self._head) < total:
+            return
+        header = parse_header(bytes(self._head))
+        if self._want_owner is not None and header.owner != self._want_owner:
+            raise IntegrityError("blob header names a different owner")
+        if self._want_blob is not None and header.blob != self._want_blob:
+            raise IntegrityError("blob header names a different blob id")
+        self.header = header
+        self._head = bytearray()
+
+    def finish(self) -> BlobHeader:
+        """Verify the owner's signature over the whole blob; return its header."""
+        if self.header is None:
+            raise IntegrityError("blob truncated inside its header")
+        plaintext_size(self.header, self.length)  # a length no encryptor could produce
+        _verify(
+            self.header.owner_key,
+            bytes(self._tail),
+            _SEAL_CONTEXT + self._hash.digest(),
+            f"blob {self.header.blob[:16]}",
+        )
+        return self.header
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """The owner's signed word that a blob is deleted as of ``version``.
+
+    Holders keep it so that a replica missed by the delete, or relayed by a
+    node that was away, is never resurrected.
+    """
+
+    owner: str
+    owner_key: bytes
+    blob: str
+    version: int
+    signature: bytes = field(repr=False)
+
+    SIZE = _TOMB.size
+
+    @classmethod
+    def sign(cls, signer: Ed25519PrivateKey, blob: str, version: int) -> Tombstone:
+        if not _is_hex_id(blob):
+            raise ValueError("blob must be 64 lowercase hex digits")
+        if not 0 <= version <= _MAX_U64:
+            raise ValueError("version must be an unsigned 64-bit integer")
+        key = _raw_public(signer)
+        unsigned = cls(owner_id(key), key, blob, version, b"")
+        return cls(unsigned.owner, key, blob, version, signer.sign(unsigned._message()))
+
+    def _message(self) -> bytes:
+        return (
+            _TOMB_CONTEXT
+            + bytes.fromhex(self.owner)
+            + bytes.fromhex(self.blob)
+            + self.version.to_bytes(8, "big")
+        )
+
+    def verify(self) -> Tombstone:
+        """Return self if the owner signed it; IntegrityError (or FormatError) if not."""
+        if not (_is_hex_id(self.owner) and _is_hex_id(self.blob)):
+            raise FormatError("tombstone ids must be 64 lowercase hex digits")
+        if not 0 <= self.version <= _MAX_U64:
+            raise FormatError("tombstone version out of range")
+        if len(self.owner_key) != 32 or len(self.signature) != SIGNATURE_SIZE:
+            raise FormatError("tombstone key or signature has the wrong length")
+        if owner_id(self.owner_key) != self.owner:
+            raise IntegrityError("tombstone's owner id is not its owner key's")
+        _verify(self.owner_key, self.signature, self._message(), "tombstone")
+        return self
+
+    def to_bytes(self) -> bytes:
+        return _TOMB.pack(
+            TOMB_MAGIC,
+            bytes.fromhex(self.owner),
+            self.owner_key,
+            bytes.fromhex(self.blob),
+            self.version,
+            self.signature,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Tombstone:
+        """Parse and verify the output of :meth:`to_bytes`."""
+        if len(data) != _TOMB.size:
+            raise FormatError("tombstone has the wrong length")
+        magic, owner, key, blob, version, signature = _TOMB.unpack(data)
+        if magic != TOMB_MAGIC:
+            raise FormatError("not a dfs tombstone (bad magic)")
+        return cls(owner.hex(), key, blob.hex(), version, signature).verify()
 
 
 class Encryptor:
@@ -365,15 +546,15 @@ class Encryptor:
     def __init__(
         self,
         key: OrgKey,
-        owner: str,
+        signer: Ed25519PrivateKey,
         name: str,
         version: int,
         *,
         mtime: int | None = None,
         chunk_size: int = CHUNK_SIZE,
     ) -> None:
-        if not _is_hex_id(owner):
-            raise ValueError("owner must be 64 lowercase hex digits")
+        owner_key = _raw_public(signer)
+        self.owner = owner = owner_id(owner_key)
         if not isinstance(version, int) or not 0 <= version <= _MAX_U64:
             raise ValueError("version must be an unsigned 64-bit integer")
         if not isinstance(chunk_size, int) or not _check_chunk_size(chunk_size):
@@ -395,6 +576,7 @@ class Encryptor:
             FORMAT_VERSION,
             chunk_size,
             owner_raw,
+            owner_key,
             blob_raw,
             version,
             self._prefix,
@@ -411,6 +593,8 @@ class Encryptor:
         self._aad = hashlib.sha256(self.header).digest()
         self._aead = AESGCM(data_key)
         self._hash = hashlib.sha256()
+        self._signer = signer
+        self._sealed = hashlib.sha256(self.header)  # every byte the signature covers
         # Fixed-size staging buffer filled in place: no reallocation per chunk.
         self._buf = bytearray(chunk_size)
         self._fill = 0
@@ -424,7 +608,9 @@ class Encryptor:
             raise ValueError("file too large: chunk index space exhausted")
         nonce = _NONCE.pack(self._prefix, self._index, flag)
         self._index += 1
-        return self._aead.encrypt(nonce, data, self._aad)
+        sealed = self._aead.encrypt(nonce, data, self._aad)
+        self._sealed.update(sealed)
+        return sealed
 
     def update(self, data: bytes | memoryview) -> list[bytes]:
         """Feed plaintext; return the ciphertext chunks it completes."""
@@ -454,7 +640,7 @@ class Encryptor:
         return out
 
     def finalize(self) -> bytes:
-        """Return the last chunk (always present) followed by the trailer."""
+        """Return the last chunk (always present) followed by the signed trailer."""
         if self._done:
             raise RuntimeError("Encryptor already finalized")
         self._done = True
@@ -465,7 +651,9 @@ class Encryptor:
         trailer = self._aead.encrypt(
             _trailer_nonce(self._prefix), _TRAILER_PLAIN.pack(self.size, self.sha256), self._aad
         )
-        return last + trailer
+        self._sealed.update(trailer)
+        signature = self._signer.sign(_SEAL_CONTEXT + self._sealed.digest())
+        return last + trailer + signature
 
 
 class Decryptor:
@@ -481,11 +669,10 @@ class Decryptor:
 
     def __init__(self, key: OrgKey, *, owner: str | None = None, blob: str | None = None) -> None:
         self._key = key
-        self._want_owner = owner
-        self._want_blob = blob
         self.header = None
         self.metadata = None
         self._aead: AESGCM | None = None
+        self._seal = SealCheck(owner=owner, blob=blob)
         self._buf = bytearray()
         self._index = 0
         self._released = 0
@@ -510,10 +697,16 @@ class Decryptor:
             raise
 
     def _feed(self, view: memoryview) -> bytes:
+        self._seal.feed(view)
         if self._aead is None:
             self._buf += view
-            if not self._try_header():
+            header = self._seal.header
+            if header is None:
                 return b""
+            self.header = header
+            data_key, self.metadata = _open_header(self._key, header)
+            self._aead = AESGCM(data_key)
+            del self._buf[: len(header.raw)]
             return self._drain_buffer()
         if not self._buf:
             # Fast path: decrypt straight from the caller's buffer.
@@ -522,23 +715,6 @@ class Decryptor:
             return out
         self._buf += view
         return self._drain_buffer()
-
-    def _try_header(self) -> bool:
-        if len(self._buf) < FIXED_HEADER_SIZE:
-            return False
-        total = header_length(bytes(self._buf[:FIXED_HEADER_SIZE]))
-        if len(self._buf) < total:
-            return False
-        header = parse_header(bytes(self._buf[:total]))
-        self.header = header
-        if self._want_owner is not None and header.owner != self._want_owner:
-            raise IntegrityError("blob header names a different owner")
-        if self._want_blob is not None and header.blob != self._want_blob:
-            raise IntegrityError("blob header names a different blob id")
-        data_key, self.metadata = _open_header(self._key, header)
-        self._aead = AESGCM(data_key)
-        del self._buf[:total]
-        return True
 
     def _drain_buffer(self) -> bytes:
         with memoryview(self._buf) as mv:
@@ -607,4 +783,5 @@ class Decryptor:
             raise IntegrityError("plaintext size does not match the trailer")
         if not _stdlib_hmac.compare_digest(trailer.sha256, self._hash.digest()):
             raise IntegrityError("plaintext SHA-256 does not match the trailer")
+        self._seal.finish()
         return last, trailer

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPullProducer, IPushProducer
 from twisted.logger import Logger
@@ -20,6 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
+from .catalog import Catalog, Entry
 from .crypto import (
     CHUNK_SIZE,
     FIXED_HEADER_SIZE,
@@ -28,6 +30,8 @@ from .crypto import (
     Decryptor,
     Encryptor,
     OrgKey,
+    SealCheck,
+    Tombstone,
     Trailer,
     ciphertext_size,
     header_length,
@@ -132,8 +136,9 @@ class Upload:
         self._upstream = upstream
         # Why the uploader is paused: slow peers, a full disk queue.
         self._holds: set[object] = set()
+        self.version = server.next_version()
         self._encryptor = Encryptor(
-            server.key, server.node_id, name, version=time.time_ns(), mtime=int(time.time())
+            server.key, server.signer, name, self.version, mtime=int(time.time())
         )
         self.blob = self._encryptor.blob
         self._started = time.monotonic()
@@ -146,7 +151,7 @@ class Upload:
             None if size is None else ciphertext_size(len(self._encryptor.header), CHUNK_SIZE, size)
         )
         self._peers = [
-            (session, session.store(wire.Store(server.node_id, self.blob, announced)))
+            (session, session.store(wire.Store(server.node_id, self.blob, announced, self.version)))
             for session in server.peers.live()
         ]
         self._emit(self._encryptor.header)
@@ -190,6 +195,9 @@ class Upload:
         except BaseException:
             self.abort("local write failed")
             raise
+        self._server.committed(
+            BlobKey(self._server.node_id, self.blob), Entry(self.version, self._local.written)
+        )
         local = time.monotonic() - self._started
         outcomes = []
         for (session, _), reply in zip(self._peers, replies, strict=True):
@@ -309,6 +317,8 @@ class _PeerFetch:
         self, server: FileServer, session: PeerProtocol, key: BlobKey, org_key: OrgKey, keep: bool
     ) -> None:
         self.key = key
+        self._server = server
+        self._keep = keep
         self._decryptor = Decryptor(org_key, owner=key.owner, blob=key.blob)
         # Another org's file read with its key is not kept: it is not ours to hold.
         self._writer: QueuedBlob | _NotKept = (
@@ -388,6 +398,9 @@ class _PeerFetch:
         if self._consumer is not None:
             self._consumer.write(last)
         await self._writer.commit()
+        if self._keep:
+            assert self._decryptor.header is not None
+            self._server.committed(self.key, Entry(self._decryptor.header.version, self.received))
         return trailer
 
     def abort(self) -> None:
@@ -455,29 +468,35 @@ class FileSource:
 
 
 class IncomingReplica:
-    """A peer's STORE being written to our store."""
+    """A peer's STORE being written to our store, checked against the owner's signature."""
 
     DISK_CHECK_EVERY = 16 << 20
 
     def __init__(
-        self, server: FileServer, session: PeerProtocol, key: BlobKey, size: int | None
+        self, server: FileServer, session: PeerProtocol, key: BlobKey, request: wire.Store
     ) -> None:
+        self._server = server
+        self._session = session
         self._key = key
-        self._size = size
+        self._size = request.size
+        self._version = request.version
         self._space = server.space
-        self._replaces = server.store.size(key) or 0
+        held = server.catalog.get(key)
+        self._replaces = 0 if held is None else held.size
         self._next_disk_check = self.DISK_CHECK_EVERY
         self._writer = server.disk.blob(
             server.store.begin(key),
             pause=lambda: session.hold_reading(self),
             resume=lambda: session.release_reading(self),
         )
-        self._head = bytearray()
-        self._checked = False
+        # A holder cannot read the blob, but it can check it is the one announced,
+        # complete, and signed by its owner.
+        self._seal = SealCheck(owner=key.owner, blob=key.blob)
+        self._aborted = False
 
     def write(self, data: bytes) -> None:
         if self._size is not None and self._writer.written + len(data) > self._size:
-            self._writer.abort()
+            self.abort("sent more than announced")
             raise wire.ProtocolError(f"STORE of {self._key.blob} sent more than announced")
         written = self._writer.written + len(data)
         check_disk = written >= self._next_disk_check
@@ -486,46 +505,95 @@ class IncomingReplica:
         try:
             self._space.check(self._key.owner, written - self._replaces, 0 if check_disk else None)
         except NoSpace as e:
+            self.abort(e.message)
             raise RequestRefused(e.code, e.message) from None
         self._writer.write(data)
-        if not self._checked:
-            self._check_header(data)
-
-    def _check_header(self, data: bytes) -> None:
-        # A holder cannot read the blob, but it can check it is the blob announced.
-        self._head += data
+        had_header = self._seal.header is not None
         try:
-            if len(self._head) < FIXED_HEADER_SIZE:
-                return
-            total = header_length(bytes(self._head[:FIXED_HEADER_SIZE]))
-            if len(self._head) < total:
-                return
-            header = parse_header(bytes(self._head))
+            self._seal.feed(data)
         except CryptoError as e:
-            self._writer.abort()
-            raise wire.ProtocolError(f"STORE with a malformed blob header: {e}") from e
-        if header.owner != self._key.owner or header.blob != self._key.blob:
-            self._writer.abort()
-            raise wire.ProtocolError("STORE blob header names another blob")
-        self._checked = True
-        self._head = bytearray()
+            raise self._refuse(f"bad blob header: {e}") from None
+        header = self._seal.header
+        if not had_header and header is not None and header.version != self._version:
+            raise self._refuse("blob header has another version than announced")
+
+    def _refuse(self, why: str) -> RequestRefused:
+        """Drop this replica for a reason the sender should hear (and we should log)."""
+        assert self._session.info is not None
+        log.warn(
+            "refused a replica of {blob} for {owner} from {org}: {why}",
+            blob=self._key.blob,
+            owner=self._key.owner,
+            org=self._session.info.org,
+            why=why,
+        )
+        self.abort(why)
+        return RequestRefused("bad_blob", why)
 
     def finish(self) -> Deferred[None]:
-        if not self._checked:
-            self._writer.abort()
-            return fail(RequestRefused("bad_request", "blob too short for its header"))
         if self._size is not None and self._writer.written != self._size:
-            self._writer.abort()
+            self.abort("shorter than announced")
             return fail(RequestRefused("bad_request", "blob shorter than announced"))
-        return self._writer.commit().addCallback(self._committed)
+        try:
+            self._seal.finish()
+        except CryptoError as e:
+            return fail(self._refuse(f"blob does not verify: {e}"))
+        if not self._server.catalog.is_newer(self._key, self._version):
+            self.abort("a newer version arrived meanwhile")
+            return fail(RequestRefused("have", "already holds this version or a newer one"))
+        committing = self._writer.commit()
+        committing.addBoth(self._release)
+        return committing.addCallback(self._committed)
+
+    def _release(self, result: object) -> object:
+        self._server.incoming_done(self._key, self)
+        return result
 
     def _committed(self, _: object) -> None:
-        self._space.changed(self._key.owner, self._writer.written - self._replaces)
-        log.info("stored replica {blob} for {owner}", blob=self._key.blob, owner=self._key.owner)
+        self._server.replica_committed(
+            self._session, self._key, Entry(self._version, self._writer.written)
+        )
 
     def abort(self, reason: str) -> None:
+        if self._aborted:
+            return
+        self._aborted = True
+        self._release(None)
         self._writer.abort()
         log.info("dropped partial replica {blob}: {reason}", blob=self._key.blob, reason=reason)
+
+
+def index_store(store: BlobStore) -> Catalog:
+    """Build the catalog from what is on disk (once, at start-up)."""
+    catalog = Catalog()
+    for owner in store.owners():
+        for blob in store.tombstones(owner):
+            key = BlobKey(owner, blob)
+            record = store.tombstone(key)
+            try:
+                tomb = Tombstone.from_bytes(record or b"")
+            except CryptoError as e:
+                log.warn("ignoring a bad tombstone {blob}: {error}", blob=blob, error=str(e))
+                continue
+            catalog.set(key, Entry(tomb.version, 0, deleted=True))
+        for blob in store.blobs(owner):
+            key = BlobKey(owner, blob)
+            f = store.open(key)
+            if f is None:
+                continue
+            try:
+                with f:
+                    version = read_header(f).version
+                    size = os.fstat(f.fileno()).st_size
+            except CryptoError as e:
+                # Left for scrub and get to find and replace; not listed meanwhile.
+                log.warn("unreadable blob {blob}: {error}", blob=blob, error=str(e))
+                continue
+            if catalog.is_newer(key, version):
+                catalog.set(key, Entry(version, size))
+            else:
+                store.delete(key)  # deleted before a crash finished removing it
+    return catalog
 
 
 class FileServer:
@@ -535,21 +603,39 @@ class FileServer:
         self,
         store: BlobStore,
         key: OrgKey,
+        signer: Ed25519PrivateKey,
         node_id: str,
         peers: PeerRegistry,
         clock: Clock,
         disk: DiskQueue,
         space: SpaceAccount,
+        catalog: Catalog,
+        relay: bool = True,
     ) -> None:
         self.store = store
         self.disk = disk
         self.space = space
+        self.catalog = catalog
+        self.relay = relay
         self._suspects: set[tuple[str, BlobKey]] = set()
+        self._incoming: dict[BlobKey, IncomingReplica] = {}
         self.key = key
+        self.signer = signer
         self.node_id = node_id
         self.own = ReadKey(node_id, "this org", key)
         self.peers = peers
         self.clock = clock
+
+    def next_version(self) -> int:
+        """A version above every one this org has used: time-based, never going back."""
+        return max(time.time_ns(), self.catalog.newest(self.node_id) + 1)
+
+    def committed(self, key: BlobKey, entry: Entry) -> None:
+        """A blob version is durable here: index it; an older tombstone goes."""
+        held = self.catalog.get(key)
+        self.catalog.set(key, entry)
+        if held is not None and held.deleted:
+            self.store.remove_tombstone(key)
 
     # -- the owner's operations
 
@@ -569,6 +655,9 @@ class FileServer:
         """
         org = reader or self.own
         key = self._key_for(name, reader)
+        held = self.catalog.get(key)
+        if held is not None and held.deleted:
+            raise FileNotFound(name)
         local = self._open_local(key, name, org.key, own=reader is None)
         if local is not None:
             return local
@@ -619,6 +708,9 @@ class FileServer:
         """Drop a local blob that failed verification: peers hold good copies."""
         log.warn("local blob {blob} is damaged ({why}); removing it", blob=key.blob, why=why)
         self.store.delete(key)
+        held = self.catalog.get(key)
+        if held is not None and not held.deleted:
+            self.catalog.forget(key)
 
     async def _start_fetch(
         self, session: PeerProtocol, key: BlobKey, org_key: OrgKey, keep: bool
@@ -656,15 +748,24 @@ class FileServer:
         return _PeerDownload(self, name, size, session, fetch, reply)
 
     async def delete(self, name: str) -> tuple[bool, list[PeerOutcome]]:
-        """Remove here and on every live peer; FileNotFound if nobody had it."""
+        """Remove here and on every live peer, leaving a signed tombstone everywhere.
+
+        Returns whether this node held the file and what each peer said;
+        FileNotFound if neither this node nor any live peer holds it.
+        """
         started = time.monotonic()
         key = self._key_for(name)
-        here = self.store.delete(key)
+        held = self.catalog.get(key)
+        here = held is not None and not held.deleted
+        if not here and not await self._held_by_a_peer(key):
+            raise FileNotFound(name)
+        tomb = Tombstone.sign(self.signer, key.blob, self.next_version())
+        self._bury(tomb)
         outcomes = []
         for session in self.peers.live():
             assert session.info is not None
             try:
-                reply = await session.request(wire.Delete(key.owner, key.blob))
+                reply = await session.request(delete_message(tomb))
                 ok = isinstance(reply, wire.Ack)
                 outcomes.append(PeerOutcome(session.info.org, session.info.node_id, ok))
             except (RemoteError, SessionClosed) as e:
@@ -679,9 +780,33 @@ class FileServer:
         )
         return here, outcomes
 
-    async def peer_listings(self, owner: str) -> dict[str, set[str]]:
-        """Blob ids each live peer holds for ``owner``, keyed by peer node id."""
-        listings: dict[str, set[str]] = {}
+    async def _held_by_a_peer(self, key: BlobKey) -> bool:
+        # One entry of a listing that starts just below the blob id.
+        before = int(key.blob, 16) - 1
+        after = None if before < 0 else f"{before:064x}"
+        for session in self.peers.live():
+            try:
+                reply = await session.request(wire.List(key.owner, after, limit=1))
+            except (RemoteError, SessionClosed):
+                continue
+            if isinstance(reply, wire.ListReply) and any(
+                e.blob == key.blob and not e.deleted for e in reply.entries
+            ):
+                return True
+        return False
+
+    def _bury(self, tomb: Tombstone) -> bool:
+        """Record a verified tombstone if it is newer than what is held; True if it was."""
+        key = BlobKey(tomb.owner, tomb.blob)
+        if not self.catalog.is_newer(key, tomb.version):
+            return False
+        self.store.put_tombstone(key, tomb.to_bytes())
+        self.catalog.set(key, Entry(tomb.version, 0, deleted=True))
+        return True
+
+    async def peer_listings(self, owner: str) -> dict[str, dict[str, wire.ListEntry]]:
+        """What each live peer holds of ``owner``'s namespace, keyed by peer node id."""
+        listings: dict[str, dict[str, wire.ListEntry]] = {}
         for session in self.peers.live():
             assert session.info is not None
             try:
@@ -695,7 +820,9 @@ class FileServer:
         org = reader or self.own
         listings = await self.peer_listings(org.org_id)
         entries = []
-        for blob in self.store.blobs(org.org_id):
+        for blob, held in self.catalog.entries(org.org_id):
+            if held.deleted:
+                continue
             key = BlobKey(org.org_id, blob)
             f = self.store.open(key)
             if f is None:
@@ -708,30 +835,52 @@ class FileServer:
             except CryptoError as e:
                 log.warn("skipping unreadable blob {blob}: {error}", blob=blob, error=str(e))
                 continue
-            replicas = 1 + sum(blob in held for held in listings.values())
+            replicas = 1 + sum(
+                (theirs := listing.get(blob)) is not None
+                and not theirs.deleted
+                and theirs.version == held.version
+                for listing in listings.values()
+            )
             entries.append(FileEntry(meta.name, size, blob, meta.mtime, replicas))
         return sorted(entries, key=lambda e: e.name)
 
     async def recover(self) -> tuple[list[str], list[str]]:
-        """Fetch back every blob of this org that peers hold and we lack.
+        """Fetch back the newest version of every file of this org that peers hold.
 
-        Returns (names recovered, errors).
+        A file whose newest version on any peer is a deletion stays deleted
+        (its tombstone is signed again here). Returns (names recovered, errors).
         """
         recovered: list[str] = []
         errors: list[str] = []
+        newest: dict[str, tuple[wire.ListEntry, list[PeerProtocol]]] = {}
         for session in self.peers.live():
             assert session.info is not None
             try:
-                held = await _list_all(session, self.node_id)
+                listing = await _list_all(session, self.node_id)
             except (RemoteError, SessionClosed) as e:
                 errors.append(f"{session.info.org}: {e}")
                 continue
-            for blob in sorted(held):
-                key = BlobKey(self.node_id, blob)
-                if self.store.exists(key):
-                    continue
+            for entry in listing.values():
+                best = newest.get(entry.blob)
+                if best is None or entry.version > best[0].version:
+                    newest[entry.blob] = (entry, [session])
+                elif entry.version == best[0].version:
+                    best[1].append(session)
+        for blob, (entry, sessions) in sorted(newest.items()):
+            key = BlobKey(self.node_id, blob)
+            held = self.catalog.get(key)
+            if held is not None and not held.deleted and not self.store.exists(key):
+                self.catalog.forget(key)  # removed behind the node's back
+            elif not self.catalog.is_newer(key, entry.version):
+                continue
+            if entry.deleted:
+                self._bury(Tombstone.sign(self.signer, blob, entry.version))
+                continue
+            for session in sessions:
+                assert session.info is not None
                 try:
                     recovered.append(await self._fetch_to_store(session, key))
+                    break
                 except (RemoteError, SessionClosed, DamagedBlob, CryptoError) as e:
                     errors.append(f"{blob[:16]} from {session.info.org}: {e}")
         log.info(
@@ -751,9 +900,9 @@ class FileServer:
         return open_metadata(self.key, header).name
 
     def usage(self) -> dict[str, int]:
-        return self.store.usage()
+        return self.catalog.usage()
 
-    # -- SessionHandler: what peers ask of us
+    # -- anti-entropy and relay
 
     def session_ready(self, session: PeerProtocol) -> None:
         self.peers.add(session)
@@ -766,77 +915,142 @@ class FileServer:
         )
 
     async def catch_up(self, session: PeerProtocol) -> int:
-        """Send a peer that just connected this org's files it lacks (it was down).
+        """Bring a peer that just connected up to date; return how many changes it took.
 
-        Only pushes what this node holds: a node that lost its store pushes
-        nothing and deletes nothing, so `recover` can still bring everything back.
+        For this org's namespace, and (relaying) for every other org this node
+        holds except the peer's own: compare digests, and when they differ send
+        each blob or tombstone the peer lacks or holds an older version of.
+        Only ever pushes: a node that lost its store pushes nothing and deletes
+        nothing, so `recover` can still bring everything back.
         """
-        held = await _list_all(session, self.node_id)
-        missing = [b for b in self.store.blobs(self.node_id) if b not in held]
+        assert session.info is not None
+        peer = session.info.node_id
+        owners = [self.node_id]
+        if self.relay:
+            owners += [o for o in self.catalog.owners() if o not in (self.node_id, peer)]
         sent = 0
-        for blob in missing:
-            if session.transport is None or session.info is None:
-                break
-            try:
-                await self._push(session, BlobKey(self.node_id, blob))
-                sent += 1
-            except (RemoteError, SessionClosed) as e:
-                log.warn(
-                    "could not send {blob} to {org}: {error}",
-                    blob=blob,
-                    org=session.info.org,
-                    error=str(e),
-                )
-        if missing:
-            assert session.info is not None
-            log.info(
-                "caught up {org}: sent {sent} of {missing} missing blobs",
-                org=session.info.org,
-                sent=sent,
-                missing=len(missing),
-            )
+        for owner in owners:
+            digest, count = self.catalog.digest(owner)
+            reply = await session.request(wire.Digest(owner))
+            if isinstance(reply, wire.DigestReply) and (reply.digest, reply.count) == (
+                digest,
+                count,
+            ):
+                continue
+            theirs = await _list_all(session, owner)
+            stale = [
+                (blob, entry)
+                for blob, entry in self.catalog.entries(owner)
+                if (other := theirs.get(blob)) is None or other.version < entry.version
+            ]
+            for blob, entry in stale:
+                if session.transport is None:
+                    return sent
+                sent += await self._offer(session, BlobKey(owner, blob), entry)
+        if sent:
+            log.info("caught up {org}: sent {sent} changes", org=session.info.org, sent=sent)
         return sent
 
-    async def _push(self, session: PeerProtocol, key: BlobKey) -> None:
-        """Stream a stored blob of this org to a peer, as the peer reads it."""
+    async def _offer(self, session: PeerProtocol, key: BlobKey, entry: Entry) -> int:
+        """Send one blob or tombstone to a peer; 1 if the peer took it."""
+        assert session.info is not None
+        try:
+            if entry.deleted:
+                record = self.store.tombstone(key)
+                if record is None:
+                    return 0
+                await session.request(delete_message(Tombstone.from_bytes(record)))
+            else:
+                await self._push(session, key, entry.version)
+            return 1
+        except RemoteError as e:
+            if e.code in ("have", "busy", "not_found"):
+                return 0
+            log.warn(
+                "{org} refused {blob}: {error}", org=session.info.org, blob=key.blob, error=str(e)
+            )
+        except (SessionClosed, CryptoError) as e:
+            log.warn(
+                "could not send {blob} to {org}: {error}",
+                blob=key.blob,
+                org=session.info.org,
+                error=str(e),
+            )
+        return 0
+
+    async def _push(self, session: PeerProtocol, key: BlobKey, version: int) -> None:
+        """Stream a stored blob to a peer, as the peer reads it."""
         f = self.store.open(key)
         if f is None:
             return  # deleted meanwhile
         with f:
             size = os.fstat(f.fileno()).st_size
-            stream = session.store(wire.Store(key.owner, key.blob, size))
+            stream = session.store(wire.Store(key.owner, key.blob, size, version))
             while block := f.read(CHUNK_SIZE):
                 await session.when_writable()
                 stream.write(block)
             await stream.finish()
 
+    def _relay(self, source: PeerProtocol, key: BlobKey, entry: Entry) -> None:
+        """Pass a change received from ``source`` on to the other live peers."""
+        if not self.relay:
+            return
+        for session in self.peers.live():
+            if session is source or session.info is None or session.info.node_id == key.owner:
+                continue
+            Deferred.fromCoroutine(self._offer(session, key, entry))
+
+    # -- SessionHandler: what peers ask of us
+
     def session_lost(self, session: PeerProtocol, reason: str) -> None:
         self.peers.remove(session, reason)
 
     def _authorize_write(self, session: PeerProtocol, owner: str) -> None:
+        """Writes come from the owner itself, or relayed (signed by the owner) when allowed."""
         assert session.info is not None
-        if owner != session.info.node_id:
-            log.warn(
-                "refused a write into {owner}'s namespace from {org} ({node_id})",
-                owner=owner,
-                org=session.info.org,
-                node_id=session.info.node_id,
-            )
-            raise RequestRefused("forbidden", "a peer may only write its own org's blobs")
+        if owner == session.info.node_id or (self.relay and owner != self.node_id):
+            return
+        log.warn(
+            "refused a write into {owner}'s namespace from {org} ({node_id})",
+            owner=owner,
+            org=session.info.org,
+            node_id=session.info.node_id,
+        )
+        raise RequestRefused("forbidden", "a peer may only write its own org's blobs")
 
     def open_store(self, session: PeerProtocol, request: wire.Store) -> IncomingReplica:
         self._authorize_write(session, request.owner)
         key = BlobKey(request.owner, request.blob)
+        if not self.catalog.is_newer(key, request.version):
+            raise RequestRefused("have", "already holds this version or a newer one")
+        if key in self._incoming:
+            raise RequestRefused("busy", "this blob is being received already")
+        held = self.catalog.get(key)
         announced = request.size or 0
         try:
-            self.space.check(key.owner, announced - (self.store.size(key) or 0), announced)
+            self.space.check(key.owner, announced - (held.size if held else 0), announced)
         except NoSpace as e:
             assert session.info is not None
             log.warn(
                 "refused a replica from {org}: {reason}", org=session.info.org, reason=e.message
             )
             raise RequestRefused(e.code, e.message) from None
-        return IncomingReplica(self, session, key, request.size)
+        incoming = IncomingReplica(self, session, key, request)
+        self._incoming[key] = incoming
+        return incoming
+
+    def incoming_done(self, key: BlobKey, incoming: IncomingReplica) -> None:
+        if self._incoming.get(key) is incoming:
+            del self._incoming[key]
+
+    def replica_committed(self, source: PeerProtocol, key: BlobKey, entry: Entry) -> None:
+        if not self.catalog.is_newer(key, entry.version):
+            # A newer version or a deletion landed while this one was being written.
+            self.store.delete(key)
+            return
+        self.committed(key, entry)
+        log.info("stored replica {blob} for {owner}", blob=key.blob, owner=key.owner)
+        self._relay(source, key, entry)
 
     def open_fetch(self, session: PeerProtocol, request: wire.Fetch) -> FileSource:
         key = BlobKey(request.owner, request.blob)
@@ -846,29 +1060,67 @@ class FileServer:
         return FileSource(f, self.store.size(key) or 0)
 
     def answer(
-        self, session: PeerProtocol, request: wire.Delete | wire.List
+        self, session: PeerProtocol, request: wire.Delete | wire.List | wire.Digest
     ) -> Deferred[wire.Message]:
         if isinstance(request, wire.Delete):
-            self._authorize_write(session, request.owner)
-            key = BlobKey(request.owner, request.blob)
-            size = self.store.size(key) or 0
-            if not self.store.delete(key):
-                raise RequestRefused("not_found", "no such blob")
-            self.space.changed(key.owner, -size)
+            return succeed(self._answer_delete(session, request))
+        if isinstance(request, wire.Digest):
+            digest, count = self.catalog.digest(request.owner)
+            return succeed(wire.DigestReply(digest, count))
+        return succeed(self._listing(request.owner, request.after, request.limit))
+
+    def _listing(self, owner: str, after: str | None, limit: int) -> wire.ListReply:
+        """A page of what is held, checked against the disk: a listing never claims
+        a blob that went missing behind the node's back (it is forgotten instead)."""
+        entries: list[wire.ListEntry] = []
+        more = True
+        while more and len(entries) < limit:
+            page, more = self.catalog.page(owner, after, limit - len(entries))
+            for blob, entry in page:
+                key = BlobKey(owner, blob)
+                if not entry.deleted and not self.store.exists(key):
+                    self.catalog.forget(key)
+                    continue
+                entries.append(wire.ListEntry(blob, entry.version, entry.deleted))
+            if page:
+                after = page[-1][0]
+        return wire.ListReply(tuple(entries), more)
+
+    def _answer_delete(self, session: PeerProtocol, request: wire.Delete) -> wire.Message:
+        self._authorize_write(session, request.owner)
+        try:
+            tomb = Tombstone(
+                request.owner,
+                bytes.fromhex(request.key),
+                request.blob,
+                request.version,
+                bytes.fromhex(request.signature),
+            ).verify()
+        except CryptoError as e:
+            raise RequestRefused("bad_signature", f"tombstone does not verify: {e}") from None
+        key = BlobKey(tomb.owner, tomb.blob)
+        # Without news (this deletion or a newer change is here already) it is still done.
+        if self._bury(tomb):
             log.info("deleted replica {blob} for {owner}", blob=key.blob, owner=key.owner)
-            return succeed(wire.Ack())
-        blobs, more = self.store.blobs_after(request.owner, request.after, request.limit)
-        return succeed(wire.ListReply(tuple(blobs), more))
+            self._relay(session, key, Entry(tomb.version, 0, deleted=True))
+        return wire.Ack()
 
 
-async def _list_all(session: PeerProtocol, owner: str) -> set[str]:
-    held: set[str] = set()
+def delete_message(tomb: Tombstone) -> wire.Delete:
+    """The DELETE that carries a tombstone to a peer."""
+    return wire.Delete(
+        tomb.owner, tomb.blob, tomb.version, tomb.owner_key.hex(), tomb.signature.hex()
+    )
+
+
+async def _list_all(session: PeerProtocol, owner: str) -> dict[str, wire.ListEntry]:
+    held: dict[str, wire.ListEntry] = {}
     after: str | None = None
     while True:
         reply = await session.request(wire.List(owner, after))
         if not isinstance(reply, wire.ListReply):
             raise RemoteError("bad_reply", "LIST answered with something else")
-        held.update(reply.blobs)
-        if not reply.more or not reply.blobs:
+        held.update((e.blob, e) for e in reply.entries)
+        if not reply.more or not reply.entries:
             return held
-        after = reply.blobs[-1]
+        after = reply.entries[-1].blob

@@ -2,6 +2,8 @@
 
 A node id is the SHA-256 of the certificate's SubjectPublicKeyInfo, as 64 lowercase hex.
 Certificates are self-signed: trust comes from pinning ids, not from any authority.
+The key is Ed25519: the same key signs this org's blobs and deletions, so anyone
+can check a blob's owner from the blob alone (crypto.SealCheck).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
@@ -103,7 +105,7 @@ def node_id_of(certificate: x509.Certificate) -> str:
 class NodeIdentity:
     """This node's TLS key and self-signed certificate."""
 
-    key: ec.EllipticCurvePrivateKey = field(repr=False)
+    key: Ed25519PrivateKey = field(repr=False)
     certificate: x509.Certificate = field(repr=False)
     node_id: str
 
@@ -111,7 +113,7 @@ class NodeIdentity:
     def load_or_create(cls, private_dir: Path) -> NodeIdentity:
         key_path, cert_path = private_dir / KEY_FILE, private_dir / CERT_FILE
         if not key_path.exists() or not cert_path.exists():
-            key = ec.generate_private_key(ec.SECP256R1())
+            key = Ed25519PrivateKey.generate()
             cert = _self_signed(key)
             write_secret(
                 key_path,
@@ -124,13 +126,16 @@ class NodeIdentity:
             write_secret(cert_path, cert.public_bytes(serialization.Encoding.PEM))
             log.info("created node identity {node_id}", node_id=node_id_of(cert))
         loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-            raise PrivateDirError(f"{key_path} is not an EC private key")
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise PrivateDirError(
+                f"{key_path} is not an Ed25519 key (made by an older version?); "
+                "move the node directory aside and start afresh"
+            )
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         return cls(loaded, cert, node_id_of(cert))
 
 
-def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+def _self_signed(key: Ed25519PrivateKey) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     spki = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -145,7 +150,7 @@ def _self_signed(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
         .not_valid_before(now - datetime.timedelta(days=1))
         # Validity is not what we trust (the pinned id is), so make it long-lived.
         .not_valid_after(now + datetime.timedelta(days=365 * 30))
-        .sign(key, hashes.SHA256())
+        .sign(key, None)  # Ed25519 signs without a separate digest
     )
 
 

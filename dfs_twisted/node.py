@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from .admission import Admission
 from .api import Api, ApiSite
 from .crypto import OrgKey
 from .diskqueue import DiskQueue
-from .fileserver import FileServer
+from .fileserver import FileServer, index_store
 from .identity import (
     TOKEN_FILE,
     MutualTLS,
@@ -74,6 +75,7 @@ class NodeService(MultiService):
         admission: Admission | None = None,
         limits: Limits | None = None,
         space: SpaceLimits | None = None,
+        relay: bool = True,
         reactor: Any = None,
     ) -> None:
         super().__init__()
@@ -91,6 +93,7 @@ class NodeService(MultiService):
         self.admission = admission or Admission()
         self.limits = limits or Limits()
         self.space_limits = space or SpaceLimits()
+        self.relay = relay
         self.private = self.data_dir / "private"
         self.api_url_file = self.data_dir / "api.url"
         self.peer_port: IListeningPort | None = None
@@ -116,14 +119,21 @@ class NodeService(MultiService):
         self.registry = PeerRegistry(self.reactor)
         self.registry.setServiceParent(self)
         self.disk = DiskQueue(self.reactor)
+        catalog = index_store(self.store)
+        store_root = self.store.root
         self.fileserver = FileServer(
             self.store,
             self.org_key,
+            self.identity.key,
             self.identity.node_id,
             self.registry,
             self.reactor,
             self.disk,
-            SpaceAccount(self.store, self.space_limits),
+            SpaceAccount(
+                catalog.held, self.space_limits, lambda: shutil.disk_usage(store_root).free
+            ),
+            catalog,
+            relay=self.relay,
         )
         self.tls = MutualTLS(self.identity)
         self.factory = PeerFactory(
@@ -216,6 +226,7 @@ def node_from_options(options: Any) -> NodeService:
             stall_timeout=options["stall-timeout"],
         ),
         space=SpaceLimits(quota=options["quota"], reserve=options["reserve"]),
+        relay=not options["no-relay"],
     )
 
 

@@ -63,6 +63,9 @@ def is_loopback(host: str) -> bool:
 class NodeOptions(usage.Options):
     """twistd -n dfs --port 3000 --peers 4000,5000 --data-dir ./nodes/3000"""
 
+    optFlags = [  # noqa: RUF012
+        ["no-relay", None, "neither pass other orgs' replicas on nor take them from a third node"],
+    ]
     optParameters = [  # noqa: RUF012
         ["port", None, None, "TCP port of the peer protocol (TLS). Required."],
         ["data-dir", None, None, "the node's directory (default ./dfs-<port>)"],

@@ -115,7 +115,7 @@ class SessionHandler(TypingProtocol):
     def open_store(self, session: PeerProtocol, request: wire.Store) -> IncomingBlob: ...
     def open_fetch(self, session: PeerProtocol, request: wire.Fetch) -> BlobSource: ...
     def answer(
-        self, session: PeerProtocol, request: wire.Delete | wire.List
+        self, session: PeerProtocol, request: wire.Delete | wire.List | wire.Digest
     ) -> Deferred[wire.Message]: ...
 
 
@@ -415,7 +415,9 @@ class PeerProtocol(Protocol):
         else:
             self._pending.pop(request_id, None)
 
-    def request(self, message: wire.Delete | wire.List | wire.Ping) -> Deferred[wire.Message]:
+    def request(
+        self, message: wire.Delete | wire.List | wire.Digest | wire.Ping
+    ) -> Deferred[wire.Message]:
         """Send a control request; the Deferred fires with the reply message."""
         request_id, pending = self._new_request()
         self.send(message, request_id)
@@ -589,7 +591,7 @@ class PeerProtocol(Protocol):
             self._pump(request_id, source)
         elif isinstance(message, wire.Ping):
             self.send(wire.Ack(), request_id, reply=True)
-        elif isinstance(message, wire.Delete | wire.List):
+        elif isinstance(message, wire.Delete | wire.List | wire.Digest):
             self._answer(request_id, maybeDeferred(handler.answer, self, message))
         else:
             raise wire.ProtocolError(f"unexpected {type(message).__name__} request")

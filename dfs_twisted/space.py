@@ -7,11 +7,8 @@ less than `reserve` bytes free on the disk.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-
-from .store import BlobStore
 
 GiB = 1 << 30
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -45,27 +42,21 @@ class NoSpace(Exception):
 
 
 class SpaceAccount:
-    """Bytes held for each other org, kept up to date as replicas come and go."""
+    """Checks a replica against the quota of its org and the free disk."""
 
     def __init__(
         self,
-        store: BlobStore,
+        held: Callable[[str], int],
         limits: SpaceLimits,
-        free: Callable[[], int] | None = None,
+        free: Callable[[], int],
     ) -> None:
         self.limits = limits
-        self._store = store
-        self._free = free or (lambda: shutil.disk_usage(store.root).free)
-        self._held: dict[str, int] | None = None
+        self.held = held  # bytes held now for an owner
+        self._free = free
 
     def free(self) -> int:
         """Free bytes on the store's disk."""
         return self._free()
-
-    def held(self, owner: str) -> int:
-        if self._held is None:
-            self._held = dict(self._store.usage())
-        return self._held.get(owner, 0)
 
     def check(self, owner: str, growth: int, disk_needed: int | None) -> None:
         """Raise NoSpace if ``owner`` holding ``growth`` more bytes breaks a limit.
@@ -81,8 +72,3 @@ class SpaceAccount:
             )
         if disk_needed is not None and self._free() - disk_needed < self.limits.reserve:
             raise NoSpace("disk_full", "not enough free disk for this replica")
-
-    def changed(self, owner: str, delta: int) -> None:
-        self.held(owner)
-        assert self._held is not None
-        self._held[owner] = self._held.get(owner, 0) + delta

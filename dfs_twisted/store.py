@@ -2,9 +2,10 @@
 
 Layout: ``root/<owner>/<aa>/<bb>/<blob>`` where ``aa``/``bb`` are the first two
 byte pairs of the blob id (bounds the size of any one directory), plus
-``root/tmp`` for blobs being written.  A blob becomes visible only through an
-atomic ``os.replace`` after its data has been fsynced, so readers never see a
-partial blob, even after a crash.
+``root/tmp`` for blobs being written.  A deleted blob leaves a small tombstone
+record (opaque bytes here) at ``<blob>.tomb`` in the same directory.  A blob
+becomes visible only through an atomic ``os.replace`` after its data has been
+fsynced, so readers never see a partial blob, even after a crash.
 
 This module is deliberately synchronous and free of Twisted: callers run the
 blocking parts (notably :meth:`BlobWriter.commit`) in a thread.
@@ -32,6 +33,7 @@ _FILE_MODE = 0o600
 _DIR_MODE = 0o700
 _TMP_DIR = "tmp"
 _TMP_SUFFIX = ".part"
+_TOMB_SUFFIX = ".tomb"
 
 
 class InvalidId(ValueError):
@@ -69,6 +71,19 @@ def _fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _make_blob_dirs(final_path: pathlib.Path) -> None:
+    bb_dir = final_path.parent
+    owner_dir = bb_dir.parent.parent
+    for d in (owner_dir, bb_dir.parent, bb_dir):
+        try:
+            os.mkdir(d, _DIR_MODE)
+        except FileExistsError:
+            continue
+        # A new directory entry lives in its parent: sync that too, or the
+        # whole subtree may vanish after a crash.
+        _fsync_dir(d.parent)
 
 
 def _is_prefix(name: str) -> bool:
@@ -149,16 +164,7 @@ class BlobWriter:
             self._unlink_tmp()
 
     def _make_dirs(self) -> None:
-        bb_dir = self._final_path.parent
-        owner_dir = bb_dir.parent.parent
-        for d in (owner_dir, bb_dir.parent, bb_dir):
-            try:
-                os.mkdir(d, _DIR_MODE)
-            except FileExistsError:
-                continue
-            # A new directory entry lives in its parent: sync that too, or the
-            # whole subtree may vanish after a crash.
-            _fsync_dir(d.parent)
+        _make_blob_dirs(self._final_path)
 
     def _unlink_tmp(self) -> None:
         try:
@@ -244,12 +250,54 @@ class BlobStore:
         # rename into them.
         return True
 
+    def _tomb_path(self, key: BlobKey) -> pathlib.Path:
+        return self.path_for(key).with_name(key.blob + _TOMB_SUFFIX)
+
+    def put_tombstone(self, key: BlobKey, record: bytes) -> None:
+        """Durably record that ``key`` is deleted, then remove the blob itself."""
+        final = self._tomb_path(key)
+        tmp = self._tmp / (secrets.token_hex(16) + _TMP_SUFFIX)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            os.write(fd, record)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            _make_blob_dirs(final)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(final.parent)
+        self.delete(key)
+
+    def tombstone(self, key: BlobKey) -> bytes | None:
+        try:
+            return self._tomb_path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def remove_tombstone(self, key: BlobKey) -> None:
+        """A newer version of the blob was committed: its old tombstone goes."""
+        path = self._tomb_path(key)
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        _fsync_dir(path.parent)
+
+    def tombstones(self, owner: str) -> list[str]:
+        return [name for name, _ in self._iter_blobs(owner, None, _TOMB_SUFFIX)]
+
     def owners(self) -> list[str]:
         with os.scandir(self.root) as it:
             return sorted(e.name for e in it if _is_id(e.name) and e.is_dir(follow_symlinks=False))
 
-    def _iter_blobs(self, owner: str, after: str | None) -> Iterator[tuple[str, os.DirEntry[str]]]:
-        """Yield (id, entry) for owner's blobs with id > after, in sorted order.
+    def _iter_blobs(
+        self, owner: str, after: str | None, suffix: str = ""
+    ) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """Yield (id, entry) for owner's blobs (or ``suffix`` files) with id > after, sorted.
 
         The aa/bb layout sorts the same way as the ids, so whole directories
         below ``after`` are skipped without listing them.
@@ -265,15 +313,19 @@ class BlobStore:
                     continue
                 with os.scandir(owner_dir / aa / bb) as it:
                     entries = sorted(
-                        (e for e in it if self._is_blob_entry(e, aa, bb)), key=lambda e: e.name
+                        (e for e in it if self._is_blob_entry(e, aa, bb, suffix)),
+                        key=lambda e: e.name,
                     )
                 for e in entries:
-                    if after is None or e.name > after:
-                        yield e.name, e
+                    blob = e.name[: len(e.name) - len(suffix)]
+                    if after is None or blob > after:
+                        yield blob, e
 
     @staticmethod
-    def _is_blob_entry(entry: os.DirEntry[str], aa: str, bb: str) -> bool:
-        name = entry.name
+    def _is_blob_entry(entry: os.DirEntry[str], aa: str, bb: str, suffix: str) -> bool:
+        if not entry.name.endswith(suffix):
+            return False
+        name = entry.name[: len(entry.name) - len(suffix)]
         return (
             _is_id(name)
             and name[0:2] == aa

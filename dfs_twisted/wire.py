@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 HEADER = struct.Struct("!BBII")
 MAX_CONTROL_BODY = 64 * 1024
 MAX_DATA_BODY = 1024 * 1024
@@ -37,6 +37,8 @@ MAX_FEATURES = 32
 MAX_FEATURE_LEN = 32
 
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
+_HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
+MAX_VERSION = 2**64 - 1
 _ERROR_CODE = re.compile(r"[a-z_]{1,32}")
 # Hostname, IPv4 or (bracketed / zone-qualified) IPv6; the protocol layer resolves it.
 _LISTEN = re.compile(r"(?P<host>[A-Za-z0-9._:%\[\]-]+):(?P<port>[0-9]{1,5})")
@@ -58,6 +60,8 @@ class MessageType(enum.IntEnum):
     ERROR = 10
     ABORT = 11
     PING = 12
+    DIGEST = 13
+    DIGEST_REPLY = 14
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
@@ -95,6 +99,7 @@ class Store:
     owner: str
     blob: str
     size: int | None  # ciphertext bytes that follow as DATA frames; None = unknown
+    version: int  # the blob header's version: a holder with this one or newer says "have"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +110,13 @@ class Fetch:
 
 @dataclass(frozen=True, slots=True)
 class Delete:
+    """The owner's signed tombstone (crypto.Tombstone) for one blob."""
+
     owner: str
     blob: str
+    version: int
+    key: str  # the owner's Ed25519 public key, 64 hex
+    signature: str  # 128 hex
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +124,13 @@ class List:
     owner: str
     after: str | None = None  # page starts at the first blob id > after
     limit: int = MAX_LIST_PAGE
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """What do you hold of ``owner``'s namespace, in one hash?"""
+
+    owner: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +149,23 @@ class FetchReply:
 
 
 @dataclass(frozen=True, slots=True)
+class ListEntry:
+    blob: str
+    version: int
+    deleted: bool  # a tombstone
+
+
+@dataclass(frozen=True, slots=True)
 class ListReply:
-    blobs: tuple[str, ...]  # strictly ascending, so the client can page with after=blobs[-1]
+    # Strictly ascending by blob, so the client can page with after=entries[-1].blob.
+    entries: tuple[ListEntry, ...]
     more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DigestReply:
+    digest: str  # 64 hex: SHA-256 over the sorted (blob, version, deleted) entries
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +191,12 @@ Message: TypeAlias = (
     | Fetch
     | Delete
     | List
+    | Digest
     | Ack
     | Ping
     | FetchReply
     | ListReply
+    | DigestReply
     | Error
     | Abort
     | Data
@@ -402,10 +435,13 @@ def _keys(*names: str) -> frozenset[str]:
 
 _HELLO_KEYS = _keys("version", "node_id", "org", "listen", "features", "proof")
 _OWNER_BLOB_KEYS = _keys("owner", "blob")
-_STORE_KEYS = _keys("owner", "blob", "size")
+_STORE_KEYS = _keys("owner", "blob", "size", "version")
+_DELETE_KEYS = _keys("owner", "blob", "version", "key", "signature")
 _LIST_KEYS = _keys("owner", "after", "limit")
+_OWNER_KEYS = _keys("owner")
 _FETCH_REPLY_KEYS = _keys("size")
-_LIST_REPLY_KEYS = _keys("blobs", "more")
+_LIST_REPLY_KEYS = _keys("entries", "more")
+_DIGEST_REPLY_KEYS = _keys("digest", "count")
 _ERROR_KEYS = _keys("code", "message")
 _ABORT_KEYS = _keys("reason")
 
@@ -432,6 +468,7 @@ def _parse_store(obj: dict[str, Any]) -> Store:
         owner=_hex(obj["owner"], "STORE.owner"),
         blob=_hex(obj["blob"], "STORE.blob"),
         size=None if size is None else _int(size, "STORE.size", 0, SIZE_LIMIT - 1),
+        version=_int(obj["version"], "STORE.version", 0, MAX_VERSION),
     )
 
 
@@ -441,8 +478,30 @@ def _parse_fetch(obj: dict[str, Any]) -> Fetch:
 
 
 def _parse_delete(obj: dict[str, Any]) -> Delete:
-    _require_keys(obj, "DELETE", _OWNER_BLOB_KEYS)
-    return Delete(owner=_hex(obj["owner"], "DELETE.owner"), blob=_hex(obj["blob"], "DELETE.blob"))
+    _require_keys(obj, "DELETE", _DELETE_KEYS)
+    signature = obj["signature"]
+    if not isinstance(signature, str) or _HEX_SIGNATURE.fullmatch(signature) is None:
+        _fail("DELETE.signature", f"not 128 lowercase hex: {_short(signature)}")
+    return Delete(
+        owner=_hex(obj["owner"], "DELETE.owner"),
+        blob=_hex(obj["blob"], "DELETE.blob"),
+        version=_int(obj["version"], "DELETE.version", 0, MAX_VERSION),
+        key=_hex(obj["key"], "DELETE.key"),
+        signature=signature,
+    )
+
+
+def _parse_digest(obj: dict[str, Any]) -> Digest:
+    _require_keys(obj, "DIGEST", _OWNER_KEYS)
+    return Digest(owner=_hex(obj["owner"], "DIGEST.owner"))
+
+
+def _parse_digest_reply(obj: dict[str, Any]) -> DigestReply:
+    _require_keys(obj, "DIGEST_REPLY", _DIGEST_REPLY_KEYS)
+    return DigestReply(
+        digest=_hex(obj["digest"], "DIGEST_REPLY.digest"),
+        count=_int(obj["count"], "DIGEST_REPLY.count", 0, SIZE_LIMIT - 1),
+    )
 
 
 def _parse_list(obj: dict[str, Any]) -> List:
@@ -471,11 +530,23 @@ def _parse_fetch_reply(obj: dict[str, Any]) -> FetchReply:
 
 def _parse_list_reply(obj: dict[str, Any]) -> ListReply:
     _require_keys(obj, "LIST_REPLY", _LIST_REPLY_KEYS)
-    items = _array(obj["blobs"], "LIST_REPLY.blobs", MAX_LIST_PAGE)
-    blobs = tuple(_hex(b, "LIST_REPLY.blobs[]") for b in items)
-    if any(a >= b for a, b in itertools.pairwise(blobs)):
-        _fail("LIST_REPLY.blobs", "not strictly ascending")
-    return ListReply(blobs=blobs, more=_bool(obj["more"], "LIST_REPLY.more"))
+    items = _array(obj["entries"], "LIST_REPLY.entries", MAX_LIST_PAGE)
+    entries = tuple(_list_entry(item) for item in items)
+    if any(a.blob >= b.blob for a, b in itertools.pairwise(entries)):
+        _fail("LIST_REPLY.entries", "not strictly ascending")
+    return ListReply(entries=entries, more=_bool(obj["more"], "LIST_REPLY.more"))
+
+
+def _list_entry(item: object) -> ListEntry:
+    what = "LIST_REPLY.entries[]"
+    fields = _array(item, what, 3)
+    if len(fields) != 3:
+        _fail(what, "expected [blob, version, deleted]")
+    return ListEntry(
+        blob=_hex(fields[0], what),
+        version=_int(fields[1], what, 0, MAX_VERSION),
+        deleted=_bool(fields[2], what),
+    )
 
 
 def _parse_error(obj: dict[str, Any]) -> Error:
@@ -497,6 +568,8 @@ _PARSERS: dict[MessageType, Callable[[dict[str, Any]], Message]] = {
     MessageType.FETCH: _parse_fetch,
     MessageType.DELETE: _parse_delete,
     MessageType.LIST: _parse_list,
+    MessageType.DIGEST: _parse_digest,
+    MessageType.DIGEST_REPLY: _parse_digest_reply,
     MessageType.ACK: _parse_ack,
     MessageType.PING: _parse_ping,
     MessageType.FETCH_REPLY: _parse_fetch_reply,
@@ -568,11 +641,20 @@ def _fields(message: Message) -> tuple[MessageType, dict[str, Any]]:
             "owner": message.owner,
             "blob": message.blob,
             "size": message.size,
+            "version": message.version,
         }
     if isinstance(message, Fetch):
         return MessageType.FETCH, {"owner": message.owner, "blob": message.blob}
     if isinstance(message, Delete):
-        return MessageType.DELETE, {"owner": message.owner, "blob": message.blob}
+        return MessageType.DELETE, {
+            "owner": message.owner,
+            "blob": message.blob,
+            "version": message.version,
+            "key": message.key,
+            "signature": message.signature,
+        }
+    if isinstance(message, Digest):
+        return MessageType.DIGEST, {"owner": message.owner}
     if isinstance(message, List):
         return MessageType.LIST, {
             "owner": message.owner,
@@ -586,7 +668,10 @@ def _fields(message: Message) -> tuple[MessageType, dict[str, Any]]:
     if isinstance(message, FetchReply):
         return MessageType.FETCH_REPLY, {"size": message.size}
     if isinstance(message, ListReply):
-        return MessageType.LIST_REPLY, {"blobs": _as_json(message.blobs), "more": message.more}
+        entries = [[e.blob, e.version, e.deleted] for e in message.entries]
+        return MessageType.LIST_REPLY, {"entries": entries, "more": message.more}
+    if isinstance(message, DigestReply):
+        return MessageType.DIGEST_REPLY, {"digest": message.digest, "count": message.count}
     if isinstance(message, Error):
         return MessageType.ERROR, {"code": message.code, "message": message.message}
     if isinstance(message, Abort):

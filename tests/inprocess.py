@@ -73,6 +73,7 @@ class NodeTestCase(TestCase):
         org: str | None = None,
         pins: dict[str, str] | None = None,
         data_dir: Path | None = None,
+        relay: bool = True,
     ) -> NodeService:
         """A started node on ``port`` dialling ``peers`` (ports on 127.0.0.1)."""
         data_dir = data_dir or Path(self.mktemp())
@@ -88,6 +89,7 @@ class NodeTestCase(TestCase):
             peers=[PeerAddress("127.0.0.1", p) for p in peers],
             api="tcp:0:interface=127.0.0.1",
             org=org,
+            relay=relay,
         )
         node.startService()
         self._nodes.append(node)

@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import random
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -24,6 +25,8 @@ from dfs_twisted.crypto import (
     IntegrityError,
     Metadata,
     OrgKey,
+    SealCheck,
+    Tombstone,
     Trailer,
     ciphertext_size,
     header_length,
@@ -35,8 +38,10 @@ from dfs_twisted.crypto import (
 )
 
 CS = 64 * 1024  # smallest allowed chunk size keeps the tests fast
-OWNER = "ab" * 32
-OTHER_OWNER = "cd" * 32
+SIGNER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+OTHER_SIGNER = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+OWNER = Encryptor(OrgKey(bytes(32)), SIGNER, "x", 0).owner
+OTHER_OWNER = Encryptor(OrgKey(bytes(32)), OTHER_SIGNER, "x", 0).owner
 KEY = OrgKey(bytes(range(32)))
 OTHER_KEY = OrgKey(bytes(range(1, 33)))
 
@@ -59,13 +64,13 @@ def encrypt(
     *,
     key: OrgKey = KEY,
     name: str = "reports/2026/q1.pdf",
-    owner: str = OWNER,
+    signer: Ed25519PrivateKey = SIGNER,
     version: int = 1,
     mtime: int = 1_700_000_000,
     pieces: int = 1,
 ) -> tuple[bytes, Encryptor]:
     """Encrypt ``data`` in ``pieces`` roughly equal updates; return (blob, encryptor)."""
-    enc = Encryptor(key, owner, name, version, mtime=mtime, chunk_size=CS)
+    enc = Encryptor(key, signer, name, version, mtime=mtime, chunk_size=CS)
     out = [enc.header]
     step = max(1, len(data) // pieces)
     view = memoryview(data)
@@ -184,7 +189,7 @@ class RoundTripTests(SynchronousTestCase):
                 self.assertEqual(dec.metadata, Metadata("reports/2026/q1.pdf", 1_700_000_000))
 
     def test_update_returns_full_chunks(self) -> None:
-        enc = Encryptor(KEY, OWNER, "f", 1, chunk_size=CS)
+        enc = Encryptor(KEY, SIGNER, "f", 1, chunk_size=CS)
         self.assertEqual(enc.update(b"a" * (CS - 1)), [])
         self.assertEqual([len(c) for c in enc.update(b"a")], [CS + TAG])
         chunks = enc.update(b"a" * (2 * CS + 1))
@@ -195,7 +200,7 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_many_small_updates(self) -> None:
         data = payload(3 * CS + 5, 1)
-        enc = Encryptor(KEY, OWNER, "f", 1, chunk_size=CS)
+        enc = Encryptor(KEY, SIGNER, "f", 1, chunk_size=CS)
         out = [enc.header]
         for i in range(0, len(data), 1000):
             out.extend(enc.update(data[i : i + 1000]))
@@ -218,7 +223,7 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(b"".join(got) + last, data)
 
     def test_default_mtime_and_memoryview(self) -> None:
-        enc = Encryptor(KEY, OWNER, "f", 1, chunk_size=CS)
+        enc = Encryptor(KEY, SIGNER, "f", 1, chunk_size=CS)
         body = enc.update(memoryview(bytearray(b"hello")))
         blob = enc.header + b"".join(body) + enc.finalize()
         plain, _, dec = decrypt(blob)
@@ -227,19 +232,17 @@ class RoundTripTests(SynchronousTestCase):
         self.assertGreater(dec.metadata.mtime, 1_600_000_000)
 
     def test_default_chunk_size(self) -> None:
-        enc = Encryptor(KEY, OWNER, "f", 1)
+        enc = Encryptor(KEY, SIGNER, "f", 1)
         blob = enc.header + b"".join(enc.update(b"x" * 10)) + enc.finalize()
         self.assertEqual(parse_header(blob).chunk_size, 1 << 20)
         self.assertEqual(decrypt(blob)[0], b"x" * 10)
 
     def test_encryptor_rejects_bad_arguments(self) -> None:
-        self.assertRaises(ValueError, Encryptor, KEY, "AB" * 32, "f", 1)
-        self.assertRaises(ValueError, Encryptor, KEY, "ab", "f", 1)
-        self.assertRaises(ValueError, Encryptor, KEY, OWNER, "", 1)
-        self.assertRaises(ValueError, Encryptor, KEY, OWNER, "f", -1)
-        self.assertRaises(ValueError, Encryptor, KEY, OWNER, "f", 1 << 64)
-        self.assertRaises(ValueError, Encryptor, KEY, OWNER, "f", 1, chunk_size=CS - 1)
-        self.assertRaises(ValueError, Encryptor, KEY, OWNER, "f", 1, chunk_size=(4 << 20) + 1)
+        self.assertRaises(ValueError, Encryptor, KEY, SIGNER, "", 1)
+        self.assertRaises(ValueError, Encryptor, KEY, SIGNER, "f", -1)
+        self.assertRaises(ValueError, Encryptor, KEY, SIGNER, "f", 1 << 64)
+        self.assertRaises(ValueError, Encryptor, KEY, SIGNER, "f", 1, chunk_size=CS - 1)
+        self.assertRaises(ValueError, Encryptor, KEY, SIGNER, "f", 1, chunk_size=(4 << 20) + 1)
 
     def test_decryptor_after_finish(self) -> None:
         blob, _ = encrypt(b"abc")
@@ -314,7 +317,7 @@ class HeaderTests(SynchronousTestCase):
         self.assertRaises(FormatError, header_length, raw[: FIXED_HEADER_SIZE - 1])
         self.assertRaises(FormatError, parse_header, raw[:-1])
         self.assertRaises(FormatError, parse_header, b"XXXX" + raw[4:])
-        self.assertRaises(FormatError, parse_header, raw[:4] + b"\x02" + raw[5:])
+        self.assertRaises(FormatError, parse_header, raw[:4] + b"\x01" + raw[5:])
         for chunk_size in (0, CS - 1, (4 << 20) + 1):
             bad = raw[:5] + chunk_size.to_bytes(4, "big") + raw[9:]
             self.assertRaises(FormatError, parse_header, bad)
@@ -339,7 +342,7 @@ class HeaderTests(SynchronousTestCase):
     @FAST
     @given(size=st.integers(0, 10**12), chunk_size=st.sampled_from([CS, 1 << 20, 4 << 20]))
     def test_sizes_inverse_property(self, size: int, chunk_size: int) -> None:
-        enc = Encryptor(KEY, OWNER, "f", 1, chunk_size=chunk_size)
+        enc = Encryptor(KEY, SIGNER, "f", 1, chunk_size=chunk_size)
         header = parse_header(enc.header)
         total = ciphertext_size(len(enc.header), chunk_size, size)
         self.assertEqual(plaintext_size(header, total), size)
@@ -423,8 +426,8 @@ class TamperTests(SynchronousTestCase):
         self.assertRaises(IntegrityError, decrypt, self.blob, blob_id=KEY.blob_id("other"))
 
     def test_rewritten_owner_or_blob_field(self) -> None:
-        # Relabelling the header (owner at 9..41, blob at 41..73) breaks the key wrap.
-        for offset in (9, 41):
+        # Relabelling the header (owner at 9, owner key at 41, blob at 73) breaks it.
+        for offset in (9, 41, 73):
             forged = self.blob[:offset] + bytes.fromhex(OTHER_OWNER) + self.blob[offset + 32 :]
             assert_rejected(self, forged, self.data)
 
@@ -440,3 +443,84 @@ class TamperTests(SynchronousTestCase):
     def test_errors_share_base(self) -> None:
         self.assertTrue(issubclass(FormatError, CryptoError))
         self.assertTrue(issubclass(IntegrityError, CryptoError))
+
+
+class SealTests(SynchronousTestCase):
+    """What a holder without the org key can check: complete, and the owner's own."""
+
+    def setUp(self) -> None:
+        self.data = payload(2 * CS + 77, 9)
+        self.blob, _ = encrypt(self.data)
+
+    def check(self, data: bytes, cuts: list[int] = [], **want: str) -> None:  # noqa: B006
+        seal = SealCheck(**want)
+        bounds = [0, *sorted(c for c in cuts if 0 < c < len(data)), len(data)]
+        for a, b in itertools.pairwise(bounds):
+            seal.feed(data[a:b])
+        seal.finish()
+
+    @FAST
+    @given(cuts=st.lists(st.integers(0, 3 * CS), max_size=8))
+    def test_accepts_the_owners_blob_however_split(self, cuts: list[int]) -> None:
+        self.check(self.blob, cuts, owner=OWNER, blob=KEY.blob_id("reports/2026/q1.pdf"))
+
+    @FAST
+    @given(position=st.integers(0, 2 * CS + 2000), bit=st.integers(0, 7))
+    def test_any_flipped_bit_is_caught(self, position: int, bit: int) -> None:
+        tampered = bytearray(self.blob)
+        tampered[position % len(tampered)] ^= 1 << bit
+        self.assertRaises(CryptoError, self.check, bytes(tampered))
+
+    def test_truncated_or_extended(self) -> None:
+        for blob in (self.blob[:-1], self.blob[:-64], self.blob + b"\0", self.blob[:100]):
+            self.assertRaises(CryptoError, self.check, blob)
+
+    def test_another_owner_cannot_pass_its_blob_off(self) -> None:
+        forged, _ = encrypt(self.data, signer=OTHER_SIGNER)
+        self.check(forged, owner=OTHER_OWNER)
+        self.assertRaises(IntegrityError, self.check, forged, owner=OWNER)
+
+    def test_swapped_owner_key_is_refused(self) -> None:
+        # The owner id is the hash of the key in the header: swapping either breaks it.
+        other_key = parse_header(encrypt(b"", signer=OTHER_SIGNER)[0]).owner_key
+        forged = self.blob[:41] + other_key + self.blob[73:]
+        self.assertRaises(FormatError, self.check, forged)
+
+    def test_decryptor_checks_the_signature_too(self) -> None:
+        tampered = bytearray(self.blob)
+        tampered[-1] ^= 1
+        released: list[bytes] = []
+        self.assertRaises(IntegrityError, decrypt, bytes(tampered), released=released)
+
+
+class TombstoneTests(SynchronousTestCase):
+    def test_round_trip(self) -> None:
+        tomb = Tombstone.sign(SIGNER, "ee" * 32, 42)
+        self.assertEqual(tomb.owner, OWNER)
+        self.assertEqual(Tombstone.from_bytes(tomb.to_bytes()), tomb)
+        self.assertEqual(len(tomb.to_bytes()), Tombstone.SIZE)
+
+    def test_changed_field_fails(self) -> None:
+        raw = Tombstone.sign(SIGNER, "ee" * 32, 42).to_bytes()
+        for position in range(len(raw)):
+            bad = bytearray(raw)
+            bad[position] ^= 1
+            self.assertRaises(CryptoError, Tombstone.from_bytes, bytes(bad))
+        self.assertRaises(CryptoError, Tombstone.from_bytes, raw[:-1])
+
+    def test_signed_by_another_owner_is_refused(self) -> None:
+        mine = Tombstone.sign(SIGNER, "ee" * 32, 42)
+        theirs = Tombstone.sign(OTHER_SIGNER, "ee" * 32, 42)
+        relabelled = Tombstone(mine.owner, mine.owner_key, mine.blob, 42, theirs.signature)
+        self.assertRaises(IntegrityError, relabelled.verify)
+        self.assertRaises(
+            IntegrityError,
+            Tombstone(mine.owner, theirs.owner_key, mine.blob, 42, theirs.signature).verify,
+        )
+
+    def test_deterministic(self) -> None:
+        # The owner can sign a lost tombstone again and get the same record.
+        self.assertEqual(
+            Tombstone.sign(SIGNER, "ee" * 32, 7).to_bytes(),
+            Tombstone.sign(SIGNER, "ee" * 32, 7).to_bytes(),
+        )

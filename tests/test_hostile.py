@@ -26,6 +26,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,7 +35,7 @@ from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
-from dfs_twisted.crypto import Encryptor, OrgKey
+from dfs_twisted.crypto import Encryptor, OrgKey, Tombstone
 from dfs_twisted.identity import NodeIdentity, ensure_private_dir
 from dfs_twisted.launcher import NodeProcess, free_port, start_network
 from dfs_twisted.wire import MessageType
@@ -367,7 +368,9 @@ class HostileTestCase(SharedFixture, SynchronousTestCase):
 
     def attacker_blob(self, size: int, name: str = "mallory.bin") -> tuple[str, bytes]:
         """A real blob of the attacker's own org: (blob id, ciphertext)."""
-        enc = Encryptor(self.net.attacker_key, self.net.attacker.node_id, name, version=1)
+        # A fresh version each time: the holder already has the ones stored before.
+        self.version = time.time_ns()
+        enc = Encryptor(self.net.attacker_key, self.net.attacker.key, name, self.version)
         plain = os.urandom(size)
         chunks = [enc.header, *enc.update(plain), enc.finalize()]
         return enc.blob, b"".join(chunks)
@@ -544,15 +547,30 @@ class FrameAttackTests(HostileTestCase):
             (MessageType.FETCH, {"owner": "../../etc", "blob": ZERO_ID}, "FETCH.owner"),
             (
                 MessageType.STORE,
-                {"owner": "../../etc", "blob": "passwd", "size": 10},
+                {"owner": "../../etc", "blob": "passwd", "size": 10, "version": 1},
                 "STORE.owner",
             ),
             (
                 MessageType.STORE,
-                {"owner": self.net.attacker.node_id, "blob": "../../../../pwned", "size": 10},
+                {
+                    "owner": self.net.attacker.node_id,
+                    "blob": "../../../../pwned",
+                    "size": 10,
+                    "version": 1,
+                },
                 "STORE.blob",
             ),
-            (MessageType.DELETE, {"owner": "..", "blob": ZERO_ID}, "DELETE.owner"),
+            (
+                MessageType.DELETE,
+                {
+                    "owner": "..",
+                    "blob": ZERO_ID,
+                    "version": 1,
+                    "key": ZERO_ID,
+                    "signature": "00" * 64,
+                },
+                "DELETE.owner",
+            ),
             (MessageType.LIST, {"owner": "../..", "after": None, "limit": 10}, "LIST.owner"),
             (MessageType.FETCH, {"owner": ZERO_ID + "\n", "blob": ZERO_ID}, "FETCH.owner"),
             (MessageType.FETCH, {"owner": "AB" * 32, "blob": ZERO_ID}, "FETCH.owner"),
@@ -591,7 +609,11 @@ class FrameAttackTests(HostileTestCase):
                 "LIST.limit",
             ),
             (
-                json_frame(MessageType.STORE, 1, {"owner": ZERO_ID, "blob": ZERO_ID, "size": -1}),
+                json_frame(
+                    MessageType.STORE,
+                    1,
+                    {"owner": ZERO_ID, "blob": ZERO_ID, "size": -1, "version": 1},
+                ),
                 "STORE.size",
             ),
             (wire.encode(wire.Ack(), 5, reply=True), "reply for unknown request 5"),
@@ -612,7 +634,9 @@ class FrameAttackTests(HostileTestCase):
 
 class StoreAttackTests(HostileTestCase):
     def store_header(self, blob: str, size: int | None, request_id: int = 1) -> bytes:
-        return wire.encode(wire.Store(self.net.attacker.node_id, blob, size), request_id)
+        return wire.encode(
+            wire.Store(self.net.attacker.node_id, blob, size, self.version), request_id
+        )
 
     def test_complete_store_in_own_namespace_is_accepted(self) -> None:
         # The control: the attacker's harness can store, so refusals below mean something.
@@ -655,18 +679,21 @@ class StoreAttackTests(HostileTestCase):
         blob, _ = self.attacker_blob(1000)
         _, other = self.attacker_blob(1000, name="another-file.bin")
         cases = [
-            (os.urandom(200_000), "STORE with a malformed blob header"),
+            (os.urandom(200_000), "bad blob header"),
             # A real header, but of another blob than the one announced.
-            (other, "STORE blob header names another blob"),
+            (other, "names a different blob id"),
         ]
         for data, reason in cases:
             link = self.admitted()
             link.send(self.store_header(blob, len(data)))
-            try:
-                link.send(data_frame(1, data, end=True))
-            except ConnectionClosed:
-                pass
-            self.assert_closed_for(link, reason)
+            link.send(data_frame(1, data, end=True))
+            # Refused with a reason; the stream is well framed, so the link stays up.
+            f, reply = link.read_message()
+            assert isinstance(reply, wire.Error), reply
+            self.assertEqual((f.request_id, reply.code), (1, "bad_blob"))
+            self.assertIn(reason, reply.message)
+            self.assertIn(f"refused a replica of {blob}", wait_for_log(self.net.victim, reason))
+            link.close()
         self.assert_untouched()
         self.assert_still_serving()
 
@@ -703,32 +730,41 @@ class StoreAttackTests(HostileTestCase):
         f, listing = link.read_message()
         self.assertEqual(f.request_id, 1)
         assert isinstance(listing, wire.ListReply), listing
-        self.assertIn(blob, listing.blobs)
-        # Overwrite H's blob, delete it, then the same in V's own namespace.
+        [entry] = [e for e in listing.entries if e.blob == blob]
+        # Overwrite H's blob with a newer version, delete it, then the same in V's
+        # own namespace. V takes H's changes from a third node only as H signed them.
         _, ciphertext = self.attacker_blob(10_000)
-        link.send(wire.encode(wire.Store(net.honest_id, blob, len(ciphertext)), 2))
+        newer = entry.version + 1
+        forged = Tombstone.sign(net.attacker.key, blob, newer)
+        delete = wire.Delete(
+            net.honest_id, blob, newer, forged.owner_key.hex(), forged.signature.hex()
+        )
+        link.send(wire.encode(wire.Store(net.honest_id, blob, len(ciphertext), newer), 2))
         link.send(data_frame(2, ciphertext, end=True))
-        link.send(wire.encode(wire.Delete(net.honest_id, blob), 3))
-        link.send(wire.encode(wire.Store(net.victim_id, blob, 10), 4))
-        link.send(wire.encode(wire.Delete(net.victim_id, blob), 5))
+        link.send(wire.encode(delete, 3))
+        link.send(wire.encode(wire.Store(net.victim_id, blob, 10, newer), 4))
+        link.send(wire.encode(replace(delete, owner=net.victim_id), 5))
         replies = {}
         for _ in range(4):
             f, message = link.read_message()
             self.assertTrue(f.flags & wire.FLAG_REPLY)
             replies[f.request_id] = message
-        for request_id in (2, 3, 4, 5):
+        expected = {2: "bad_blob", 3: "bad_signature", 4: "forbidden", 5: "forbidden"}
+        for request_id, code in expected.items():
             error = replies[request_id]
             assert isinstance(error, wire.Error), error
-            self.assertEqual(error.code, "forbidden")
+            self.assertEqual(error.code, code)
         # The refused stream was discarded and the connection still works.
         link.send(wire.encode(wire.List(net.honest_id), 6))
         f, listing = link.read_message()
         self.assertEqual(f.request_id, 6)
         assert isinstance(listing, wire.ListReply), listing
-        self.assertIn(blob, listing.blobs)
+        self.assertIn(entry, listing.entries)
 
         self.assertEqual(replica.read_bytes(), original)
-        line = wait_for_log(net.victim, f"refused a write into {net.honest_id}'s namespace")
+        line = wait_for_log(net.victim, f"refused a replica of {blob} for {net.honest_id}")
+        self.assertIn(HOSTILE_ORG, line)
+        line = wait_for_log(net.victim, f"refused a write into {net.victim_id}'s namespace")
         self.assertIn(HOSTILE_ORG, line)
         self.assertIn(net.attacker.node_id, line)
         link.close()

@@ -20,7 +20,6 @@ from dfs_twisted.identity import PeerPins, ensure_private_dir
 from dfs_twisted.launcher import NodeProcess, free_port
 from dfs_twisted.protocol import IncomingBlob, Limits, PeerFactory, PeerProtocol
 from dfs_twisted.space import GiB, NoSpace, SpaceAccount, SpaceLimits, parse_size
-from dfs_twisted.store import BlobKey, BlobStore
 
 from .test_protocol import FakeHandler, TLSStringTransport, identity, sent
 from .test_wire import encode_all, framed
@@ -138,7 +137,7 @@ class ConnectionLimitTests(LiveProtocolCase):
 
     def test_transfer_that_stops_is_closed_and_dropped(self) -> None:
         proto, transport = self.connected()
-        proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, 100), 1))
+        proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, 100, 1), 1))
         proto.dataReceived(wire.encode(wire.Data(b"x" * 10, end=False), 1))
         self.clock.advance(self.LIMITS.stall_timeout - 1)
         self.assertFalse(transport.disconnecting)
@@ -152,7 +151,7 @@ class ConnectionLimitTests(LiveProtocolCase):
 
     def test_paused_reading_is_not_the_peers_fault(self) -> None:
         proto, transport = self.connected()
-        proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, None), 1))
+        proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, None, 1), 1))
         proto.hold_reading(self)  # our disk is slow
         self.clock.advance(self.LIMITS.stall_timeout * 3)
         self.assertFalse(transport.disconnecting)
@@ -163,7 +162,7 @@ class ConnectionLimitTests(LiveProtocolCase):
     def test_concurrent_transfers_bounded(self) -> None:
         proto, transport = self.connected()
         for request_id in (1, 2, 3):
-            proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, None), request_id))
+            proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, None, 1), request_id))
         self.assertEqual(len(self.handler.stores), 2)
         [busy] = sent(transport)
         assert isinstance(busy, wire.Error)
@@ -176,13 +175,13 @@ class ConnectionLimitTests(LiveProtocolCase):
 
 class SpaceTests(SynchronousTestCase):
     def setUp(self) -> None:
-        root = Path(tempfile.mkdtemp(prefix="dfs-space-"))
-        self.addCleanup(shutil.rmtree, root, True)
-        self.store = BlobStore(root / "store")
+        self.held = {OWNER: 0}
         self.free = 100 * GiB
 
     def account(self, quota: int, reserve: int) -> SpaceAccount:
-        return SpaceAccount(self.store, SpaceLimits(quota, reserve), free=lambda: self.free)
+        return SpaceAccount(
+            lambda owner: self.held.get(owner, 0), SpaceLimits(quota, reserve), lambda: self.free
+        )
 
     def test_parse_size(self) -> None:
         self.assertEqual(parse_size("500M"), 500 << 20)
@@ -194,15 +193,13 @@ class SpaceTests(SynchronousTestCase):
             self.assertRaises(ValueError, parse_size, bad)
 
     def test_quota_counts_what_is_held(self) -> None:
-        writer = self.store.begin(BlobKey(OWNER, "d" * 64))
-        writer.write(b"x" * 600)
-        writer.commit()
+        self.held[OWNER] = 600
         account = self.account(quota=1000, reserve=0)
         account.check(OWNER, 400, None)
         with self.assertRaises(NoSpace) as caught:
             account.check(OWNER, 401, None)
         self.assertEqual(caught.exception.code, "quota")
-        account.changed(OWNER, -600)
+        self.held[OWNER] = 0
         account.check(OWNER, 1000, None)
         # Another org has a quota of its own.
         self.account(quota=1000, reserve=0).check("e" * 64, 1000, None)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import task
 
 from dfs_twisted import wire
-from dfs_twisted.fileserver import FileNotFound
+from dfs_twisted.crypto import Tombstone
+from dfs_twisted.fileserver import FileNotFound, delete_message
 from dfs_twisted.node import NodeService
-from dfs_twisted.protocol import RemoteError
+from dfs_twisted.protocol import OutgoingStream, RemoteError
 from dfs_twisted.store import BlobKey
 
 from .inprocess import BytesConsumer, NodeTestCase, blob_path, eventually, free_port, reactor
@@ -147,6 +149,13 @@ class TwoNodeTests(NodeTestCase):
 
 
 class AuthorizationTests(NodeTestCase):
+    async def refused(self, stream: OutgoingStream, data: bytes) -> str:
+        stream.write(data)
+        with self.assertRaises(RemoteError) as caught:
+            await stream.finish()
+        code: str = caught.exception.code
+        return code
+
     async def test_peer_cannot_write_or_delete_another_orgs_blobs(self) -> None:
         a_port, b_port = free_port(), free_port()
         a = self.make_node(a_port, org="alpha")
@@ -157,24 +166,27 @@ class AuthorizationTests(NodeTestCase):
         self.assertEqual(replicas, 3)
         on_c = blob_path(c, a.node_id, blob)
         before = on_c.read_bytes()
+        version = a.fileserver.catalog.newest(a.node_id)
 
+        # b may relay a's blobs and deletions, but only as a signed them.
         b_to_c = self.session(b, c)
+        forged = Tombstone.sign(b.identity.key, blob, version + 1)
         with self.assertRaises(RemoteError) as caught:
-            await b_to_c.request(wire.Delete(a.node_id, blob))
-        self.assertEqual(caught.exception.code, "forbidden")
+            await b_to_c.request(replace(delete_message(forged), owner=a.node_id))
+        self.assertEqual(caught.exception.code, "bad_signature")
         self.assertEqual(on_c.read_bytes(), before)
 
-        # b replays a's own ciphertext under a's name: still not b's to write.
-        forged = b_to_c.store(wire.Store(a.node_id, blob, len(before)))
-        forged.write(before)
-        with self.assertRaises(RemoteError) as caught:
-            await forged.finish()
-        self.assertEqual(caught.exception.code, "forbidden")
-        forged = b_to_c.store(wire.Store(a.node_id, blob, 5))
-        forged.write(b"xxxxx")
-        with self.assertRaises(RemoteError) as caught:
-            await forged.finish()
-        self.assertEqual(caught.exception.code, "forbidden")
+        # Replaying a's own ciphertext: c has that version already.
+        replay = b_to_c.store(wire.Store(a.node_id, blob, len(before), version))
+        self.assertEqual(await self.refused(replay, before), "have")
+        # ... or claiming it is newer: the signed header says otherwise.
+        replay = b_to_c.store(wire.Store(a.node_id, blob, len(before), version + 1))
+        self.assertEqual(await self.refused(replay, before), "bad_blob")
+        garbage = b_to_c.store(wire.Store(a.node_id, blob, 5000, version + 1))
+        self.assertEqual(await self.refused(garbage, os.urandom(5000)), "bad_blob")
+        # Nobody but c writes c's own namespace.
+        mine = b_to_c.store(wire.Store(c.node_id, blob, 5, version + 1))
+        self.assertEqual(await self.refused(mine, b"xxxxx"), "forbidden")
         self.assertEqual(on_c.read_bytes(), before)
 
         # The session survives refusals, and b's own namespace still works on c.

@@ -78,7 +78,7 @@ class FakeHandler:
         raise RequestRefused("not_found", "no such blob")
 
     def answer(
-        self, session: PeerProtocol, request: wire.Delete | wire.List
+        self, session: PeerProtocol, request: wire.Delete | wire.List | wire.Digest
     ) -> Deferred[wire.Message]:
         raise RequestRefused("forbidden", "not yours")
 
@@ -372,7 +372,7 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_refused_store_answers_error_and_discards_data(self) -> None:
         proto, transport = self.connected()
-        proto.dataReceived(wire.encode(wire.Store(OWNER, BLOB, 3), 5))
+        proto.dataReceived(wire.encode(wire.Store(OWNER, BLOB, 3, 1), 5))
         proto.dataReceived(wire.data_header(5, 3, end=True, reply=False) + b"abc")
         frames = wire.FrameDecoder().feed(transport.value())
         self.assertEqual(
@@ -386,7 +386,7 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_refused_delete_answers_error(self) -> None:
         proto, transport = self.connected()
-        proto.dataReceived(wire.encode(wire.Delete(OWNER, BLOB), 3))
+        proto.dataReceived(wire.encode(wire.Delete(OWNER, BLOB, 1, OWNER, "00" * 64), 3))
         frames = wire.FrameDecoder().feed(transport.value())
         self.assertEqual(wire.decode(frames[0]), wire.Error("forbidden", "not yours"))
         self.assertTrue(frames[0].flags & wire.FLAG_REPLY)
@@ -394,7 +394,7 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_remote_error_fails_the_request(self) -> None:
         proto, transport = self.connected()
-        reply = proto.request(wire.Delete(OWNER, BLOB))
+        reply = proto.request(wire.Delete(OWNER, BLOB, 1, OWNER, "00" * 64))
         request_id = wire.FrameDecoder().feed(transport.value())[0].request_id
         proto.dataReceived(wire.encode(wire.Error("forbidden", "no"), request_id, reply=True))
         error = self.failureResultOf(reply, RemoteError).value

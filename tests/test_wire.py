@@ -21,6 +21,8 @@ from dfs_twisted.wire import (
     Ack,
     Data,
     Delete,
+    Digest,
+    DigestReply,
     Error,
     Fetch,
     FetchReply,
@@ -28,6 +30,7 @@ from dfs_twisted.wire import (
     FrameDecoder,
     Hello,
     List,
+    ListEntry,
     ListReply,
     Message,
     MessageType,
@@ -94,6 +97,7 @@ request_ids = st.integers(0, 2**32 - 1)
 plain = st.characters(codec="utf-8", exclude_categories=("Cc", "Zl", "Zp", "Cf"))
 any_text = st.text(st.characters(codec="utf-8"), max_size=wire.MAX_TEXT)
 sizes = st.integers(0, 2**62 - 1)
+versions = st.integers(0, 2**64 - 1)
 
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(
@@ -104,16 +108,29 @@ messages: st.SearchStrategy[Message] = st.one_of(
         listen=st.sampled_from(["127.0.0.1:0", "node-1.example.org:7000", "[::1]:65535"]),
         features=st.lists(st.text(plain, min_size=1, max_size=32), max_size=32).map(tuple),
     ),
-    st.builds(Store, owner=hex_ids, blob=hex_ids, size=st.none() | sizes),
+    st.builds(Store, owner=hex_ids, blob=hex_ids, size=st.none() | sizes, version=versions),
     st.builds(Fetch, owner=hex_ids, blob=hex_ids),
-    st.builds(Delete, owner=hex_ids, blob=hex_ids),
+    st.builds(
+        Delete,
+        owner=hex_ids,
+        blob=hex_ids,
+        version=versions,
+        key=hex_ids,
+        signature=st.from_regex(r"[0-9a-f]{128}", fullmatch=True),
+    ),
+    st.builds(Digest, owner=hex_ids),
+    st.builds(DigestReply, digest=hex_ids, count=sizes),
     st.builds(List, owner=hex_ids, after=st.none() | hex_ids, limit=st.integers(1, MAX_LIST_PAGE)),
     st.just(Ack()),
     st.just(Ping()),
     st.builds(FetchReply, size=sizes),
     st.builds(
         ListReply,
-        blobs=st.lists(hex_ids, max_size=40, unique=True).map(lambda b: tuple(sorted(b))),
+        entries=st.lists(hex_ids, max_size=40, unique=True).flatmap(
+            lambda ids: st.tuples(
+                *(st.builds(ListEntry, st.just(b), versions, st.booleans()) for b in sorted(ids))
+            )
+        ),
         more=st.booleans(),
     ),
     st.builds(Error, code=st.from_regex(r"[a-z_]{1,32}", fullmatch=True), message=any_text),
@@ -134,17 +151,19 @@ class RoundTripTests(SynchronousTestCase):
     EXAMPLES: tuple[Message, ...] = (
         Hello(1, A, "Acme Corp", "10.0.0.1:7000", ("list-v1", "store-size")),
         Hello(1, A, "Ünïcødé 组织", "[fe80::1%eth0]:7000"),
-        Store(A, B, 1234),
-        Store(A, B, None),
-        Store(A, B, 0),
+        Store(A, B, 1234, 1),
+        Store(A, B, None, 2**64 - 1),
+        Store(A, B, 0, 0),
         Fetch(A, B),
-        Delete(A, B),
+        Delete(A, B, 7, C, "ab" * 64),
+        Digest(A),
+        DigestReply(B, 0),
         List(A),
         List(A, after=B, limit=1),
         Ack(),
         Ping(),
         FetchReply(2**62 - 1),
-        ListReply((B, A, C), more=True),
+        ListReply((ListEntry(B, 1, False), ListEntry(A, 2, True)), more=True),
         ListReply((), more=False),
         Error("not_found", "no such blob\nsecond line"),
         Abort("disk full"),
@@ -207,13 +226,22 @@ class EncodeRefusesTests(SynchronousTestCase):
     def test_invalid_fields(self) -> None:
         bad: list[object] = [
             Fetch("../../etc", B),
-            Store(A, B, -1),
-            Store(A, B, 2**62),
+            Store(A, B, -1, 1),
+            Store(A, B, 2**62, 1),
+            Store(A, B, 1, -1),
+            Store(A, B, 1, 2**64),
+            Delete(A, B, 1, C, "AB" * 64),
+            Delete(A, B, 1, C, "ab" * 63),
+            Delete(A, B, 1, "c", "ab" * 64),
             List(A, limit=0),
             List(A, limit=MAX_LIST_PAGE + 1),
-            ListReply((A, B), more=False),  # not ascending ("0123..." < "aaaa...")
-            ListReply((A,) * 2, more=False),  # duplicate
-            ListReply(tuple(f"{i:064x}" for i in range(MAX_LIST_PAGE + 1)), more=True),
+            ListReply((ListEntry(A, 1, False), ListEntry(B, 1, False)), more=False),  # descending
+            ListReply((ListEntry(A, 1, False),) * 2, more=False),  # duplicate
+            ListReply((ListEntry(A, -1, False),), more=False),
+            ListReply(
+                tuple(ListEntry(f"{i:064x}", 1, False) for i in range(MAX_LIST_PAGE + 1)),
+                more=True,
+            ),
             Error("Not-Found", "x"),
             Error("x", "m" * 513),
             Abort("\ud800"),
@@ -335,7 +363,7 @@ class FramingRejectsTests(SynchronousTestCase):
         self.assertRaises(ProtocolError, decode, frame)
 
     def test_unknown_type(self) -> None:
-        for mtype in (0, 13, 255):
+        for mtype in (0, 15, 255):
             self.assertRejectedAtHeader(HEADER.pack(mtype, 0, 1, 0))
             self.assertRaises(ProtocolError, decode, Frame(mtype, 0, 1, b"{}"))
 
@@ -448,8 +476,9 @@ class DecodeRejectsTests(SynchronousTestCase):
     def test_accepts_limits(self) -> None:
         ok = decode(control(MessageType.HELLO, self.hello(org="x" * 128, features=["f" * 32] * 32)))
         self.assertIsInstance(ok, Hello)
-        page = [f"{i:064x}" for i in range(MAX_LIST_PAGE)]
-        reply = decode(control(MessageType.LIST_REPLY, {"blobs": page, "more": True}))
+        page = [ListEntry(f"{i:064x}", 2**64 - 1, True) for i in range(MAX_LIST_PAGE)]
+        entries = [[e.blob, e.version, e.deleted] for e in page]
+        reply = decode(control(MessageType.LIST_REPLY, {"entries": entries, "more": True}))
         self.assertEqual(reply, ListReply(tuple(page), more=True))
         self.assertEqual(len(encode(reply, 1)) < MAX_CONTROL_BODY, True)
         self.assertEqual(decode(Frame(MessageType.ACK, 0, 1, b" { } ")), Ack())

@@ -1,0 +1,129 @@
+"""What this node holds, per owner: each blob's version and size, and the tombstones.
+
+An in-memory index over the store, built once at start-up and kept current by
+the file server as blobs commit and deletions land. Listings, digests, usage
+and the next version number come from here, so none of them walks the disk.
+Versions order every change within an owner's namespace (the owner is its only
+writer): the highest version of a blob, live or deleted, wins everywhere.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .store import BlobKey
+
+__all__ = ["Catalog", "Entry"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    version: int
+    size: int  # bytes on disk; 0 for a tombstone
+    deleted: bool = False
+
+
+class _Namespace:
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.stored = 0  # bytes of live blobs
+        self._sorted: list[str] | None = None  # blob ids, rebuilt after a change
+
+    def sorted_ids(self) -> list[str]:
+        if self._sorted is None:
+            self._sorted = sorted(self.entries)
+        return self._sorted
+
+    def put(self, blob: str, entry: Entry) -> None:
+        old = self.entries.get(blob)
+        if old is None:
+            self._sorted = None
+        else:
+            self.stored -= old.size
+        self.entries[blob] = entry
+        self.stored += entry.size
+
+    def pop(self, blob: str) -> None:
+        old = self.entries.pop(blob, None)
+        if old is not None:
+            self.stored -= old.size
+            self._sorted = None
+
+
+class Catalog:
+    """Blob versions per owner; the caller keeps it in step with the store."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, _Namespace] = {}
+
+    def get(self, key: BlobKey) -> Entry | None:
+        ns = self._owners.get(key.owner)
+        return None if ns is None else ns.entries.get(key.blob)
+
+    def is_newer(self, key: BlobKey, version: int) -> bool:
+        """True when ``version`` would replace what is held (nothing, or older)."""
+        held = self.get(key)
+        return held is None or version > held.version
+
+    def set(self, key: BlobKey, entry: Entry) -> None:
+        self._owners.setdefault(key.owner, _Namespace()).put(key.blob, entry)
+
+    def forget(self, key: BlobKey) -> None:
+        """The blob is gone without a tombstone (damaged, dropped)."""
+        ns = self._owners.get(key.owner)
+        if ns is not None:
+            ns.pop(key.blob)
+
+    def owners(self) -> list[str]:
+        return sorted(owner for owner, ns in self._owners.items() if ns.entries)
+
+    def entries(self, owner: str) -> Iterable[tuple[str, Entry]]:
+        """(blob, entry) in blob order, tombstones included."""
+        ns = self._owners.get(owner)
+        if ns is None:
+            return []
+        return [(blob, ns.entries[blob]) for blob in ns.sorted_ids()]
+
+    def live(self, owner: str) -> list[str]:
+        return [blob for blob, entry in self.entries(owner) if not entry.deleted]
+
+    def page(
+        self, owner: str, after: str | None, limit: int
+    ) -> tuple[list[tuple[str, Entry]], bool]:
+        """Up to ``limit`` entries with blob > ``after``, and whether more follow."""
+        ns = self._owners.get(owner)
+        if ns is None:
+            return [], False
+        ids = ns.sorted_ids()
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        chosen = ids[start : start + limit]
+        return [(blob, ns.entries[blob]) for blob in chosen], start + limit < len(ids)
+
+    def digest(self, owner: str) -> tuple[str, int]:
+        """SHA-256 over the sorted (blob, version, deleted) entries, and their count.
+
+        Two nodes with the same digest for an owner hold the same versions:
+        the cheap first step of anti-entropy.
+        """
+        h = hashlib.sha256()
+        count = 0
+        for blob, entry in self.entries(owner):
+            h.update(f"{blob} {entry.version} {int(entry.deleted)}\n".encode("ascii"))
+            count += 1
+        return h.hexdigest(), count
+
+    def newest(self, owner: str) -> int:
+        ns = self._owners.get(owner)
+        return max((e.version for e in ns.entries.values()), default=0) if ns else 0
+
+    def usage(self) -> dict[str, int]:
+        """Bytes of live blobs per owner."""
+        return {owner: ns.stored for owner, ns in sorted(self._owners.items()) if ns.entries}
+
+    def held(self, owner: str) -> int:
+        """Bytes of live blobs held for ``owner``."""
+        ns = self._owners.get(owner)
+        return 0 if ns is None else ns.stored
