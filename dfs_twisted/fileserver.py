@@ -572,6 +572,8 @@ def index_store(store: BlobStore) -> Catalog:
             record = store.tombstone(key)
             try:
                 tomb = Tombstone.from_bytes(record or b"")
+                if (tomb.owner, tomb.blob) != (owner, blob):
+                    raise CryptoError("it is another blob's")
             except CryptoError as e:
                 log.warn("ignoring a bad tombstone {blob}: {error}", blob=blob, error=str(e))
                 continue
@@ -847,8 +849,9 @@ class FileServer:
     async def recover(self) -> tuple[list[str], list[str]]:
         """Fetch back the newest version of every file of this org that peers hold.
 
-        A file whose newest version on any peer is a deletion stays deleted
-        (its tombstone is signed again here). Returns (names recovered, errors).
+        A file whose newest version on any peer is a deletion stays deleted (its
+        tombstone is signed again here), and peers holding older versions are
+        then brought up to date. Returns (names recovered, errors).
         """
         recovered: list[str] = []
         errors: list[str] = []
@@ -886,6 +889,13 @@ class FileServer:
         log.info(
             "recovered {count} files ({errors} errors)", count=len(recovered), errors=len(errors)
         )
+        # Peers that missed changes while this node was down hear of them now.
+        for session in self.peers.live():
+            try:
+                await self.catch_up(session)
+            except (RemoteError, SessionClosed) as e:
+                assert session.info is not None
+                errors.append(f"catching up {session.info.org}: {e}")
         return recovered, errors
 
     async def _fetch_to_store(self, session: PeerProtocol, key: BlobKey) -> str:

@@ -1,0 +1,178 @@
+"""Replicas converge on the newest version after outages: real node processes.
+
+A peer that was away catches up on overwrites and deletions (tombstones), a node
+that lost its store recovers without resurrecting deleted files, and in a line of
+nodes the middle one relays each org's changes to the far end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from dfs_twisted.launcher import NodeProcess, free_port
+
+WAIT = 60.0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def held(node: NodeProcess, owner: str) -> dict[str, bytes]:
+    """Blob id -> ciphertext of ``owner``'s blobs in ``node``'s store (tombstones apart)."""
+    root = node.data_dir / "store" / owner
+    if not root.exists():
+        return {}
+    return {p.name: p.read_bytes() for p in root.glob("??/??/*") if ".tomb" not in p.name}
+
+
+def tombstones(node: NodeProcess, owner: str) -> set[str]:
+    root = node.data_dir / "store" / owner
+    return {p.name.removesuffix(".tomb") for p in root.glob("??/??/*.tomb")}
+
+
+class ConvergenceTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="dfs-converge-"))
+        self.addCleanup(shutil.rmtree, self.root, True)
+
+    def node(self, name: str, port: int, peers: list[int], *extra: str) -> NodeProcess:
+        node = NodeProcess(port, self.root / name, peers, org=name, extra=extra)
+        self.addCleanup(node.stop)
+        node.start().wait_ready()
+        return node
+
+    def put(self, node: NodeProcess, name: str, data: bytes) -> None:
+        node.dfs("put", "-", "--name", name, input=data)
+
+    def get(self, node: NodeProcess, name: str) -> bytes:
+        return node.dfs("get", name).stdout
+
+    def ls(self, node: NodeProcess) -> dict[str, int]:
+        rows = json.loads(node.dfs("ls", "--json").stdout)
+        return {row["name"]: row["replicas"] for row in rows}
+
+
+class AwayPeerTests(ConvergenceTestCase):
+    def test_overwrites_and_deletes_made_while_away_reach_the_peer(self) -> None:
+        owner_port, away_port = free_port(), free_port()
+        owner = self.node("owner", owner_port, [])
+        away = self.node("away", away_port, [owner_port])
+        away.wait_peers(1)
+        owner_id = owner.status()["node_id"]
+        self.put(owner, "kept.txt", b"version one\n")
+        self.put(owner, "doomed.txt", b"soon gone\n")
+        self.put(owner, "untouched.txt", b"same all along\n")
+        self.assertEqual(len(held(away, owner_id)), 3)
+
+        away.stop()
+        wait_until(lambda: owner.status()["peers"] == [], "the owner to see the peer go")
+        self.put(owner, "kept.txt", b"version two\n")
+        owner.dfs("rm", "doomed.txt")
+        self.put(owner, "new.txt", b"made while away\n")
+
+        away = self.node("away", away_port, [owner_port])
+        wait_until(lambda: held(away, owner_id) == held(owner, owner_id), "the peer to catch up")
+        # The deletion travelled as a tombstone, and stays recorded on both sides.
+        self.assertEqual(tombstones(away, owner_id), tombstones(owner, owner_id))
+        self.assertEqual(len(tombstones(owner, owner_id)), 1)
+        self.assertEqual(self.ls(owner), {"kept.txt": 2, "new.txt": 2, "untouched.txt": 2})
+        self.assertIn("caught up away: sent 3 changes", owner.log_path.read_text())
+        # The peer serves the newest version: the owner loses its store and reads it back.
+        owner.stop()
+        shutil.rmtree(owner.data_dir / "store")
+        owner = self.node("owner", owner_port, [])
+        owner.wait_peers(1)
+        self.assertEqual(self.get(owner, "kept.txt"), b"version two\n")
+        self.assertNotEqual(owner.dfs("get", "doomed.txt", check=False).returncode, 0)
+
+
+class RecoverTests(ConvergenceTestCase):
+    def test_recover_takes_the_newest_version_and_keeps_deletions(self) -> None:
+        # No relay: the peer that missed the deletion stays stale until the owner is back.
+        a_port, b_port, c_port = free_port(), free_port(), free_port()
+        a = self.node("a", a_port, [], "--no-relay")
+        b = self.node("b", b_port, [a_port], "--no-relay")
+        c = self.node("c", c_port, [a_port, b_port], "--no-relay")
+        for node, peers in ((a, 2), (b, 2), (c, 2)):
+            node.wait_peers(peers)
+        a_id = a.status()["node_id"]
+        self.put(a, "deleted.txt", b"must not come back\n")
+        self.put(a, "changed.txt", b"old\n")
+
+        c.stop()
+        wait_until(lambda: len(a.status()["peers"]) == 1, "a to see c go")
+        a.dfs("rm", "deleted.txt")
+        self.put(a, "changed.txt", b"new\n")
+        # a loses its disk; c comes back holding the stale versions.
+        a.stop()
+        shutil.rmtree(a.data_dir / "store")
+        c = self.node("c", c_port, [a_port, b_port], "--no-relay")
+        a = self.node("a", a_port, [], "--no-relay")
+        a.wait_peers(2)
+        self.assertEqual(len(held(c, a_id)), 2)
+
+        out = a.dfs("recover").stdout.decode()
+        self.assertIn("1", out)
+        self.assertEqual(self.get(a, "changed.txt"), b"new\n")
+        missing = a.dfs("get", "deleted.txt", check=False)
+        self.assertNotEqual(missing.returncode, 0)
+        self.assertEqual(self.ls(a), {"changed.txt": 3})
+        # And the recovered owner brings the stale peer up to date.
+        wait_until(lambda: held(c, a_id) == held(a, a_id), "c to drop the deleted file")
+
+
+class RelayTests(ConvergenceTestCase):
+    """A - B - C in a line: A and C never meet."""
+
+    def line(self, *middle_flags: str) -> tuple[NodeProcess, NodeProcess, NodeProcess]:
+        a_port, b_port = free_port(), free_port()
+        a = self.node("a", a_port, [])
+        b = self.node("b", b_port, [a_port], *middle_flags)
+        c = self.node("c", free_port(), [b_port])
+        b.wait_peers(2)
+        return a, b, c
+
+    def test_middle_node_relays_puts_and_deletes(self) -> None:
+        a, b, c = self.line()
+        a_id = a.status()["node_id"]
+        self.put(a, "far.txt", b"to the far end\n")
+        wait_until(lambda: len(held(c, a_id)) == 1, "c to get a's file through b")
+        self.assertEqual(held(c, a_id), held(a, a_id))
+        # C verified A's signature: b could not have altered it. a counts b only (c is
+        # not its peer), and a's file survives a losing its store with b gone too.
+        b.stop()
+        a.stop()
+        shutil.rmtree(a.data_dir / "store")
+        b = self.node("b", b.port, [a.port])
+        a = self.node("a", a.port, [])
+        b.wait_peers(2)
+        a.dfs("rm", "far.txt")  # a has nothing left, but b holds it
+        wait_until(lambda: held(c, a_id) == {}, "the deletion to reach c through b")
+        self.assertEqual(tombstones(c, a_id), tombstones(a, a_id))
+
+    def test_no_relay_keeps_changes_to_direct_peers(self) -> None:
+        a_port, b_port = free_port(), free_port()
+        a = self.node("a", a_port, [])
+        b = self.node("b", b_port, [a_port], "--no-relay")
+        b.wait_peers(1)
+        a_id, b_id = a.status()["node_id"], b.status()["node_id"]
+        self.put(a, "near.txt", b"only for direct peers\n")
+        self.put(b, "own.txt", b"b's own file\n")
+        self.assertEqual(len(held(b, a_id)), 1)
+        c = self.node("c", free_port(), [b_port])
+        # b's catch-up of c ends with this line: by then a relaying b would have sent 2.
+        wait_until(lambda: "caught up c: sent 1 changes" in b.log_path.read_text(), "catch-up")
+        self.assertEqual(len(held(c, b_id)), 1)
+        self.assertEqual(held(c, a_id), {})
