@@ -31,6 +31,7 @@ from .fileserver import DamagedBlob, Download, FileNotFound, FileServer, Upload
 from .keys import Keyring, ReadKey, ReadKeyError
 from .metrics import CONTENT_TYPE, NodeMetrics, outcome_of
 from .page import status_page
+from .scrub import Scrubber
 
 log = Logger()
 
@@ -144,9 +145,11 @@ class Api(Resource):
         org: str,
         keyring: Keyring,
         metrics: NodeMetrics | None = None,
+        scrubber: Scrubber | None = None,
     ) -> None:
         super().__init__()
         self.files = server
+        self.scrubber = scrubber
         self.metrics = metrics or NodeMetrics(server)
         self.keyring = keyring
         self._token = token.encode()
@@ -337,6 +340,7 @@ class Api(Resource):
                 "quota_bytes": server.space.limits.quota,
                 "reserve_bytes": server.space.limits.reserve,
             },
+            "scrub": None if self.scrubber is None else self.scrubber.status(),
         }
 
     def _page(self) -> str:

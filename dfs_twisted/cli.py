@@ -307,6 +307,20 @@ def status_table(status: dict[str, Any]) -> str:
         lines.append(f"        {_human(size)} held for {owner[:16]}")
     if "free_bytes" in storage:
         lines.append(f"disk    {_human(storage['free_bytes'])} free")
+    scrub = status.get("scrub")
+    if scrub:
+        last = scrub["last"]
+        if scrub["running"]:
+            lines.append("scrub   running now")
+        elif last and last["finished"]:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(last["finished"]))
+            lines.append(
+                f"scrub   last {when}: checked {last['checked']} blobs "
+                f"({_human(last['bytes'])}), {last['damaged']} damaged, "
+                f"{last['repaired']} repaired"
+            )
+        else:
+            lines.append("scrub   not run yet")
     lines.append("peers:" if status["peers"] else "peers:  none")
     lines.append(f"  {'ADDRESS':<22} {'STATE':<11} {'ORG':<16} {'NODE':<16} {'RTT':>8}")
     for p in status["peers"]:

@@ -32,7 +32,6 @@ from .crypto import (
     OrgKey,
     SealCheck,
     Tombstone,
-    Trailer,
     ciphertext_size,
     header_length,
     open_metadata,
@@ -311,15 +310,26 @@ class _PeerFetch:
     Every byte goes to a new local blob (committed only once the whole stream
     verified) and, once a consumer is attached, its plaintext goes there.
     `header` fires with the blob's header, or fails if the fetch ends first.
+    Without an org key (a replica held for another org) only the owner's
+    signature is checked.
     """
 
     def __init__(
-        self, server: FileServer, session: PeerProtocol, key: BlobKey, org_key: OrgKey, keep: bool
+        self,
+        server: FileServer,
+        session: PeerProtocol,
+        key: BlobKey,
+        org_key: OrgKey | None,
+        keep: bool,
     ) -> None:
         self.key = key
         self._server = server
         self._keep = keep
-        self._decryptor = Decryptor(org_key, owner=key.owner, blob=key.blob)
+        self._check = (
+            SealCheck(owner=key.owner, blob=key.blob)
+            if org_key is None
+            else Decryptor(org_key, owner=key.owner, blob=key.blob)
+        )
         # Another org's file read with its key is not kept: it is not ours to hold.
         self._writer: QueuedBlob | _NotKept = (
             server.disk.blob(
@@ -346,12 +356,12 @@ class _PeerFetch:
         self.received += len(payload)
         self._writer.write(payload)
         try:
-            plain = self._decryptor.feed(payload)
+            plain = self._check.feed(payload)
         except CryptoError as e:
             self.fail(DamagedBlob(str(e)))
             return
-        if self._decryptor.header is not None and not self.header.called:
-            self.header.callback(self._decryptor.header)
+        if self._check.header is not None and not self.header.called:
+            self.header.callback(self._check.header)
         if plain:
             if self._consumer is None:
                 self._held.append(plain)
@@ -384,14 +394,17 @@ class _PeerFetch:
             self.fail(DamagedBlob("stream ended before a complete header"))
         return None
 
-    async def complete(self) -> Trailer:
+    async def complete(self) -> None:
         """After the stream ended: check the end, write the last plaintext, commit."""
         try:
             if self._failed is not None:
                 raise DamagedBlob(str(self._failed))
             if self.size is not None and self.received != self.size:
                 raise DamagedBlob(f"peer sent {self.received} of {self.size} bytes")
-            last, trailer = self._decryptor.finish()
+            header = self._check.header
+            last = self._check.finish()[0] if isinstance(self._check, Decryptor) else b""
+            if isinstance(self._check, SealCheck):
+                self._check.finish()
         except (CryptoError, DamagedBlob) as e:
             self.fail(DamagedBlob(str(e)))
             raise DamagedBlob(str(e)) from e
@@ -399,9 +412,8 @@ class _PeerFetch:
             self._consumer.write(last)
         await self._writer.commit()
         if self._keep:
-            assert self._decryptor.header is not None
-            self._server.committed(self.key, Entry(self._decryptor.header.version, self.received))
-        return trailer
+            assert header is not None
+            self._server.committed(self.key, Entry(header.version, self.received))
 
     def abort(self) -> None:
         self._writer.abort()
@@ -715,9 +727,9 @@ class FileServer:
             self.catalog.forget(key)
 
     async def _start_fetch(
-        self, session: PeerProtocol, key: BlobKey, org_key: OrgKey, keep: bool
+        self, session: PeerProtocol, key: BlobKey, org_key: OrgKey | None, keep: bool
     ) -> tuple[_PeerFetch, Deferred[wire.Message], BlobHeader]:
-        """Ask ``session`` for a blob; return once its header arrived and opened."""
+        """Ask ``session`` for a blob; return once its header arrived (and opened)."""
         fetch = _PeerFetch(self, session, key, org_key, keep)
         reply = session.fetch(wire.Fetch(key.owner, key.blob), fetch)
         reply.addBoth(fetch.ended)
@@ -728,12 +740,39 @@ class FileServer:
             if timer.active():
                 timer.cancel()
         try:
-            open_metadata(org_key, header)
+            if org_key is not None:
+                open_metadata(org_key, header)
         except CryptoError as e:
             reply.cancel()
             fetch.abort()
             raise DamagedBlob(str(e)) from e
         return fetch, reply, header
+
+    async def repair(self, key: BlobKey, version: int) -> str | None:
+        """Fetch a good copy of a blob (``version`` or newer) from a live peer that has it.
+
+        Works for any org's blob: only the owner's signature is checked.
+        Returns the org of the peer that supplied it, or None.
+        """
+        for session in self.peers.live():
+            assert session.info is not None
+            theirs = await _peer_entry(session, key)
+            if theirs is None or theirs.deleted or theirs.version < version:
+                continue
+            if not self.catalog.is_newer(key, theirs.version):
+                return None  # it arrived meanwhile
+            try:
+                await self._fetch_into_store(session, key, None)
+            except (RemoteError, SessionClosed, DamagedBlob, TimeoutError) as e:
+                log.info(
+                    "{org} could not supply {blob}: {error}",
+                    org=session.info.org,
+                    blob=key.blob,
+                    error=str(e),
+                )
+                continue
+            return session.info.org
+        return None
 
     async def _open_from_peer(
         self, session: PeerProtocol, key: BlobKey, name: str, org_key: OrgKey, keep: bool
@@ -783,17 +822,9 @@ class FileServer:
         return here, outcomes
 
     async def _held_by_a_peer(self, key: BlobKey) -> bool:
-        # One entry of a listing that starts just below the blob id.
-        before = int(key.blob, 16) - 1
-        after = None if before < 0 else f"{before:064x}"
         for session in self.peers.live():
-            try:
-                reply = await session.request(wire.List(key.owner, after, limit=1))
-            except (RemoteError, SessionClosed):
-                continue
-            if isinstance(reply, wire.ListReply) and any(
-                e.blob == key.blob and not e.deleted for e in reply.entries
-            ):
+            entry = await _peer_entry(session, key)
+            if entry is not None and not entry.deleted:
                 return True
         return False
 
@@ -882,7 +913,8 @@ class FileServer:
             for session in sessions:
                 assert session.info is not None
                 try:
-                    recovered.append(await self._fetch_to_store(session, key))
+                    header = await self._fetch_into_store(session, key, self.key)
+                    recovered.append(open_metadata(self.key, header).name)
                     break
                 except (RemoteError, SessionClosed, DamagedBlob, CryptoError) as e:
                     errors.append(f"{blob[:16]} from {session.info.org}: {e}")
@@ -898,16 +930,18 @@ class FileServer:
                 errors.append(f"catching up {session.info.org}: {e}")
         return recovered, errors
 
-    async def _fetch_to_store(self, session: PeerProtocol, key: BlobKey) -> str:
-        """Fetch a blob into the store, verifying all of it; return its file name."""
-        fetch, reply, header = await self._start_fetch(session, key, self.key, keep=True)
+    async def _fetch_into_store(
+        self, session: PeerProtocol, key: BlobKey, org_key: OrgKey | None
+    ) -> BlobHeader:
+        """Fetch a blob into the store, verifying all of it; return its header."""
+        fetch, reply, header = await self._start_fetch(session, key, org_key, keep=True)
         try:
             await reply
             await fetch.complete()
         except BaseException:
             fetch.abort()
             raise
-        return open_metadata(self.key, header).name
+        return header
 
     def usage(self) -> dict[str, int]:
         return self.catalog.usage()
@@ -1121,6 +1155,21 @@ def delete_message(tomb: Tombstone) -> wire.Delete:
     return wire.Delete(
         tomb.owner, tomb.blob, tomb.version, tomb.owner_key.hex(), tomb.signature.hex()
     )
+
+
+async def _peer_entry(session: PeerProtocol, key: BlobKey) -> wire.ListEntry | None:
+    """What a peer holds of one blob: a one-entry listing starting just below its id."""
+    before = int(key.blob, 16) - 1
+    after = None if before < 0 else f"{before:064x}"
+    try:
+        reply = await session.request(wire.List(key.owner, after, limit=1))
+    except (RemoteError, SessionClosed):
+        return None
+    if isinstance(reply, wire.ListReply):
+        for entry in reply.entries:
+            if entry.blob == key.blob:
+                return entry
+    return None
 
 
 async def _list_all(session: PeerProtocol, owner: str) -> dict[str, wire.ListEntry]:

@@ -27,6 +27,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from .fileserver import FileServer
+from .scrub import Scrubber
 
 # generate_latest writes the classic text format (all our names are plain ASCII);
 # newer prometheus_client releases announce it as version=1.0.0, which Prometheus
@@ -77,6 +78,7 @@ class NodeMetrics:
         self,
         files: FileServer | None = None,
         pinned: Callable[[str], str | None] | None = None,
+        scrubber: Scrubber | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.operations = Counter(
@@ -102,6 +104,8 @@ class NodeMetrics:
         )
         if files is not None:
             self.registry.register(NodeCollector(files, pinned))
+        if scrubber is not None:
+            self.registry.register(ScrubCollector(scrubber))
 
     def operation(self, operation: str, outcome: str) -> None:
         self.operations.labels(operation, outcome).inc()
@@ -121,6 +125,30 @@ class NodeMetrics:
 def outcome_of(status: int | None) -> str:
     """The outcome label of a failed operation (``status``: its HTTP status, if any)."""
     return OUTCOMES.get(status or 0, "error")
+
+
+class ScrubCollector(Collector):
+    """The last finished scrub pass."""
+
+    def __init__(self, scrubber: Scrubber) -> None:
+        self._scrubber = scrubber
+
+    def collect(self) -> Iterable[Metric]:
+        last = self._scrubber.last
+        finished = GaugeMetricFamily(
+            "dfs_scrub_last_finished_timestamp_seconds",
+            "When the last scrub pass ended (0: never).",
+        )
+        finished.add_metric([], (last.finished or 0) if last else 0)
+        yield finished
+        for name, text in (
+            ("checked", "Blobs the last scrub pass checked."),
+            ("damaged", "Blobs the last scrub pass found damaged or missing."),
+            ("repaired", "Damaged blobs the last scrub pass replaced from a peer."),
+        ):
+            gauge = GaugeMetricFamily(f"dfs_scrub_last_{name}_blobs", text)
+            gauge.add_metric([], getattr(last, name) if last else 0)
+            yield gauge
 
 
 class NodeCollector(Collector):

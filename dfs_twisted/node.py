@@ -33,6 +33,7 @@ from .metrics import NodeMetrics
 from .options import PeerAddress
 from .peers import PeerRegistry
 from .protocol import Limits, PeerFactory
+from .scrub import Scrubber
 from .space import SpaceAccount, SpaceLimits
 from .store import BlobStore
 from .transport import BulkTLSFactory
@@ -76,6 +77,8 @@ class NodeService(MultiService):
         limits: Limits | None = None,
         space: SpaceLimits | None = None,
         relay: bool = True,
+        scrub_period: float = 86400.0,
+        scrub_rate: int = 50 << 20,
         reactor: Any = None,
     ) -> None:
         super().__init__()
@@ -94,6 +97,8 @@ class NodeService(MultiService):
         self.limits = limits or Limits()
         self.space_limits = space or SpaceLimits()
         self.relay = relay
+        self.scrub_period = scrub_period
+        self.scrub_rate = scrub_rate
         self.private = self.data_dir / "private"
         self.api_url_file = self.data_dir / "api.url"
         self.peer_port: IListeningPort | None = None
@@ -147,14 +152,23 @@ class NodeService(MultiService):
             admission=self.admission,
             limits=self.limits,
         )
+        self.scrubber = Scrubber(
+            self.fileserver,
+            self.data_dir / "scrub.json",
+            self.scrub_period,
+            self.scrub_rate,
+            self.reactor,
+        )
+        self.scrubber.setServiceParent(self)
         pins = self.factory.pins
-        self.metrics = NodeMetrics(self.fileserver, pinned=pins.get)
+        self.metrics = NodeMetrics(self.fileserver, pinned=pins.get, scrubber=self.scrubber)
         self.api = Api(
             self.fileserver,
             self.token,
             self.org,
             Keyring(self.private / "keys"),
             metrics=self.metrics,
+            scrubber=self.scrubber,
         )
 
     @property
@@ -227,6 +241,8 @@ def node_from_options(options: Any) -> NodeService:
         ),
         space=SpaceLimits(quota=options["quota"], reserve=options["reserve"]),
         relay=not options["no-relay"],
+        scrub_period=options["scrub-period"],
+        scrub_rate=options["scrub-rate"],
     )
 
 

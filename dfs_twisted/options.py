@@ -47,6 +47,23 @@ def parse_peer(text: str) -> PeerAddress:
     return PeerAddress(host, parse_port(port))
 
 
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``30s``, ``10m``, ``6h`` or ``1d``, as seconds."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:].isalpha() else ""
+    try:
+        amount = float(value[: len(value) - len(unit)])
+        factor = _SECONDS[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"not a duration: {text!r} (examples: 90s, 10m, 6h, 1d)") from None
+    if not amount >= 0:
+        raise ValueError(f"not a duration: {text!r}")
+    return amount * factor
+
+
 def parse_peers(text: str) -> list[PeerAddress]:
     return [parse_peer(part) for part in text.split(",") if part.strip()]
 
@@ -81,6 +98,8 @@ class NodeOptions(usage.Options):
         ["allow", None, None, "admit only these node ids (a file: one id per line, # comments)"],
         ["quota", None, "10G", "most bytes held for any one other org (500M, 20G)"],
         ["reserve", None, "1G", "free disk never given to other orgs' replicas"],
+        ["scrub-period", None, "1d", "how often to re-check every blob held (0: never)"],
+        ["scrub-rate", None, "50M", "most bytes per second the scrub reads"],
         ["handshake-timeout", None, 30.0, "seconds a peer has for TLS and HELLO", float],
         ["stall-timeout", None, 120.0, "seconds a transfer may receive nothing", float],
         ["log-format", None, "text", "text (twistd's) or json (one JSON object per line)"],
@@ -98,11 +117,18 @@ class NodeOptions(usage.Options):
         if self["port"] is None:
             raise usage.UsageError("--port is required")
         self["port"] = parse_port(self["port"])
-        for name in ("quota", "reserve"):
+        for name, parse in (
+            ("quota", parse_size),
+            ("reserve", parse_size),
+            ("scrub-rate", parse_size),
+            ("scrub-period", parse_duration),
+        ):
             try:
-                self[name] = parse_size(self[name])
+                self[name] = parse(self[name])
             except ValueError as e:
                 raise usage.UsageError(f"--{name}: {e}") from None
+        if self["scrub-rate"] <= 0:
+            raise usage.UsageError("--scrub-rate must be more than 0")
         for name in ("handshake-timeout", "stall-timeout"):
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")

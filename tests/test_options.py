@@ -7,7 +7,7 @@ from pathlib import Path
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from dfs_twisted.options import NodeOptions, PeerAddress, parse_peer, parse_peers
+from dfs_twisted.options import NodeOptions, PeerAddress, parse_duration, parse_peer, parse_peers
 
 
 def parse(*args: str) -> NodeOptions:
@@ -109,3 +109,22 @@ class NodeOptionsTests(SynchronousTestCase):
             )
             self.assertIn("--network-key", str(error), address)
             self.assertIn("--allow", str(error), address)
+
+
+class ScrubOptionTests(SynchronousTestCase):
+    def test_durations(self) -> None:
+        self.assertEqual(parse_duration("90"), 90)
+        self.assertEqual(parse_duration("30s"), 30)
+        self.assertEqual(parse_duration("10m"), 600)
+        self.assertEqual(parse_duration("1.5h"), 5400)
+        self.assertEqual(parse_duration("1d"), 86400)
+        for bad in ("", "d", "-1s", "3w", "nan"):
+            self.assertRaises(ValueError, parse_duration, bad)
+
+    def test_scrub_flags(self) -> None:
+        options = parse("--port", "3000", "--scrub-period", "6h", "--scrub-rate", "10M")
+        self.assertEqual((options["scrub-period"], options["scrub-rate"]), (21600, 10 << 20))
+        defaults = parse("--port", "3000")
+        self.assertEqual((defaults["scrub-period"], defaults["no-relay"]), (86400, 0))
+        for bad in (["--scrub-period", "soon"], ["--scrub-rate", "0"]):
+            self.assertRaises(usage.UsageError, parse, "--port", "3000", *bad)
