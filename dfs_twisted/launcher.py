@@ -38,7 +38,12 @@ class NodeFailed(Exception):
 
 
 class NodeProcess:
-    """One `twistd -n dfs` process, owned by its creator and stopped by PID."""
+    """One `twistd -n dfs` process, owned by its creator and stopped by PID.
+
+    ``prefix`` goes before the node's command and every `dfs` run against it, e.g.
+    ``["ip", "netns", "exec", NAME]`` for a node in a network namespace (the command
+    must exec the node in place, so that the PID is the node's).
+    """
 
     def __init__(
         self,
@@ -47,12 +52,14 @@ class NodeProcess:
         peers: Sequence[int | str] = (),
         org: str | None = None,
         extra: Sequence[str] = (),
+        prefix: Sequence[str] = (),
     ) -> None:
         self.port = port
         self.data_dir = Path(data_dir)
         self.peers = [str(p) for p in peers]
         self.org = org
         self.extra = list(extra)
+        self.prefix = list(prefix)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -63,6 +70,7 @@ class NodeProcess:
 
     def argv(self) -> list[str]:
         argv = [
+            *self.prefix,
             *_command("twistd", "twisted.scripts.twistd"),
             "-n",
             "--pidfile=",
@@ -114,6 +122,11 @@ class NodeProcess:
         raise NodeFailed(f"node {self.port} not ready after {timeout}s\n{self.log_tail()}")
 
     def status(self) -> dict[str, Any]:
+        if self.prefix:
+            # The API listens on 127.0.0.1 where the node runs (maybe another
+            # network namespace): ask it through `dfs`, run there.
+            answer: dict[str, Any] = json.loads(self.dfs("status", "--json").stdout)
+            return answer
         url = (self.data_dir / "api.url").read_text().strip()
         token = (self.data_dir / "private" / "api_token").read_text().strip()
         request = urllib.request.Request(
@@ -140,7 +153,13 @@ class NodeProcess:
     ) -> subprocess.CompletedProcess[bytes]:
         """Run the real `dfs` command against this node."""
         result = subprocess.run(
-            [*_command("dfs", "dfs_twisted.cli"), "--node", str(self.data_dir), *args],
+            [
+                *self.prefix,
+                *_command("dfs", "dfs_twisted.cli"),
+                "--node",
+                str(self.data_dir),
+                *args,
+            ],
             input=input,
             capture_output=True,
             timeout=600,

@@ -39,6 +39,9 @@ class Limits:
 
     handshake_timeout: float = 30.0  # TLS and HELLO must be done by then
     stall_timeout: float = 120.0  # a frame or transfer that receives nothing this long
+    # A PING unanswered, and nothing else received, for this long: the peer is
+    # unreachable (a cut link sends no FIN; TCP alone would notice in ~15 minutes).
+    ping_timeout: float = 30.0
     max_streams: int = 16  # concurrent STOREs received, and FETCHes served, per connection
     # Connections still in TLS or HELLO at once, in all and from one address: past
     # either bound the oldest waiting one is dropped, so idle sockets cannot lock
@@ -83,6 +86,7 @@ class PeerInfo:
     org: str
     listen: str
     address: str
+    box_key: str | None = None  # where grants to it are encrypted to
 
 
 class IncomingBlob(TypingProtocol):
@@ -194,6 +198,7 @@ class PeerProtocol(Protocol):
         self._counted = False
         self._pinger: task.LoopingCall | None = None
         self.rtt: float | None = None  # seconds, from the last answered PING
+        self._ping_outstanding = False
         self._stall: Any = None
         self._last_received = 0.0
         self._peer_id: str | None = None
@@ -522,6 +527,7 @@ class PeerProtocol(Protocol):
             org=message.org,
             listen=message.listen,
             address=self.dialled or self._address(),
+            box_key=message.box_key,
         )
         log.info(
             "peer {org} ({node_id}) connected at {address}",
@@ -537,11 +543,19 @@ class PeerProtocol(Protocol):
         self.ready.callback(self)
 
     def _ping(self) -> None:
-        sent = self.factory.clock.seconds()
+        now = self.factory.clock.seconds()
+        if self._ping_outstanding:
+            silent = now - self._last_received
+            # While we hold reading ourselves, silence is ours, not the peer's.
+            if silent >= self.factory.limits.ping_timeout and not self._read_holds:
+                self.close(f"no answer to PING and nothing received for {silent:.0f}s")
+            return
 
         def answered(_: object) -> None:
-            self.rtt = self.factory.clock.seconds() - sent
+            self._ping_outstanding = False
+            self.rtt = self.factory.clock.seconds() - now
 
+        self._ping_outstanding = True
         self.request(wire.Ping()).addCallbacks(answered, lambda _: None)
 
     def _on_request(self, request_id: int, message: wire.Message) -> None:
@@ -731,6 +745,7 @@ class PeerFactory(Factory[PeerProtocol]):
             org=self.org,
             listen=self.listen,
             proof=self.admission.proof(binding, self.identity.node_id),
+            box_key=self.identity.box_public,
         )
 
     def refused(self, address: str, reason: str) -> None:

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dfs_twisted import wire
 from dfs_twisted.identity import PeerPins, ensure_private_dir
 from dfs_twisted.launcher import NodeProcess, free_port
-from dfs_twisted.protocol import IncomingBlob, Limits, PeerFactory, PeerProtocol
+from dfs_twisted.protocol import PING_INTERVAL, IncomingBlob, Limits, PeerFactory, PeerProtocol
 from dfs_twisted.space import GiB, NoSpace, SpaceAccount, SpaceLimits, parse_size
 
 from .test_protocol import FakeHandler, TLSStringTransport, identity, sent
@@ -144,9 +144,34 @@ class ConnectionLimitTests(LiveProtocolCase):
         self.clock.advance(2)
         self.assertTrue(transport.disconnecting)
 
+    def answer_pings(self, proto: PeerProtocol, transport: TLSStringTransport) -> None:
+        for frame in wire.FrameDecoder().feed(transport.value()):
+            if isinstance(wire.decode(frame), wire.Ping):
+                proto.dataReceived(wire.encode(wire.Ack(), frame.request_id, reply=True))
+        transport.clear()
+
     def test_idle_session_is_not_a_stall(self) -> None:
+        proto, transport = self.connected()
+        for _ in range(60):
+            self.clock.advance(PING_INTERVAL)
+            self.answer_pings(proto, transport)
+        self.assertGreater(60 * PING_INTERVAL, self.LIMITS.stall_timeout * 5)
+        self.assertFalse(transport.disconnecting)
+
+    def test_peer_that_stops_answering_is_dropped(self) -> None:
+        # A cut link: no FIN, no RST, just silence. The unanswered PING ends it.
         _, transport = self.connected()
-        self.clock.advance(self.LIMITS.stall_timeout * 10)
+        while self.clock.seconds() + PING_INTERVAL < self.LIMITS.ping_timeout:
+            self.clock.advance(PING_INTERVAL)
+            self.assertFalse(transport.disconnecting)
+        # Within one more PING interval of the timeout.
+        self.clock.advance(PING_INTERVAL)
+        self.assertTrue(transport.disconnecting)
+
+    def test_silence_while_we_hold_reading_is_ours(self) -> None:
+        proto, transport = self.connected()
+        proto.hold_reading(self)  # our disk is slow: we stopped reading the answers
+        self.clock.advance(self.LIMITS.ping_timeout * 4)
         self.assertFalse(transport.disconnecting)
 
     def test_paused_reading_is_not_the_peers_fault(self) -> None:
