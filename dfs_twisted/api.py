@@ -27,7 +27,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from . import __version__
-from .fileserver import DamagedBlob, Download, FileNotFound, FileServer, Upload
+from .fileserver import DamagedBlob, Download, FileNotFound, FileServer, UnknownPeer, Upload
+from .grants import Grant, GrantError
 from .keys import Keyring, ReadKey, ReadKeyError
 from .metrics import CONTENT_TYPE, NodeMetrics, outcome_of
 from .page import status_page
@@ -48,6 +49,17 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def _json_body(request: Request) -> dict[str, Any]:
+    assert request.content is not None
+    try:
+        body = json.loads(request.content.getvalue() or b"{}")
+    except ValueError:
+        raise ApiError(400, "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
 
 
 def file_name(path: bytes) -> str:
@@ -227,6 +239,10 @@ class Api(Resource):
             )
         elif path == b"/v1/status" and method == b"GET":
             _json(request, 200, self.status())
+        elif path == b"/v1/shares" and method == b"POST":
+            await self._share(request)
+        elif path == b"/v1/grants/read" and method == b"POST":
+            await self._read_granted(request)
         elif path == b"/v1/recover" and method == b"POST":
             recovered, errors = await self.files.recover()
             _json(request, 200, {"recovered": recovered, "errors": errors})
@@ -280,6 +296,39 @@ class Api(Resource):
             raise ApiError(
                 502, f"cannot read {reader.org}'s file: wrong key or damaged data ({e})"
             ) from e
+        await self._stream_download(request, download)
+
+    async def _share(self, request: Request) -> None:
+        body = _json_body(request)
+        name, to = body.get("name"), body.get("to")
+        if not isinstance(name, str) or not isinstance(to, str):
+            raise ApiError(400, 'body must be {"name": NAME, "to": ORG}')
+        try:
+            grant = await self.files.share(name, to, self._org)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
+        except FileNotFound:
+            raise ApiError(
+                404, "no such file on this node: share it from a node holding it"
+            ) from None
+        except UnknownPeer as e:
+            raise ApiError(404, str(e)) from None
+        log.info("shared {blob} with {org}", blob=grant.blob, org=grant.recipient)
+        _json(request, 201, grant.as_json())
+
+    async def _read_granted(self, request: Request) -> None:
+        assert request.content is not None
+        try:
+            grant = Grant.from_bytes(request.content.getvalue())
+            download = await self.files.open_granted(grant)
+        except GrantError as e:
+            raise ApiError(400, str(e)) from None
+        except FileNotFound as e:
+            raise ApiError(404, str(e)) from None
+        await self._stream_download(request, download)
+
+    async def _stream_download(self, request: Request, download: Download) -> None:
+        """Stream a download as the response body."""
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", str(download.size).encode())

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from .admission import AdmissionError, NetworkKey
 from .crypto import CryptoError, OrgKey
+from .identity import SecretFileError, create_secret
 from .keys import Keyring, ReadKey, ReadKeyError
 
 BLOCK = 1 << 20
@@ -53,7 +54,7 @@ class NodeClient:
         self,
         method: str,
         path: str,
-        body: IO[bytes] | Iterator[bytes] | None = None,
+        body: bytes | IO[bytes] | Iterator[bytes] | None = None,
         headers: dict[str, str] | None = None,
     ) -> http.client.HTTPResponse:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=300, blocksize=BLOCK)
@@ -170,7 +171,23 @@ def _count(n: int, one: str, many: str) -> str:
 
 def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
     started = time.monotonic()
-    response = client.request("GET", file_path(args.name) + _org_query(args))
+    if args.grant is not None:
+        if args.name is not None or args.org is not None:
+            raise CliError("--grant names the file and its org: give no NAME or --org")
+        try:
+            grant = Path(args.grant).read_bytes()
+        except OSError as e:
+            raise CliError(f"cannot read {args.grant}: {e.strerror}") from None
+        try:
+            args.name = str(json.loads(grant)["name"])
+        except (ValueError, KeyError, TypeError):
+            raise CliError(f"{args.grant} is not a grant file") from None
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(grant))}
+        response = client.request("POST", "/v1/grants/read", grant, headers)
+    elif args.name is None:
+        raise CliError("get needs a NAME (or --grant FILE)")
+    else:
+        response = client.request("GET", file_path(args.name) + _org_query(args))
     if response.status >= 400:
         _decode(response)
     source = response.getheader("x-dfs-source", "local")
@@ -222,6 +239,19 @@ def _copy(response: http.client.HTTPResponse, out: IO[bytes], bar: tqdm[Any]) ->
     except (http.client.IncompleteRead, OSError):
         pass
     return received
+
+
+def cmd_share(client: NodeClient, args: argparse.Namespace) -> None:
+    body = json.dumps({"name": args.name, "to": args.to}).encode()
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+    grant = _decode(client.request("POST", "/v1/shares", body, headers))
+    try:
+        create_secret(Path(args.output), (json.dumps(grant, indent=1) + "\n").encode())
+    except SecretFileError as e:
+        raise CliError(str(e)) from None
+    print(f"wrote a grant of {args.name} for {args.to} to {args.output}")
+    print("  it opens this version of this one file, on that org's node only:")
+    print(f"  dfs get --grant {Path(args.output).name} -o OUT")
 
 
 def cmd_rm(client: NodeClient, args: argparse.Namespace) -> None:
@@ -358,10 +388,16 @@ def parser() -> argparse.ArgumentParser:
     put.add_argument("--name", help="name to store it under (default: the file's name)")
     put.set_defaults(run=cmd_put)
     get = sub.add_parser("get", help="fetch and decrypt a file")
-    get.add_argument("name")
+    get.add_argument("name", nargs="?")
     get.add_argument("-o", "--output", help="write here instead of stdout")
     get.add_argument("--org", help="another org's file (name, id or id prefix), with its read key")
+    get.add_argument("--grant", metavar="FILE", help="the file a grant to this org opens")
     get.set_defaults(run=cmd_get)
+    share = sub.add_parser("share", help="hand one file to one connected org, as a grant")
+    share.add_argument("name")
+    share.add_argument("--to", required=True, help="the org (name, id or id prefix)")
+    share.add_argument("-o", "--output", required=True, help="the grant file to write")
+    share.set_defaults(run=cmd_share)
     rm = sub.add_parser("rm", help="delete a file here and on every peer")
     rm.add_argument("name")
     rm.set_defaults(run=cmd_rm)

@@ -46,6 +46,7 @@ __all__ = [
     "CryptoError",
     "Decryptor",
     "Encryptor",
+    "FileKey",
     "FormatError",
     "IntegrityError",
     "Metadata",
@@ -54,6 +55,7 @@ __all__ = [
     "Tombstone",
     "Trailer",
     "ciphertext_size",
+    "file_key",
     "header_length",
     "open_metadata",
     "open_trailer",
@@ -324,10 +326,33 @@ def parse_header(data: bytes) -> BlobHeader:
     )
 
 
-def _open_header(key: OrgKey, header: BlobHeader) -> tuple[bytes, Metadata]:
+@dataclass(frozen=True)
+class FileKey:
+    """One file version's data key: it reads that version of that file and nothing else.
+
+    What a per-file grant hands over instead of the org key.
+    """
+
+    owner: str
+    blob: str
+    version: int
+    data_key: bytes = field(repr=False)
+
+
+def file_key(key: OrgKey, header: BlobHeader) -> FileKey:
+    """The data key of the blob whose header this is (IntegrityError: not this org's)."""
+    return FileKey(header.owner, header.blob, header.version, _open_header(key, header)[0])
+
+
+def _open_header(key: OrgKey | FileKey, header: BlobHeader) -> tuple[bytes, Metadata]:
     owner_raw = bytes.fromhex(header.owner)
     blob_raw = bytes.fromhex(header.blob)
-    data_key = key._unwrap(header.wrapped_key, owner_raw, blob_raw)
+    if isinstance(key, FileKey):
+        if (key.owner, key.blob, key.version) != (header.owner, header.blob, header.version):
+            raise IntegrityError("the file key is for another file or version")
+        data_key = key.data_key
+    else:
+        data_key = key._unwrap(header.wrapped_key, owner_raw, blob_raw)
     try:
         plain = AESGCM(_hkdf(data_key, _INFO_META)).decrypt(
             _ZERO_NONCE, header.sealed_meta, header.raw[:_META_AAD_END]
@@ -348,13 +373,14 @@ def _open_header(key: OrgKey, header: BlobHeader) -> tuple[bytes, Metadata]:
     except ValueError as exc:
         raise FormatError(f"metadata name invalid: {exc}") from None
     # The blob id must be the name's MAC; otherwise an insider could file a
-    # blob under one name while its metadata claims another.
-    if not _stdlib_hmac.compare_digest(key.blob_id(name), header.blob):
+    # blob under one name while its metadata claims another. (A file key has
+    # no name key: the owner's signature over the grant binds name and blob.)
+    if isinstance(key, OrgKey) and not _stdlib_hmac.compare_digest(key.blob_id(name), header.blob):
         raise IntegrityError("blob id does not match the encrypted file name")
     return data_key, Metadata(name=name, mtime=mtime)
 
 
-def open_metadata(key: OrgKey, header: BlobHeader) -> Metadata:
+def open_metadata(key: OrgKey | FileKey, header: BlobHeader) -> Metadata:
     """Unwrap the data key and decrypt the metadata; IntegrityError on failure."""
     return _open_header(key, header)[1]
 
@@ -667,7 +693,9 @@ class Decryptor:
     header: BlobHeader | None
     metadata: Metadata | None
 
-    def __init__(self, key: OrgKey, *, owner: str | None = None, blob: str | None = None) -> None:
+    def __init__(
+        self, key: OrgKey | FileKey, *, owner: str | None = None, blob: str | None = None
+    ) -> None:
         self._key = key
         self.header = None
         self.metadata = None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPullProducer, IPushProducer
 from twisted.logger import Logger
@@ -29,16 +30,19 @@ from .crypto import (
     CryptoError,
     Decryptor,
     Encryptor,
+    FileKey,
     OrgKey,
     SealCheck,
     Tombstone,
     ciphertext_size,
+    file_key,
     header_length,
     open_metadata,
     parse_header,
     plaintext_size,
 )
 from .diskqueue import DiskQueue, QueuedBlob
+from .grants import Grant
 from .keys import ReadKey
 from .peers import PeerRegistry
 from .protocol import PeerProtocol, RemoteError, RequestRefused, SessionClosed
@@ -56,6 +60,10 @@ class FileNotFound(Exception):
 
 class DamagedBlob(Exception):
     """A blob failed verification."""
+
+
+class UnknownPeer(Exception):
+    """No (single) connected org answers to that name or id."""
 
 
 class Clock(Protocol):
@@ -205,7 +213,10 @@ class Upload:
                 await reply
                 outcomes.append(PeerOutcome(session.info.org, session.info.node_id, True))
             except (RemoteError, SessionClosed) as e:
-                outcomes.append(PeerOutcome(session.info.org, session.info.node_id, False, str(e)))
+                # "have": a relayed copy of this very version got there first.
+                have = isinstance(e, RemoteError) and e.code == "have"
+                error = None if have else str(e)
+                outcomes.append(PeerOutcome(session.info.org, session.info.node_id, have, error))
         result = PutResult(
             self.blob, self._encryptor.size, tuple(outcomes), time.monotonic() - self._started
         )
@@ -258,7 +269,13 @@ class Download:
 @implementer(IPullProducer)
 class _LocalDownload(Download):
     def __init__(
-        self, server: FileServer, key: BlobKey, org_key: OrgKey, f: BinaryIO, name: str, size: int
+        self,
+        server: FileServer,
+        key: BlobKey,
+        org_key: OrgKey | FileKey,
+        f: BinaryIO,
+        name: str,
+        size: int,
     ) -> None:
         super().__init__(name, key.blob, size, "local")
         self._server = server
@@ -319,7 +336,7 @@ class _PeerFetch:
         server: FileServer,
         session: PeerProtocol,
         key: BlobKey,
-        org_key: OrgKey | None,
+        org_key: OrgKey | FileKey | None,
         keep: bool,
     ) -> None:
         self.key = key
@@ -506,7 +523,14 @@ class IncomingReplica:
         self._seal = SealCheck(owner=key.owner, blob=key.blob)
         self._aborted = False
 
+    @property
+    def relayed(self) -> bool:
+        """Sent by a node other than the owner."""
+        return self._session.info is None or self._session.info.node_id != self._key.owner
+
     def write(self, data: bytes) -> None:
+        if self._aborted:
+            return  # superseded by the owner's own stream: the rest is dropped
         if self._size is not None and self._writer.written + len(data) > self._size:
             self.abort("sent more than announced")
             raise wire.ProtocolError(f"STORE of {self._key.blob} sent more than announced")
@@ -543,6 +567,8 @@ class IncomingReplica:
         return RequestRefused("bad_blob", why)
 
     def finish(self) -> Deferred[None]:
+        if self._aborted:
+            return fail(RequestRefused("busy", "the owner sent this blob itself meanwhile"))
         if self._size is not None and self._writer.written != self._size:
             self.abort("shorter than announced")
             return fail(RequestRefused("bad_request", "blob shorter than announced"))
@@ -624,6 +650,7 @@ class FileServer:
         disk: DiskQueue,
         space: SpaceAccount,
         catalog: Catalog,
+        box: X25519PrivateKey,
         relay: bool = True,
     ) -> None:
         self.store = store
@@ -635,6 +662,7 @@ class FileServer:
         self._incoming: dict[BlobKey, IncomingReplica] = {}
         self.key = key
         self.signer = signer
+        self.box = box  # opens grants made for this node
         self.node_id = node_id
         self.own = ReadKey(node_id, "this org", key)
         self.peers = peers
@@ -672,7 +700,64 @@ class FileServer:
         held = self.catalog.get(key)
         if held is not None and held.deleted:
             raise FileNotFound(name)
-        local = self._open_local(key, name, org.key, own=reader is None)
+        return await self._download(key, name, org.key, own=reader is None)
+
+    async def open_granted(self, grant: Grant) -> Download:
+        """The one file version a grant to this node opens (GrantError, FileNotFound)."""
+        file = grant.open(self.box, self.node_id)
+        key = BlobKey(grant.owner, grant.blob)
+        try:
+            return await self._download(key, grant.name, file, own=False)
+        except FileNotFound:
+            raise FileNotFound(
+                f"{grant.name} of {grant.owner_org}: not on this node or its connected peers, "
+                "or changed since it was shared (a grant reads the version it was made for)"
+            ) from None
+
+    async def share(self, name: str, to: str, owner_org: str) -> Grant:
+        """A grant of this org's file ``name`` (as it is now) to the connected org ``to``."""
+        key = self._key_for(name)
+        f = self.store.open(key)
+        if f is None:
+            raise FileNotFound(name)
+        with f:
+            header = read_header(f)
+        recipient = self._connected_org(to)
+        assert recipient.info is not None
+        if recipient.info.box_key is None:
+            raise UnknownPeer(f"{recipient.info.org} published no key for grants")
+        return Grant.issue(
+            self.signer,
+            owner_org,
+            file_key(self.key, header),
+            name,
+            recipient.info.node_id,
+            bytes.fromhex(recipient.info.box_key),
+        )
+
+    def _connected_org(self, spec: str) -> PeerProtocol:
+        """The live session of the org named, or with that node id (or a 4+ char prefix)."""
+        matches = {
+            s.info.node_id: s
+            for s in self.peers.live()
+            if s.info is not None
+            and (s.info.org == spec or (len(spec) >= 4 and s.info.node_id.startswith(spec.lower())))
+        }
+        if len(matches) == 1:
+            return next(iter(matches.values()))
+        if matches:
+            raise UnknownPeer(
+                f"{spec!r} matches {len(matches)} connected orgs: give more of the id"
+            )
+        raise UnknownPeer(
+            f"no connected org {spec!r}: a grant is made for a peer connected now "
+            "(its key comes with its HELLO)"
+        )
+
+    async def _download(
+        self, key: BlobKey, name: str, org_key: OrgKey | FileKey, own: bool
+    ) -> Download:
+        local = self._open_local(key, name, org_key, own)
         if local is not None:
             return local
         # Peers that served a damaged copy of this blob are asked last.
@@ -682,7 +767,7 @@ class FileServer:
         )
         for session in sessions:
             try:
-                return await self._open_from_peer(session, key, name, org.key, reader is None)
+                return await self._open_from_peer(session, key, name, org_key, own)
             except (RemoteError, SessionClosed, DamagedBlob, TimeoutError) as e:
                 assert session.info is not None
                 level = (
@@ -696,7 +781,9 @@ class FileServer:
                 )
         raise FileNotFound(name)
 
-    def _open_local(self, key: BlobKey, name: str, org_key: OrgKey, own: bool) -> Download | None:
+    def _open_local(
+        self, key: BlobKey, name: str, org_key: OrgKey | FileKey, own: bool
+    ) -> Download | None:
         f = self.store.open(key)
         if f is None:
             return None
@@ -727,7 +814,7 @@ class FileServer:
             self.catalog.forget(key)
 
     async def _start_fetch(
-        self, session: PeerProtocol, key: BlobKey, org_key: OrgKey | None, keep: bool
+        self, session: PeerProtocol, key: BlobKey, org_key: OrgKey | FileKey | None, keep: bool
     ) -> tuple[_PeerFetch, Deferred[wire.Message], BlobHeader]:
         """Ask ``session`` for a blob; return once its header arrived (and opened)."""
         fetch = _PeerFetch(self, session, key, org_key, keep)
@@ -775,7 +862,7 @@ class FileServer:
         return None
 
     async def _open_from_peer(
-        self, session: PeerProtocol, key: BlobKey, name: str, org_key: OrgKey, keep: bool
+        self, session: PeerProtocol, key: BlobKey, name: str, org_key: OrgKey | FileKey, keep: bool
     ) -> Download:
         fetch, reply, header = await self._start_fetch(session, key, org_key, keep)
         try:
@@ -1067,8 +1154,13 @@ class FileServer:
         key = BlobKey(request.owner, request.blob)
         if not self.catalog.is_newer(key, request.version):
             raise RequestRefused("have", "already holds this version or a newer one")
-        if key in self._incoming:
-            raise RequestRefused("busy", "this blob is being received already")
+        receiving = self._incoming.get(key)
+        if receiving is not None:
+            assert session.info is not None
+            if not receiving.relayed or session.info.node_id != key.owner:
+                raise RequestRefused("busy", "this blob is being received already")
+            # The owner's own copy wins over a relayed one: its put waits for our answer.
+            receiving.abort("the owner sent it itself")
         held = self.catalog.get(key)
         announced = request.size or 0
         try:

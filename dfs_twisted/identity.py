@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.interfaces import (
@@ -31,6 +32,7 @@ from zope.interface import implementer
 log = Logger()
 
 KEY_FILE = "node.key"
+BOX_FILE = "box.key"  # X25519: what per-file grants to this node are encrypted to
 CERT_FILE = "node.crt"
 PINS_FILE = "known_peers.json"
 TOKEN_FILE = "api_token"
@@ -108,6 +110,16 @@ class NodeIdentity:
     key: Ed25519PrivateKey = field(repr=False)
     certificate: x509.Certificate = field(repr=False)
     node_id: str
+    box: X25519PrivateKey = field(repr=False)
+
+    @property
+    def box_public(self) -> str:
+        """The X25519 public key this node publishes in its HELLO, hex."""
+        return (
+            self.box.public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            .hex()
+        )
 
     @classmethod
     def load_or_create(cls, private_dir: Path) -> NodeIdentity:
@@ -132,7 +144,22 @@ class NodeIdentity:
                 "move the node directory aside and start afresh"
             )
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        return cls(loaded, cert, node_id_of(cert))
+        box_raw = load_or_create_secret(
+            private_dir / BOX_FILE,
+            X25519PrivateKey.generate()
+            .private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )
+            .hex()
+            .encode(),
+        )
+        try:
+            box = X25519PrivateKey.from_private_bytes(bytes.fromhex(box_raw.decode().strip()))
+        except ValueError:
+            raise PrivateDirError(f"{private_dir / BOX_FILE} is not an X25519 key") from None
+        return cls(loaded, cert, node_id_of(cert), box)
 
 
 def _self_signed(key: Ed25519PrivateKey) -> x509.Certificate:

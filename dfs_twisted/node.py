@@ -138,6 +138,7 @@ class NodeService(MultiService):
                 catalog.held, self.space_limits, lambda: shutil.disk_usage(store_root).free
             ),
             catalog,
+            self.identity.box,
             relay=self.relay,
         )
         self.tls = MutualTLS(self.identity)

@@ -92,6 +92,8 @@ class Hello:
     features: tuple[str, ...] = ()
     # Proof of the federation's network key, bound to this TLS session (64 hex), if any.
     proof: str | None = None
+    # X25519 public key (64 hex) that per-file grants to this node are encrypted to.
+    box_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +435,7 @@ def _keys(*names: str) -> frozenset[str]:
     return frozenset(names)
 
 
-_HELLO_KEYS = _keys("version", "node_id", "org", "listen", "features", "proof")
+_HELLO_KEYS = _keys("version", "node_id", "org", "listen", "features", "proof", "box_key")
 _OWNER_BLOB_KEYS = _keys("owner", "blob")
 _STORE_KEYS = _keys("owner", "blob", "size", "version")
 _DELETE_KEYS = _keys("owner", "blob", "version", "key", "signature")
@@ -457,7 +459,8 @@ def _parse_hello(obj: dict[str, Any]) -> Hello:
         features=tuple(
             _plain_text(f, "HELLO.features[]", max_len=MAX_FEATURE_LEN) for f in features
         ),
-        proof=None if obj["proof"] is None else _hex(obj["proof"], "HELLO.proof"),
+        proof=_optional_hex(obj["proof"], "HELLO.proof"),
+        box_key=_optional_hex(obj["box_key"], "HELLO.box_key"),
     )
 
 
@@ -635,6 +638,7 @@ def _fields(message: Message) -> tuple[MessageType, dict[str, Any]]:
             "listen": message.listen,
             "features": _as_json(message.features),
             "proof": message.proof,
+            "box_key": message.box_key,
         }
     if isinstance(message, Store):
         return MessageType.STORE, {

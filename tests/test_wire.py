@@ -107,6 +107,8 @@ messages: st.SearchStrategy[Message] = st.one_of(
         org=st.text(plain, min_size=1, max_size=128),
         listen=st.sampled_from(["127.0.0.1:0", "node-1.example.org:7000", "[::1]:65535"]),
         features=st.lists(st.text(plain, min_size=1, max_size=32), max_size=32).map(tuple),
+        proof=st.none() | hex_ids,
+        box_key=st.none() | hex_ids,
     ),
     st.builds(Store, owner=hex_ids, blob=hex_ids, size=st.none() | sizes, version=versions),
     st.builds(Fetch, owner=hex_ids, blob=hex_ids),
@@ -151,6 +153,7 @@ class RoundTripTests(SynchronousTestCase):
     EXAMPLES: tuple[Message, ...] = (
         Hello(1, A, "Acme Corp", "10.0.0.1:7000", ("list-v1", "store-size")),
         Hello(1, A, "Ünïcødé 组织", "[fe80::1%eth0]:7000"),
+        Hello(2, A, "boxed", "h:1", proof=B, box_key=C),
         Store(A, B, 1234, 1),
         Store(A, B, None, 2**64 - 1),
         Store(A, B, 0, 0),
@@ -492,6 +495,7 @@ class DecodeRejectsTests(SynchronousTestCase):
             "listen": "127.0.0.1:7000",
             "features": [],
             "proof": None,
+            "box_key": None,
         }
         base.update(overrides)
         return base
