@@ -67,9 +67,21 @@ class CrashTests(SynchronousTestCase):
         return put
 
     def restart(self, node: NodeProcess, peers: list[int]) -> NodeProcess:
-        again = NodeProcess(node.port, node.data_dir, peers)
+        # Scrubbing every second: the test sees the restarted store verify.
+        again = NodeProcess(node.port, node.data_dir, peers, extra=["--scrub-period", "1s"])
         self.addCleanup(again.stop)
         return again.start()
+
+    def assert_store_verifies(self, node: NodeProcess, blobs: int) -> None:
+        """A scrub pass that checked every blob's signature and found nothing damaged."""
+
+        def checked() -> bool:
+            last = node.status()["scrub"]["last"]
+            return bool(last) and last["checked"] >= blobs
+
+        wait_for(checked, "a scrub pass over the restarted store")
+        last = node.status()["scrub"]["last"]
+        self.assertEqual((last["damaged"], last["problems"]), (0, []))
 
     def test_holder_killed_while_receiving(self) -> None:
         put = self.put_in_background("big.bin")
@@ -95,6 +107,7 @@ class CrashTests(SynchronousTestCase):
         [replica] = blobs(holder, self.owner_id)
         [original] = blobs(self.owner, self.owner_id)
         self.assertEqual(replica.read_bytes(), original.read_bytes())
+        self.assert_store_verifies(holder, 1)
 
     def test_owner_killed_in_the_middle_of_a_put(self) -> None:
         put = self.put_in_background("unfinished.bin")
@@ -120,3 +133,4 @@ class CrashTests(SynchronousTestCase):
         got = owner.dfs("get", "unfinished.bin", "-o", str(self.root / "back.bin"))
         self.assertEqual(got.returncode, 0)
         self.assertEqual((self.root / "back.bin").read_bytes(), self.source.read_bytes())
+        self.assert_store_verifies(owner, 1)
