@@ -94,25 +94,24 @@ class QueuedBlob:
     def _submit(self) -> None:
         if not self._batch:
             return
-        data = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
-        size = len(data)
+        pieces, size = self._batch, self._batched
         self._batch, self._batched = [], 0
         self._pending += size
-        self._queue.run(self._write, data).addCallbacks(self._done, self._failed, (size,))
+        self._queue.run(self._write, pieces).addCallbacks(self._done, self._failed, (size,))
         if self._pending > HIGH and not self._paused:
             self._paused = True
             self._pause()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, pieces: list[bytes]) -> None:
         # On the disk thread, like _broken and _unsynced.
         if self._broken is not None:
             return
         try:
-            self._writer.write(data)
+            written = self._writer.write_pieces(pieces)
         except BaseException as e:
             self._broken = e
             raise
-        self._unsynced += len(data)
+        self._unsynced += written
         if self._unsynced >= SYNC_EVERY:
             self._unsynced = 0
             self._writer.sync()

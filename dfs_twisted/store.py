@@ -122,6 +122,19 @@ class BlobWriter:
             view = view[n:]
             self.written += n
 
+    def write_pieces(self, pieces: list[bytes]) -> int:
+        """Write several buffers with as few system calls as possible; return the bytes."""
+        fd = self._fd
+        if fd is None:
+            raise ValueError("blob writer is closed")
+        total = sum(len(p) for p in pieces)
+        done = os.writev(fd, pieces)
+        self.written += done
+        if done < total:  # short write (signals, big buffers): finish the rest one by one
+            rest = b"".join(pieces)[done:]
+            self.write(rest)
+        return total
+
     def sync(self) -> None:
         """Flush what was written so far to disk, so that commit() has little left to do."""
         fd = self._fd

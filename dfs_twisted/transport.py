@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -39,12 +41,23 @@ class BulkTLSProtocol(BufferingTLSTransport):
     def __init__(self, factory: TLSMemoryBIOFactory, wrappedProtocol: IProtocol, *a: Any) -> None:
         super().__init__(factory, wrappedProtocol, *a)
         self.write = self._write_bulk  # type: ignore[method-assign]
+        self._records = _ffi.new("char[]", DRAIN)  # reused for every drain of the send BIO
+        self._hold_records = False
+        # Decrypted records collect here; it is never resized (the pointer stays valid).
+        self._plain = bytearray(DELIVER + RECV_SLICE)
+        self._plain_at = _ffi.from_buffer(self._plain)
 
     def _write_bulk(self, data: bytes | memoryview) -> None:
         if len(data) < BULK:
             self._aggregator.write(bytes(data))  # it takes bytes only; a small copy
             return
-        self._aggregator.flush()  # keep the order of earlier small writes
+        # Earlier small writes (frame headers) go first; their records wait in the
+        # BIO and leave with the big write's, in one system call instead of two.
+        self._hold_records = True
+        try:
+            self._aggregator.flush()
+        finally:
+            self._hold_records = False
         TLSMemoryBIOProtocol.write(self, data)
 
     def writeSequence(self, sequence: Iterable[bytes | memoryview]) -> None:
@@ -66,52 +79,68 @@ class BulkTLSProtocol(BufferingTLSTransport):
             except Error:
                 self._tlsShutdownFinished(Failure())
                 break
-            self._flushSendBIO()
+            if not self._hold_records:
+                self._flushSendBIO()
 
     def export_keying_material(self, label: bytes, length: int) -> bytes:
         """RFC 8446 exporter: the same on both ends of this TLS session only."""
         return bytes(self._tlsConnection.export_keying_material(label, length))
 
     def _flushReceiveBIO(self) -> None:
-        # As Twisted's, but records are handed on in batches of up to DELIVER
-        # bytes instead of one 16 KiB record per call up the stack.
-        batch: list[bytes] = []
+        # As Twisted's, but records are decrypted one after the other into one
+        # reused buffer and handed on in batches of up to DELIVER bytes (one copy),
+        # instead of a new bytes object per 16 KiB record, each handed up the stack.
+        connection = self._tlsConnection
         size = 0
         while not self._lostTLSConnection:
+            n = _lib.SSL_read(connection._ssl, self._plain_at + size, RECV_SLICE)
+            if n > 0:
+                size += n
+                if size >= DELIVER:
+                    self._deliver(size)
+                    size = 0
+                continue
             try:
-                data = self._tlsConnection.recv(RECV_SLICE)
+                connection._raise_ssl_error(connection._ssl, n)
             except WantReadError:
                 break
             except ZeroReturnError:
-                self._deliver(batch)
-                batch, size = [], 0
+                self._deliver(size)
+                size = 0
                 self._shutdownTLS()
                 self._tlsShutdownFinished(None)
             except Error:
-                self._deliver(batch)
-                batch, size = [], 0
+                self._deliver(size)
+                size = 0
                 self._tlsShutdownFinished(Failure())
-            else:
-                batch.append(data)
-                size += len(data)
-                if size >= DELIVER:
-                    self._deliver(batch)
-                    batch, size = [], 0
-        self._deliver(batch)
+        self._deliver(size)
         self._flushSendBIO()
 
-    def _deliver(self, batch: list[bytes]) -> None:
-        if batch and not self._aborted:
-            ProtocolWrapper.dataReceived(self, batch[0] if len(batch) == 1 else b"".join(batch))
+    def _deliver(self, size: int) -> None:
+        if size and not self._aborted:
+            ProtocolWrapper.dataReceived(self, bytes(self._plain[:size]))
 
     def _flushSendBIO(self) -> None:
+        # Records go from OpenSSL's buffer into one reused buffer and, while the
+        # transport has nothing queued, straight to the socket: no bytes object
+        # per drain and no copy into Twisted's send buffer. pyOpenSSL's bio_read
+        # would make two copies of every byte sent.
+        transport: Any = self.transport
+        assert transport is not None
         while True:
-            try:
-                records = self._tlsConnection.bio_read(DRAIN)
-            except WantReadError:
-                return
-            assert self.transport is not None
-            self.transport.write(records)
+            n = _lib.BIO_read(self._tlsConnection._from_ssl, self._records, DRAIN)
+            if n <= 0:
+                return  # nothing pending (a memory BIO cannot fail otherwise)
+            records = _ffi.buffer(self._records, n)
+            sent = 0
+            sock = getattr(transport, "socket", None)
+            if sock is not None and not transport.dataBuffer and not transport._tempDataBuffer:
+                try:
+                    sent = sock.send(records)
+                except OSError:
+                    sent = 0  # would block, or broken: Twisted's own write finds out
+            if sent < n:
+                transport.write(records[sent:])
 
 
 class BulkTLSFactory(TLSMemoryBIOFactory):
