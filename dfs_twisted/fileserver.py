@@ -660,6 +660,7 @@ class FileServer:
         self.relay = relay
         self._suspects: set[tuple[str, BlobKey]] = set()
         self._incoming: dict[BlobKey, IncomingReplica] = {}
+        self._syncing: set[PeerProtocol] = set()
         self.key = key
         self.signer = signer
         self.box = box  # opens grants made for this node
@@ -1037,16 +1038,31 @@ class FileServer:
 
     def session_ready(self, session: PeerProtocol) -> None:
         self.peers.add(session)
-        Deferred.fromCoroutine(self.catch_up(session)).addErrback(
+        self.sync(session)
+
+    def sync_all(self) -> None:
+        """Compare with every live peer (periodically: a refused or failed transfer
+        while connected, a quota freed, is put right without waiting for a reconnect)."""
+        for session in self.peers.live():
+            self.sync(session)
+
+    def sync(self, session: PeerProtocol) -> None:
+        """Run catch_up for a peer in the background, one at a time per peer."""
+        if session in self._syncing:
+            return
+        self._syncing.add(session)
+        d = Deferred.fromCoroutine(self.catch_up(session))
+        d.addErrback(
             lambda f: log.warn(
                 "catching up {peer} failed: {error}",
                 peer=session.info and session.info.org,
                 error=f.getErrorMessage(),
             )
         )
+        d.addBoth(lambda _: self._syncing.discard(session))
 
     async def catch_up(self, session: PeerProtocol) -> int:
-        """Bring a peer that just connected up to date; return how many changes it took.
+        """Bring a peer up to date (it just connected, or periodically); return the changes.
 
         For this org's namespace, and (relaying) for every other org this node
         holds except the peer's own: compare digests, and when they differ send

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
+from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -79,6 +80,7 @@ class NodeService(MultiService):
         relay: bool = True,
         scrub_period: float = 86400.0,
         scrub_rate: int = 50 << 20,
+        sync_period: float = 60.0,
         reactor: Any = None,
     ) -> None:
         super().__init__()
@@ -99,12 +101,14 @@ class NodeService(MultiService):
         self.relay = relay
         self.scrub_period = scrub_period
         self.scrub_rate = scrub_rate
+        self.sync_period = sync_period
         self.private = self.data_dir / "private"
         self.api_url_file = self.data_dir / "api.url"
         self.peer_port: IListeningPort | None = None
         self.api_port: IListeningPort | None = None
         # Fires with the API URL once both listeners are up.
         self.ready: Deferred[str] = Deferred()
+        self._sync: task.LoopingCall | None = None
         self._load()
 
     def _load(self) -> None:
@@ -182,6 +186,10 @@ class NodeService(MultiService):
         super().startService()
         for address in self.peer_addresses:
             self.registry.dial(address, self.factory, self.tls)
+        if self.sync_period > 0:
+            self._sync = task.LoopingCall(self.fileserver.sync_all)
+            self._sync.clock = self.reactor
+            self._sync.start(self.sync_period, now=False)
         Deferred.fromCoroutine(self._listen()).addErrback(self._failed)
 
     async def _listen(self) -> None:
@@ -213,6 +221,8 @@ class NodeService(MultiService):
             self.reactor.stop()
 
     async def _close(self) -> None:
+        if self._sync is not None and self._sync.running:
+            self._sync.stop()
         self.api_url_file.unlink(missing_ok=True)
         for port in (self.api_port, self.peer_port):
             if port is not None:
@@ -244,6 +254,7 @@ def node_from_options(options: Any) -> NodeService:
         relay=not options["no-relay"],
         scrub_period=options["scrub-period"],
         scrub_rate=options["scrub-rate"],
+        sync_period=options["sync-period"],
     )
 
 

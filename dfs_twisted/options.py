@@ -100,6 +100,12 @@ class NodeOptions(usage.Options):
         ["reserve", None, "1G", "free disk never given to other orgs' replicas"],
         ["scrub-period", None, "1d", "how often to re-check every blob held (0: never)"],
         ["scrub-rate", None, "50M", "most bytes per second the scrub reads"],
+        [
+            "sync-period",
+            None,
+            "1m",
+            "how often to compare with connected peers (0: on connect only)",
+        ],
         ["handshake-timeout", None, 30.0, "seconds a peer has for TLS and HELLO", float],
         ["stall-timeout", None, 120.0, "seconds a transfer may receive nothing", float],
         ["log-format", None, "text", "text (twistd's) or json (one JSON object per line)"],
@@ -122,6 +128,7 @@ class NodeOptions(usage.Options):
             ("reserve", parse_size),
             ("scrub-rate", parse_size),
             ("scrub-period", parse_duration),
+            ("sync-period", parse_duration),
         ):
             try:
                 self[name] = parse(self[name])

@@ -176,3 +176,20 @@ class RelayTests(ConvergenceTestCase):
         wait_until(lambda: "caught up c: sent 1 changes" in b.log_path.read_text(), "catch-up")
         self.assertEqual(len(held(c, b_id)), 1)
         self.assertEqual(held(c, a_id), {})
+
+
+class PeriodicSyncTests(ConvergenceTestCase):
+    def test_a_refused_replica_arrives_once_there_is_room(self) -> None:
+        holder_port = free_port()
+        holder = self.node("holder", holder_port, [], "--quota", "2M")
+        owner = self.node("owner", free_port(), [holder_port], "--sync-period", "1s")
+        owner.wait_peers(1)
+        owner_id = owner.status()["node_id"]
+        self.put(owner, "one.bin", b"1" * 1_500_000)
+        refused = owner.dfs("put", "-", "--name", "two.bin", input=b"2" * 1_500_000)
+        self.assertIn("quota", refused.stderr.decode())
+        self.assertEqual(self.ls(owner), {"one.bin": 2, "two.bin": 1})
+        # Connected all along: no reconnect will catch the holder up, the periodic sync does.
+        owner.dfs("rm", "one.bin")
+        wait_until(lambda: self.ls(owner) == {"two.bin": 2}, "two.bin to reach the holder")
+        self.assertEqual(held(holder, owner_id), held(owner, owner_id))
