@@ -6,12 +6,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeProcess, free_port, start_network
+
+from .shared import wait_until
 
 SIZE = 120 * 1024 * 1024  # big enough to be caught in the middle
 
@@ -23,15 +24,6 @@ def blobs(node: NodeProcess, owner: str) -> list[Path]:
 def partials(node: NodeProcess) -> list[Path]:
     tmp = node.data_dir / "store" / "tmp"
     return [p for p in tmp.iterdir() if p.stat().st_size > 0] if tmp.exists() else []
-
-
-def wait_for(condition: object, what: str, timeout: float = 60.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class CrashTests(SynchronousTestCase):
@@ -79,13 +71,13 @@ class CrashTests(SynchronousTestCase):
             last = node.status()["scrub"]["last"]
             return bool(last) and last["checked"] >= blobs
 
-        wait_for(checked, "a scrub pass over the restarted store")
+        wait_until(checked, "a scrub pass over the restarted store")
         last = node.status()["scrub"]["last"]
         self.assertEqual((last["damaged"], last["problems"]), (0, []))
 
     def test_holder_killed_while_receiving(self) -> None:
         put = self.put_in_background("big.bin")
-        wait_for(lambda: partials(self.holder), "the holder to be writing the replica")
+        wait_until(lambda: partials(self.holder), "the holder to be writing the replica")
         self.holder.stop(signal.SIGKILL)
         half_written = {p.name for p in partials(self.holder)}
         self.assertTrue(half_written)
@@ -103,7 +95,7 @@ class CrashTests(SynchronousTestCase):
         self.assertEqual(leftovers & half_written, set())
         holder.wait_peers(1)
         # The owner catches the holder up; the replica is the owner's blob, byte for byte.
-        wait_for(lambda: blobs(holder, self.owner_id), "the holder to catch up")
+        wait_until(lambda: blobs(holder, self.owner_id), "the holder to catch up")
         [replica] = blobs(holder, self.owner_id)
         [original] = blobs(self.owner, self.owner_id)
         self.assertEqual(replica.read_bytes(), original.read_bytes())
@@ -111,12 +103,12 @@ class CrashTests(SynchronousTestCase):
 
     def test_owner_killed_in_the_middle_of_a_put(self) -> None:
         put = self.put_in_background("unfinished.bin")
-        wait_for(lambda: partials(self.owner), "the owner to be writing the blob")
+        wait_until(lambda: partials(self.owner), "the owner to be writing the blob")
         self.owner.stop(signal.SIGKILL)
         put.communicate(timeout=120)
         self.assertNotEqual(put.returncode, 0)  # never acknowledged
         # The holder dropped its partial replica when the connection died.
-        wait_for(lambda: not partials(self.holder), "the holder to drop its partial replica")
+        wait_until(lambda: not partials(self.holder), "the holder to drop its partial replica")
         self.assertEqual(blobs(self.holder, self.owner_id), [])
 
         owner = self.restart(self.owner, [])

@@ -25,7 +25,7 @@ import socket
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,10 +40,9 @@ from dfs_twisted.identity import NodeIdentity, ensure_private_dir
 from dfs_twisted.launcher import NodeProcess, free_port, start_network
 from dfs_twisted.wire import MessageType
 
-from .shared import SharedFixture
+from .shared import SharedFixture, wait_until
 
 IO_TIMEOUT = 10.0  # bound on any one socket operation of the attacker
-WAIT = 15.0  # bound on any wait for the node to react (log line, temp file gone)
 HOSTILE_ORG = "mallory"
 ZERO_ID = "0" * 64
 
@@ -53,15 +52,6 @@ class ConnectionClosed(Exception):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def tree(root: Path) -> dict[str, str]:

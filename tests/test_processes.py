@@ -21,7 +21,6 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -101,15 +100,6 @@ def files_outside_private(node: NodeProcess) -> Iterable[Path]:
             yield p
     if node.log_path.exists():
         yield node.log_path
-
-
-def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
-    """Poll until ``predicate()`` is true (readiness, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def api_request(

@@ -7,7 +7,8 @@ from typing import Any
 
 from dfs_twisted.launcher import NodeProcess, free_port
 
-from .test_convergence import ConvergenceTestCase, held, wait_until
+from .shared import wait_until
+from .test_convergence import ConvergenceTestCase, held
 
 
 def flip_a_byte(path: Path, offset: int) -> None:
