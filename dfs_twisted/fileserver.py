@@ -1113,7 +1113,9 @@ class FileServer:
         except RemoteError as e:
             if e.code in ("have", "busy", "not_found"):
                 return 0
-            log.warn(
+            # Out of room there is expected, and retried each sync: not a warning.
+            level = log.info if e.code in ("quota", "disk_full") else log.warn
+            level(
                 "{org} refused {blob}: {error}", org=session.info.org, blob=key.blob, error=str(e)
             )
         except (SessionClosed, CryptoError) as e:
