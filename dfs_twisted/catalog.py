@@ -16,7 +16,12 @@ from dataclasses import dataclass
 
 from .store import BlobKey
 
-__all__ = ["Catalog", "Entry"]
+__all__ = ["BLOCK", "Catalog", "Entry", "charge"]
+
+# What the quota charges a blob or tombstone at the least: one disk block, one
+# inode and an entry here. Without it a peer could fill a node with millions of
+# tiny blobs or tombstones while staying far under its quota in bytes.
+BLOCK = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +31,16 @@ class Entry:
     deleted: bool = False
 
 
+def charge(entry: Entry | None) -> int:
+    """What ``entry`` counts against its owner's quota."""
+    return 0 if entry is None else max(entry.size, BLOCK)
+
+
 class _Namespace:
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
         self.stored = 0  # bytes of live blobs
+        self.charged = 0  # what the quota counts: every entry, at least a block
         self._sorted: list[str] | None = None  # blob ids, rebuilt after a change
         self.digest: tuple[str, int] | None = None  # likewise
 
@@ -45,13 +56,16 @@ class _Namespace:
             self._sorted = None
         else:
             self.stored -= old.size
+            self.charged -= charge(old)
         self.entries[blob] = entry
         self.stored += entry.size
+        self.charged += charge(entry)
 
     def pop(self, blob: str) -> None:
         old = self.entries.pop(blob, None)
         if old is not None:
             self.stored -= old.size
+            self.charged -= charge(old)
             self._sorted = None
             self.digest = None
 
@@ -132,6 +146,6 @@ class Catalog:
         return {owner: ns.stored for owner, ns in sorted(self._owners.items()) if ns.entries}
 
     def held(self, owner: str) -> int:
-        """Bytes of live blobs held for ``owner``."""
+        """What ``owner``'s blobs and tombstones here count against its quota."""
         ns = self._owners.get(owner)
-        return 0 if ns is None else ns.stored
+        return 0 if ns is None else ns.charged

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import wire
-from .catalog import Catalog, Entry
+from .catalog import BLOCK, Catalog, Entry, charge
 from .crypto import (
     CHUNK_SIZE,
     FIXED_HEADER_SIZE,
@@ -510,8 +510,7 @@ class IncomingReplica:
         self._size = request.size
         self._version = request.version
         self._space = server.space
-        held = server.catalog.get(key)
-        self._replaces = 0 if held is None else held.size
+        self._replaces = charge(server.catalog.get(key))
         self._next_disk_check = self.DISK_CHECK_EVERY
         self._writer = server.disk.blob(
             server.store.begin(key),
@@ -539,7 +538,9 @@ class IncomingReplica:
         if check_disk:
             self._next_disk_check = written + self.DISK_CHECK_EVERY
         try:
-            self._space.check(self._key.owner, written - self._replaces, 0 if check_disk else None)
+            self._space.check(
+                self._key.owner, max(written, BLOCK) - self._replaces, 0 if check_disk else None
+            )
         except NoSpace as e:
             self.abort(e.message)
             raise RequestRefused(e.code, e.message) from None
@@ -1179,10 +1180,10 @@ class FileServer:
                 raise RequestRefused("busy", "this blob is being received already")
             # The owner's own copy wins over a relayed one: its put waits for our answer.
             receiving.abort("the owner sent it itself")
-        held = self.catalog.get(key)
         announced = request.size or 0
         try:
-            self.space.check(key.owner, announced - (held.size if held else 0), announced)
+            growth = max(announced, BLOCK) - charge(self.catalog.get(key))
+            self.space.check(key.owner, growth, announced)
         except NoSpace as e:
             assert session.info is not None
             log.warn(
@@ -1253,6 +1254,12 @@ class FileServer:
         except CryptoError as e:
             raise RequestRefused("bad_signature", f"tombstone does not verify: {e}") from None
         key = BlobKey(tomb.owner, tomb.blob)
+        if self.catalog.is_newer(key, tomb.version):
+            # A tombstone costs a block like a blob: a peer's quota bounds them too.
+            try:
+                self.space.check(key.owner, BLOCK - charge(self.catalog.get(key)), None)
+            except NoSpace as e:
+                raise RequestRefused(e.code, e.message) from None
         # Without news (this deletion or a newer change is here already) it is still done.
         if self._bury(tomb):
             log.info("deleted replica {blob} for {owner}", blob=key.blob, owner=key.owner)

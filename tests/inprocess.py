@@ -22,6 +22,7 @@ from zope.interface import implementer
 from dfs_twisted.node import NodeService
 from dfs_twisted.options import PeerAddress
 from dfs_twisted.protocol import PeerProtocol
+from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
 # Twisted's interfaces are not types mypy can check calls against.
@@ -74,6 +75,7 @@ class NodeTestCase(TestCase):
         pins: dict[str, str] | None = None,
         data_dir: Path | None = None,
         relay: bool = True,
+        space: SpaceLimits | None = None,
     ) -> NodeService:
         """A started node on ``port`` dialling ``peers`` (ports on 127.0.0.1)."""
         data_dir = data_dir or Path(self.mktemp())
@@ -90,6 +92,7 @@ class NodeTestCase(TestCase):
             api="tcp:0:interface=127.0.0.1",
             org=org,
             relay=relay,
+            space=space,
         )
         node.startService()
         self._nodes.append(node)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.trial.unittest import SynchronousTestCase
 
-from dfs_twisted.catalog import Catalog, Entry
+from dfs_twisted.catalog import BLOCK, Catalog, Entry
 from dfs_twisted.crypto import Encryptor, OrgKey, Tombstone
 from dfs_twisted.fileserver import index_store
 from dfs_twisted.store import BlobKey, BlobStore
@@ -25,10 +25,13 @@ class CatalogTests(SynchronousTestCase):
         self.assertTrue(catalog.is_newer(key, 6))
         self.assertEqual(catalog.usage(), {A: 150})
         catalog.set(key, Entry(6, 0, deleted=True))
-        self.assertEqual((catalog.held(A), catalog.newest(A)), (50, 6))
+        # The quota counts the tombstone and the small blob a block each.
+        self.assertEqual((catalog.held(A), catalog.newest(A)), (2 * BLOCK, 6))
         self.assertEqual(catalog.live(A), [IDS[1]])
         catalog.forget(BlobKey(A, IDS[1]))
         self.assertEqual(catalog.usage(), {A: 0})
+        catalog.set(BlobKey(A, IDS[2]), Entry(7, 3 * BLOCK + 1))
+        self.assertEqual(catalog.held(A), 4 * BLOCK + 1)
 
     def test_pages_and_digest(self) -> None:
         catalog, other = Catalog(), Catalog()

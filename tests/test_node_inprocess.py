@@ -9,10 +9,12 @@ from typing import Any
 from twisted.internet import task
 
 from dfs_twisted import wire
+from dfs_twisted.catalog import BLOCK
 from dfs_twisted.crypto import Tombstone
 from dfs_twisted.fileserver import FileNotFound, delete_message
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import OutgoingStream, RemoteError
+from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
 from .inprocess import BytesConsumer, NodeTestCase, blob_path, eventually, free_port, reactor
@@ -219,3 +221,23 @@ class PinningTests(NodeTestCase):
         self.assertEqual(a.registry.live(), [])
         # The pin is kept: a changed key is never silently accepted.
         self.assertEqual(b.factory.pins.get(address), impostor_pin)
+
+
+class TombstoneQuotaTests(NodeTestCase):
+    async def test_tombstones_count_against_the_quota(self) -> None:
+        # A peer may sign tombstones for ids it never stored: each costs a block here.
+        holder = self.make_node(space=SpaceLimits(quota=16 * BLOCK, reserve=0))
+        peer = self.make_node(peers=[holder.port])
+        await self.connected(holder, peer)
+        session = self.session(peer, holder)
+        for i in range(16):
+            tomb = Tombstone.sign(peer.identity.key, f"{i:064x}", 1)
+            self.assertEqual(await session.request(delete_message(tomb)), wire.Ack())
+        self.assertEqual(holder.fileserver.catalog.held(peer.node_id), 16 * BLOCK)
+        with self.assertRaises(RemoteError) as caught:
+            await session.request(delete_message(Tombstone.sign(peer.identity.key, "f" * 64, 1)))
+        self.assertEqual(caught.exception.code, "quota")
+        self.assertIsNone(holder.store.tombstone(BlobKey(peer.node_id, "f" * 64)))
+        # A tiny blob costs a block too: no room for one more.
+        _, replicas = await put(peer, "tiny", b"x")
+        self.assertEqual(replicas, 1)
