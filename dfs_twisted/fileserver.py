@@ -43,6 +43,7 @@ from .crypto import (
 )
 from .diskqueue import DiskQueue, QueuedBlob
 from .grants import Grant
+from .identity import KnownOrg, KnownOrgs
 from .keys import ReadKey
 from .peers import PeerRegistry
 from .protocol import PeerProtocol, RemoteError, RequestRefused, SessionClosed
@@ -652,6 +653,7 @@ class FileServer:
         space: SpaceAccount,
         catalog: Catalog,
         box: X25519PrivateKey,
+        known: KnownOrgs,
         relay: bool = True,
     ) -> None:
         self.store = store
@@ -665,6 +667,7 @@ class FileServer:
         self.key = key
         self.signer = signer
         self.box = box  # opens grants made for this node
+        self.known = known  # the grant keys of peers met
         self.node_id = node_id
         self.own = ReadKey(node_id, "this org", key)
         self.peers = peers
@@ -724,36 +727,26 @@ class FileServer:
             raise FileNotFound(name)
         with f:
             header = read_header(f)
-        recipient = self._connected_org(to)
-        assert recipient.info is not None
-        if recipient.info.box_key is None:
-            raise UnknownPeer(f"{recipient.info.org} published no key for grants")
+        recipient = self._known_org(to)
         return Grant.issue(
             self.signer,
             owner_org,
             file_key(self.key, header),
             name,
-            recipient.info.node_id,
-            bytes.fromhex(recipient.info.box_key),
+            recipient.node_id,
+            bytes.fromhex(recipient.box_key),
         )
 
-    def _connected_org(self, spec: str) -> PeerProtocol:
-        """The live session of the org named, or with that node id (or a 4+ char prefix)."""
-        matches = {
-            s.info.node_id: s
-            for s in self.peers.live()
-            if s.info is not None
-            and (s.info.org == spec or (len(spec) >= 4 and s.info.node_id.startswith(spec.lower())))
-        }
+    def _known_org(self, spec: str) -> KnownOrg:
+        """The org named (or with that node id, or a 4+ char prefix) among those met."""
+        matches = {k.node_id: k for k in self.known.find(spec)}
         if len(matches) == 1:
             return next(iter(matches.values()))
         if matches:
-            raise UnknownPeer(
-                f"{spec!r} matches {len(matches)} connected orgs: give more of the id"
-            )
+            raise UnknownPeer(f"{spec!r} matches {len(matches)} orgs: give more of its node id")
         raise UnknownPeer(
-            f"no connected org {spec!r}: a grant is made for a peer connected now "
-            "(its key comes with its HELLO)"
+            f"no org {spec!r} among the peers this node has met: a grant is encrypted "
+            "to the key an org's node announces when it connects"
         )
 
     async def _download(
@@ -1039,6 +1032,9 @@ class FileServer:
 
     def session_ready(self, session: PeerProtocol) -> None:
         self.peers.add(session)
+        info = session.info
+        if info is not None and info.box_key is not None:
+            self.known.met(info.node_id, info.org, info.box_key)
         self.sync(session)
 
     def sync_all(self) -> None:

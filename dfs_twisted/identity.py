@@ -246,3 +246,45 @@ class PeerPins:
                 f"{address} presented node id {node_id[:16]}..., "
                 f"but it is pinned to {known[:16]}... (key changed?)"
             )
+
+
+@dataclass(frozen=True)
+class KnownOrg:
+    node_id: str
+    org: str
+    box_key: str  # X25519 public key, hex: what grants to it are encrypted to
+
+
+class KnownOrgs:
+    """The grant keys of the peers this node has met, kept so that a file can be
+    shared with an org that is not connected at the moment."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._orgs: dict[str, KnownOrg] = {}
+        try:
+            raw = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            raw = {}
+        if isinstance(raw, dict):
+            for node_id, row in raw.items():
+                if isinstance(row, dict) and {"org", "box_key"} <= row.keys():
+                    self._orgs[str(node_id)] = KnownOrg(
+                        str(node_id), str(row["org"]), str(row["box_key"])
+                    )
+
+    def met(self, node_id: str, org: str, box_key: str) -> None:
+        known = KnownOrg(node_id, org, box_key)
+        if self._orgs.get(node_id) == known:
+            return
+        self._orgs[node_id] = known
+        rows = {k: {"org": v.org, "box_key": v.box_key} for k, v in sorted(self._orgs.items())}
+        write_secret(self._path, json.dumps(rows, indent=1).encode())
+
+    def find(self, spec: str) -> list[KnownOrg]:
+        """Those named ``spec``, or whose node id is ``spec`` or starts with it (4+ chars)."""
+        return [
+            k
+            for k in self._orgs.values()
+            if k.org == spec or (len(spec) >= 4 and k.node_id.startswith(spec.lower()))
+        ]

@@ -22,6 +22,7 @@ from .diskqueue import DiskQueue
 from .fileserver import FileServer, index_store
 from .identity import (
     TOKEN_FILE,
+    KnownOrgs,
     MutualTLS,
     NodeIdentity,
     PeerPins,
@@ -143,6 +144,7 @@ class NodeService(MultiService):
             ),
             catalog,
             self.identity.box,
+            KnownOrgs(self.private / "known_orgs.json"),
             relay=self.relay,
         )
         self.tls = MutualTLS(self.identity)

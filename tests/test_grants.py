@@ -151,5 +151,18 @@ class GrantNetworkTests(SynchronousTestCase):
         result = self.a.dfs(
             "share", "f", "--to", "nobody-here", "-o", str(self.files / "g"), check=False
         )
-        self.assertIn("no connected org 'nobody-here'", result.stderr.decode())
+        self.assertIn("no org 'nobody-here' among the peers", result.stderr.decode())
         self.assertFalse((self.files / "g").exists())
+
+    def test_share_with_an_org_that_is_away(self) -> None:
+        # A met C before; C's grant key was kept, so C need not be online to be given one.
+        self.a.dfs("put", "-", "--name", "memo.txt", input=b"for c\n")
+        c_org = self.c.status()["org"]
+        self.c.stop()
+        grant = self.files / "memo.grant"
+        self.a.dfs("share", "memo.txt", "--to", c_org, "-o", str(grant))
+        c = NodeProcess(self.c.port, self.c.data_dir, [self.a.port, self.b.port])
+        self.addCleanup(c.stop)
+        c.start().wait_ready()
+        c.wait_peers(2)
+        self.assertEqual(c.dfs("get", "--grant", str(grant)).stdout, b"for c\n")

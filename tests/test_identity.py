@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dfs_twisted.identity import (
     CERT_FILE,
     KEY_FILE,
+    KnownOrgs,
     NodeIdentity,
     PeerPins,
     PinMismatch,
@@ -155,3 +156,18 @@ class PeerPinsTests(SynchronousTestCase):
         self.assertEqual(reloaded.get("127.0.0.1:4000"), ID_A)
         self.assertRaises(PinMismatch, reloaded.check, "127.0.0.1:4000", ID_B)
         self.assertEqual(json.loads(self.path.read_text()), {"127.0.0.1:4000": ID_A})
+
+
+class KnownOrgsTests(SynchronousTestCase):
+    def test_met_orgs_are_kept_and_found(self) -> None:
+        path = Path(self.mktemp())
+        orgs = KnownOrgs(path)
+        orgs.met("ab" * 32, "acme", "11" * 32)
+        orgs.met("cd" * 32, "beta", "22" * 32)
+        again = KnownOrgs(path)
+        self.assertEqual([k.org for k in again.find("acme")], ["acme"])
+        self.assertEqual([k.box_key for k in again.find("cdcd")], ["22" * 32])
+        self.assertEqual(again.find("ab"), [])  # too short for a prefix
+        self.assertEqual(path.stat().st_mode & 0o777, 0o600)
+        path.write_text("not json")
+        self.assertEqual(KnownOrgs(path).find("acme"), [])
