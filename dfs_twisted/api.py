@@ -158,8 +158,10 @@ class Api(Resource):
         keyring: Keyring,
         metrics: NodeMetrics | None = None,
         scrubber: Scrubber | None = None,
+        sync_period: float = 0.0,
     ) -> None:
         super().__init__()
+        self.sync_period = sync_period
         self.files = server
         self.scrubber = scrubber
         self.metrics = metrics or NodeMetrics(server)
@@ -390,6 +392,7 @@ class Api(Resource):
                 "reserve_bytes": server.space.limits.reserve,
             },
             "scrub": None if self.scrubber is None else self.scrubber.status(),
+            "sync": {"period_seconds": self.sync_period, "relay": server.relay},
         }
 
     def _page(self) -> str:

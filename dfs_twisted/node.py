@@ -176,6 +176,7 @@ class NodeService(MultiService):
             Keyring(self.private / "keys"),
             metrics=self.metrics,
             scrubber=self.scrubber,
+            sync_period=self.sync_period,
         )
 
     @property

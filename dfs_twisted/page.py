@@ -404,7 +404,17 @@ _JS = """
       h.appendChild(el("p", "File list unavailable.", "sub"));
     }
     const dl = el("dl", null, "kv");
-    kv(dl, "Anti-entropy / scrub", "not yet available");
+    const sync = status.sync || {};
+    kv(dl, "Peers compared", isNum(sync.period_seconds) && sync.period_seconds > 0
+      ? "on connect and every " + duration(sync.period_seconds) : "on connect");
+    kv(dl, "Relay for other orgs", sync.relay ? "on" : "off");
+    const scrub = status.scrub || {};
+    const last = scrub.last;
+    kv(dl, "Last scrub", scrub.running ? "running now"
+      : last && isNum(last.finished)
+        ? when(last.finished) + ": " + last.checked + " checked, " + last.damaged +
+          " damaged, " + last.repaired + " repaired"
+        : (scrub.period_seconds === 0 ? "off" : "not run yet"));
     h.appendChild(dl);
 
     $("dash").hidden = false;

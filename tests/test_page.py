@@ -235,7 +235,9 @@ class StatusPageBrowserTests(SharedFixture, SynchronousTestCase):
         self.assertIn(FILE_NAME, [cells[0] for cells in files])
         text = dom.all_text()
         self.assertIn(f"node-{net.a.port}", text)
-        self.assertIn("Anti-entropy / scrub not yet available", text)
+        self.assertIn("Peers compared on connect and every 1 min", text)
+        self.assertIn("Relay for other orgs on", text)
+        self.assertIn("Last scrub", text)
         self.assertIn("2 of 2", text)
         self.assertNotIn(net.token, text)
 
