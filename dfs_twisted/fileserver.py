@@ -64,7 +64,7 @@ class DamagedBlob(Exception):
 
 
 class UnknownPeer(Exception):
-    """No (single) connected org answers to that name or id."""
+    """No (single) org this node has met answers to that name or id."""
 
 
 class Clock(Protocol):
@@ -420,9 +420,11 @@ class _PeerFetch:
             if self.size is not None and self.received != self.size:
                 raise DamagedBlob(f"peer sent {self.received} of {self.size} bytes")
             header = self._check.header
-            last = self._check.finish()[0] if isinstance(self._check, Decryptor) else b""
-            if isinstance(self._check, SealCheck):
+            if isinstance(self._check, Decryptor):
+                last, _ = self._check.finish()
+            else:
                 self._check.finish()
+                last = b""
         except (CryptoError, DamagedBlob) as e:
             self.fail(DamagedBlob(str(e)))
             raise DamagedBlob(str(e)) from e
