@@ -27,7 +27,15 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from . import __version__
-from .fileserver import DamagedBlob, Download, FileNotFound, FileServer, UnknownPeer, Upload
+from .fileserver import (
+    DamagedBlob,
+    Download,
+    FileNotFound,
+    FileServer,
+    PutInProgress,
+    UnknownPeer,
+    Upload,
+)
 from .grants import Grant, GrantError
 from .keys import Keyring, ReadKey, ReadKeyError
 from .metrics import CONTENT_TYPE, NodeMetrics, outcome_of
@@ -107,6 +115,8 @@ class ApiRequest(Request):
             self.upload_error = e
         except ValueError as e:
             self.upload_error = ApiError(400, str(e))
+        except PutInProgress as e:
+            self.upload_error = ApiError(409, str(e))
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.upload is not None:

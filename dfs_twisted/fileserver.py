@@ -63,6 +63,10 @@ class DamagedBlob(Exception):
     """A blob failed verification."""
 
 
+class PutInProgress(Exception):
+    """The same name is being put already."""
+
+
 class UnknownPeer(Exception):
     """No (single) org this node has met answers to that name or id."""
 
@@ -191,7 +195,13 @@ class Upload:
             self._upstream.resumeProducing()
 
     def finish(self) -> Deferred[PutResult]:
-        return Deferred.fromCoroutine(self._finish())
+        d = Deferred.fromCoroutine(self._finish())
+        d.addBoth(self._ended)
+        return d
+
+    def _ended(self, result: object) -> object:
+        self._server.put_ended(self)
+        return result
 
     async def _finish(self) -> PutResult:
         self._upstream = None  # the body is complete: never pause or resume it again
@@ -203,9 +213,12 @@ class Upload:
         except BaseException:
             self.abort("local write failed")
             raise
-        self._server.committed(
-            BlobKey(self._server.node_id, self.blob), Entry(self.version, self._local.written)
-        )
+        key = BlobKey(self._server.node_id, self.blob)
+        if self._server.catalog.is_newer(key, self.version):
+            self._server.committed(key, Entry(self.version, self._local.written))
+        else:
+            # An rm of this name came in while it was being put: the later version wins.
+            self._server.store.delete(key)
         local = time.monotonic() - self._started
         outcomes = []
         for (session, _), reply in zip(self._peers, replies, strict=True):
@@ -234,6 +247,7 @@ class Upload:
         return result
 
     def abort(self, reason: str) -> None:
+        self._server.put_ended(self)
         self._local.abort()
         for _, stream in self._peers:
             stream.abort(reason)
@@ -666,6 +680,7 @@ class FileServer:
         self._suspects: set[tuple[str, BlobKey]] = set()
         self._incoming: dict[BlobKey, IncomingReplica] = {}
         self._syncing: set[PeerProtocol] = set()
+        self._uploads: dict[BlobKey, Upload] = {}
         self.key = key
         self.signer = signer
         self.box = box  # opens grants made for this node
@@ -689,9 +704,18 @@ class FileServer:
     # -- the owner's operations
 
     def begin_put(self, name: str, size: int | None, upstream: IPushProducer | None) -> Upload:
-        """Start a put (ValueError for a bad name)."""
-        self.key.blob_id(name)  # validates the name
-        return Upload(self, name, size, upstream)
+        """Start a put (ValueError for a bad name, PutInProgress for a name being put)."""
+        key = self._key_for(name)  # validates the name
+        if key in self._uploads:
+            # Two versions racing to the disk could leave the older one there.
+            raise PutInProgress(f"a put of {name!r} is in progress already")
+        upload = self._uploads[key] = Upload(self, name, size, upstream)
+        return upload
+
+    def put_ended(self, upload: Upload) -> None:
+        key = BlobKey(self.node_id, upload.blob)
+        if self._uploads.get(key) is upload:
+            del self._uploads[key]
 
     def _key_for(self, name: str, reader: ReadKey | None = None) -> BlobKey:
         org = reader or self.own

@@ -41,6 +41,7 @@ OUTCOMES = {
     400: "bad_request",
     401: "unauthorized",
     404: "not_found",
+    409: "busy",
     413: "too_large",
     502: "damaged",
 }

@@ -172,6 +172,8 @@ class OutgoingStream:
         if not self.closed:
             self.closed = True
             self._session.send(wire.Abort(reason[:512]), self._id)
+            # Nobody awaits the answer of an aborted stream (if one ever comes).
+            self.reply.addErrback(lambda _: None)
 
 
 @implementer(IHandshakeListener, IPushProducer)

@@ -132,6 +132,17 @@ class ApiTests(NodeTestCase):
             [(f["name"], f["size"], f["replicas"]) for f in listing], [("big.bin", len(DATA), 1)]
         )
 
+    async def test_a_second_put_of_a_name_in_progress_is_409(self) -> None:
+        node = await self.node()
+        first = node.fileserver.begin_put("busy.bin", None, None)
+        response, body = await self.call("PUT", "/v1/files/busy.bin", b"second")
+        self.assertEqual(response.code, 409)
+        self.assertIn("in progress", self.json(response, body)["error"])
+        first.write(b"first")
+        await first.finish()
+        response, body = await self.call("GET", "/v1/files/busy.bin")
+        self.assertEqual(body, b"first")
+
     async def test_put_needs_the_token_and_stores_nothing_without_it(self) -> None:
         node = await self.node()
         response, _ = await self.call("PUT", "/v1/files/x", b"data", token="wrong")

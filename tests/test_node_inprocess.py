@@ -11,7 +11,7 @@ from twisted.internet import task
 from dfs_twisted import wire
 from dfs_twisted.catalog import BLOCK
 from dfs_twisted.crypto import Tombstone
-from dfs_twisted.fileserver import FileNotFound, delete_message
+from dfs_twisted.fileserver import FileNotFound, PutInProgress, delete_message
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import OutgoingStream, RemoteError
 from dfs_twisted.space import SpaceLimits
@@ -39,13 +39,17 @@ async def get(node: NodeService, name: str) -> tuple[bytes, str]:
     return consumer.value, download.source
 
 
+async def two_nodes(test: NodeTestCase) -> tuple[NodeService, NodeService]:
+    a_port = free_port()
+    a = test.make_node(a_port, org="alpha")
+    b = test.make_node(peers=[a_port], org="beta")
+    await test.connected(a, b)
+    return a, b
+
+
 class TwoNodeTests(NodeTestCase):
     async def two_nodes(self) -> tuple[NodeService, NodeService]:
-        a_port = free_port()
-        a = self.make_node(a_port, org="alpha")
-        b = self.make_node(peers=[a_port], org="beta")
-        await self.connected(a, b)
-        return a, b
+        return await two_nodes(self)
 
     async def test_hello_exchange(self) -> None:
         a, b = await self.two_nodes()
@@ -242,3 +246,30 @@ class TombstoneQuotaTests(NodeTestCase):
         # A tiny blob costs a block too: no room for one more.
         _, replicas = await put(peer, "tiny", b"x")
         self.assertEqual(replicas, 1)
+
+
+class ConcurrentPutTests(NodeTestCase):
+    async def test_one_put_of_a_name_at_a_time(self) -> None:
+        a, _ = await two_nodes(self)
+        first = a.fileserver.begin_put("report", None, None)
+        first.write(b"first")
+        self.assertRaises(PutInProgress, a.fileserver.begin_put, "report", None, None)
+        other = a.fileserver.begin_put("another name", None, None)  # other names go on
+        other.abort("not needed")
+        await first.finish()
+        await put(a, "report", b"second")
+        self.assertEqual(await get(a, "report"), (b"second", "local"))
+
+    async def test_rm_during_a_put_wins(self) -> None:
+        a, b = await two_nodes(self)
+        await put(a, "short-lived", b"first version")
+        upload = a.fileserver.begin_put("short-lived", None, None)
+        upload.write(DATA[:50_000])
+        # The rm comes later than the second put began: its version is the newer one.
+        await a.fileserver.delete("short-lived")
+        await upload.finish()
+        with self.assertRaises(FileNotFound):
+            await get(a, "short-lived")
+        key = BlobKey(a.node_id, upload.blob)
+        self.assertFalse(a.store.exists(key))
+        await eventually(lambda: not b.store.exists(key), "b to hold no copy either")
