@@ -209,16 +209,13 @@ class Upload:
         streamed = time.monotonic() - self._started
         replies = [stream.finish() for _, stream in self._peers]
         try:
-            await self._local.commit()
+            # False when an rm of this name came in meanwhile: the later change wins.
+            await self._server.publish(
+                BlobKey(self._server.node_id, self.blob), self.version, self._local
+            )
         except BaseException:
             self.abort("local write failed")
             raise
-        key = BlobKey(self._server.node_id, self.blob)
-        if self._server.catalog.is_newer(key, self.version):
-            self._server.committed(key, Entry(self.version, self._local.written))
-        else:
-            # An rm of this name came in while it was being put: the later version wins.
-            self._server.store.delete(key)
         local = time.monotonic() - self._started
         outcomes = []
         for (session, _), reply in zip(self._peers, replies, strict=True):
@@ -356,7 +353,6 @@ class _PeerFetch:
     ) -> None:
         self.key = key
         self._server = server
-        self._keep = keep
         self._check = (
             SealCheck(owner=key.owner, blob=key.blob)
             if org_key is None
@@ -444,10 +440,9 @@ class _PeerFetch:
             raise DamagedBlob(str(e)) from e
         if self._consumer is not None:
             self._consumer.write(last)
-        await self._writer.commit()
-        if self._keep:
+        if isinstance(self._writer, QueuedBlob):
             assert header is not None
-            self._server.committed(self.key, Entry(header.version, self.received))
+            await self._server.publish(self.key, header.version, self._writer)
 
     def abort(self) -> None:
         self._writer.abort()
@@ -594,27 +589,25 @@ class IncomingReplica:
             self._seal.finish()
         except CryptoError as e:
             return fail(self._refuse(f"blob does not verify: {e}"))
-        if not self._server.catalog.is_newer(self._key, self._version):
-            self.abort("a newer version arrived meanwhile")
-            return fail(RequestRefused("have", "already holds this version or a newer one"))
-        committing = self._writer.commit()
-        committing.addBoth(self._release)
-        return committing.addCallback(self._committed)
+        return Deferred.fromCoroutine(self._publish())
 
-    def _release(self, result: object) -> object:
+    async def _publish(self) -> None:
+        try:
+            published = await self._server.publish(self._key, self._version, self._writer)
+        finally:
+            self._release()
+        if not published:
+            raise RequestRefused("have", "holds this version or a newer one (or its deletion)")
+        self._server.replica_stored(self._session, self._key, self._version, self._writer.written)
+
+    def _release(self) -> None:
         self._server.incoming_done(self._key, self)
-        return result
-
-    def _committed(self, _: object) -> None:
-        self._server.replica_committed(
-            self._session, self._key, Entry(self._version, self._writer.written)
-        )
 
     def abort(self, reason: str) -> None:
         if self._aborted:
             return
         self._aborted = True
-        self._release(None)
+        self._release()
         self._writer.abort()
         log.info("dropped partial replica {blob}: {reason}", blob=self._key.blob, reason=reason)
 
@@ -681,6 +674,7 @@ class FileServer:
         self._incoming: dict[BlobKey, IncomingReplica] = {}
         self._syncing: set[PeerProtocol] = set()
         self._uploads: dict[BlobKey, Upload] = {}
+        self._publishing: dict[BlobKey, int] = {}  # versions whose commit is queued
         self.key = key
         self.signer = signer
         self.box = box  # opens grants made for this node
@@ -694,12 +688,31 @@ class FileServer:
         """A version above every one this org has used: time-based, never going back."""
         return max(time.time_ns(), self.catalog.newest(self.node_id) + 1)
 
-    def committed(self, key: BlobKey, entry: Entry) -> None:
-        """A blob version is durable here: index it; an older tombstone goes."""
+    async def publish(self, key: BlobKey, version: int, writer: QueuedBlob) -> bool:
+        """Commit a written blob version, unless it or a newer one is held or on its way.
+
+        Commits of one key can be queued at once (a put, a replica, a repair): the
+        newest must be the one left on disk. True if this version is now held.
+        """
+        pending = self._publishing.get(key)
+        if not self.catalog.is_newer(key, version) or (pending is not None and pending >= version):
+            writer.abort()
+            return False
+        self._publishing[key] = version
+        try:
+            await writer.commit()
+        finally:
+            if self._publishing.get(key) == version:
+                del self._publishing[key]
+        if not self.catalog.is_newer(key, version):
+            # A deletion landed while the commit was queued: the newer change wins.
+            self.store.delete(key)
+            return False
         held = self.catalog.get(key)
-        self.catalog.set(key, entry)
+        self.catalog.set(key, Entry(version, writer.written))
         if held is not None and held.deleted:
             self.store.remove_tombstone(key)
+        return True
 
     # -- the owner's operations
 
@@ -807,6 +820,9 @@ class FileServer:
     ) -> Download | None:
         f = self.store.open(key)
         if f is None:
+            held = self.catalog.get(key)
+            if held is not None and not held.deleted:
+                self.catalog.forget(key)  # gone behind the node's back: take one back
             return None
         try:
             header = read_header(f)
@@ -1220,14 +1236,9 @@ class FileServer:
         if self._incoming.get(key) is incoming:
             del self._incoming[key]
 
-    def replica_committed(self, source: PeerProtocol, key: BlobKey, entry: Entry) -> None:
-        if not self.catalog.is_newer(key, entry.version):
-            # A newer version or a deletion landed while this one was being written.
-            self.store.delete(key)
-            return
-        self.committed(key, entry)
+    def replica_stored(self, source: PeerProtocol, key: BlobKey, version: int, size: int) -> None:
         log.info("stored replica {blob} for {owner}", blob=key.blob, owner=key.owner)
-        self._relay(source, key, entry)
+        self._relay(source, key, Entry(version, size))
 
     def open_fetch(self, session: PeerProtocol, request: wire.Fetch) -> FileSource:
         key = BlobKey(request.owner, request.blob)

@@ -7,10 +7,12 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.internet import task
+from twisted.internet.defer import Deferred
 
 from dfs_twisted import wire
-from dfs_twisted.catalog import BLOCK
+from dfs_twisted.catalog import BLOCK, Entry
 from dfs_twisted.crypto import Tombstone
+from dfs_twisted.diskqueue import QueuedBlob
 from dfs_twisted.fileserver import FileNotFound, PutInProgress, delete_message
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import OutgoingStream, RemoteError
@@ -273,3 +275,45 @@ class ConcurrentPutTests(NodeTestCase):
         key = BlobKey(a.node_id, upload.blob)
         self.assertFalse(a.store.exists(key))
         await eventually(lambda: not b.store.exists(key), "b to hold no copy either")
+
+
+class PublishOrderTests(NodeTestCase):
+    """Commits of one key queued at once: the newest version is the one left."""
+
+    def writer(self, node: NodeService, key: BlobKey, data: bytes) -> QueuedBlob:
+        writer = node.disk.blob(node.store.begin(key))
+        writer.write(data)
+        return writer
+
+    async def test_newest_version_wins_whatever_the_order(self) -> None:
+        node = self.make_node()
+        await node.ready
+        key = BlobKey("e" * 64, "f" * 64)
+        older, newer = self.writer(node, key, b"v1"), self.writer(node, key, b"v2")
+        results = [node.fileserver.publish(key, 1, older), node.fileserver.publish(key, 2, newer)]
+        self.assertEqual([await Deferred.fromCoroutine(r) for r in results], [True, True])
+        self.assertEqual((node.fileserver.catalog.get(key), read(node, key)), (Entry(2, 2), b"v2"))
+        # Newer queued first: the older one is turned away.
+        newest, stale = self.writer(node, key, b"v4"), self.writer(node, key, b"v3")
+        results = [node.fileserver.publish(key, 4, newest), node.fileserver.publish(key, 3, stale)]
+        self.assertEqual([await Deferred.fromCoroutine(r) for r in results], [True, False])
+        self.assertEqual(read(node, key), b"v4")
+
+    async def test_deletion_landing_during_a_commit_wins(self) -> None:
+        node = self.make_node()
+        await node.ready
+        owner = node.fileserver
+        key = BlobKey(node.node_id, "f" * 64)
+        publishing = Deferred.fromCoroutine(owner.publish(key, 5, self.writer(node, key, b"v5")))
+        owner._bury(Tombstone.sign(node.identity.key, key.blob, 6))
+        self.assertFalse(await publishing)
+        self.assertFalse(node.store.exists(key))
+        self.assertEqual(owner.catalog.get(key), Entry(6, 0, deleted=True))
+
+
+def read(node: NodeService, key: BlobKey) -> bytes | None:
+    f = node.store.open(key)
+    if f is None:
+        return None
+    with f:
+        return f.read()
