@@ -243,6 +243,7 @@ class Api(Resource):
                         "name": e.name,
                         "size": e.size,
                         "replicas": e.replicas,
+                        "here": e.here,
                         "blob": e.blob,
                         "mtime": e.mtime,
                     }

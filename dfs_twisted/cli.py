@@ -309,7 +309,11 @@ def cmd_ls(client: NodeClient, args: argparse.Namespace) -> None:
     width = max(len(e["name"]) for e in entries)
     print(f"{'NAME':<{width}}  {'SIZE':>12}  REPLICAS")
     for e in entries:
-        print(f"{e['name']:<{width}}  {e['size']:>12}  {e['replicas']}")
+        where = "" if e.get("here", True) else "  (on peers only)"
+        print(f"{e['name']:<{width}}  {e['size']:>12}  {e['replicas']}{where}")
+    elsewhere = sum(not e.get("here", True) for e in entries)
+    if elsewhere and args.org is None:
+        print(f"{elsewhere} held by peers only: dfs recover brings them back here")
 
 
 def cmd_status(client: NodeClient, args: argparse.Namespace) -> None:

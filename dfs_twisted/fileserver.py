@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -107,6 +107,7 @@ class FileEntry:
     blob: str
     mtime: int
     replicas: int
+    here: bool = True  # held by this node (else only by peers: `recover` brings it back)
 
 
 def read_header(f: BinaryIO) -> BlobHeader:
@@ -999,7 +1000,54 @@ class FileServer:
                 for listing in listings.values()
             )
             entries.append(FileEntry(meta.name, size, blob, meta.mtime, replicas))
+        entries += await self._held_elsewhere(org, listings)
         return sorted(entries, key=lambda e: e.name)
+
+    async def _held_elsewhere(
+        self, org: ReadKey, listings: dict[str, dict[str, wire.ListEntry]]
+    ) -> list[FileEntry]:
+        """Files whose newest version only peers hold (this node lost it, or never had it)."""
+        newest: dict[str, list[wire.ListEntry]] = {}
+        for listing in listings.values():
+            for entry in listing.values():
+                same = newest.setdefault(entry.blob, [entry])
+                if entry.version > same[0].version:
+                    newest[entry.blob] = [entry]
+                elif entry is not same[0] and entry.version == same[0].version:
+                    same.append(entry)
+        sessions = {s.info.node_id: s for s in self.peers.live() if s.info is not None}
+        found = []
+        for blob, versions in sorted(newest.items()):
+            key = BlobKey(org.org_id, blob)
+            if versions[0].deleted or not self.catalog.is_newer(key, versions[0].version):
+                continue  # deleted, or held here (listed already)
+            holders = [p for p, listing in listings.items() if listing.get(blob) in versions]
+            file = await self._peer_file(
+                [sessions[p] for p in holders if p in sessions], key, org.key, versions[0].version
+            )
+            if file is not None:
+                found.append(replace(file, replicas=len(holders)))
+        return found
+
+    async def _peer_file(
+        self, holders: list[PeerProtocol], key: BlobKey, org_key: OrgKey, version: int
+    ) -> FileEntry | None:
+        """A file's entry from the header a peer holds (its name is in the sealed metadata)."""
+        for session in holders:
+            try:
+                reply = await session.request(wire.Head(key.owner, key.blob))
+                if not isinstance(reply, wire.HeadReply):
+                    continue
+                header = parse_header(bytes.fromhex(reply.header))
+                if (header.owner, header.blob, header.version) != (key.owner, key.blob, version):
+                    continue
+                meta = open_metadata(org_key, header)
+                return FileEntry(
+                    meta.name, plaintext_size(header, reply.size), key.blob, meta.mtime, 0, False
+                )
+            except (RemoteError, SessionClosed, CryptoError):
+                continue
+        return None
 
     async def recover(self) -> tuple[list[str], list[str]]:
         """Fetch back the newest version of every file of this org that peers hold.
@@ -1247,15 +1295,27 @@ class FileServer:
             raise RequestRefused("not_found", "no such blob")
         return FileSource(f, self.store.size(key) or 0)
 
-    def answer(
-        self, session: PeerProtocol, request: wire.Delete | wire.List | wire.Digest
-    ) -> Deferred[wire.Message]:
+    def answer(self, session: PeerProtocol, request: wire.ControlRequest) -> Deferred[wire.Message]:
         if isinstance(request, wire.Delete):
             return succeed(self._answer_delete(session, request))
         if isinstance(request, wire.Digest):
             digest, count = self.catalog.digest(request.owner)
             return succeed(wire.DigestReply(digest, count))
+        if isinstance(request, wire.Head):
+            return succeed(self._head(BlobKey(request.owner, request.blob)))
         return succeed(self._listing(request.owner, request.after, request.limit))
+
+    def _head(self, key: BlobKey) -> wire.HeadReply:
+        f = self.store.open(key)
+        if f is None:
+            raise RequestRefused("not_found", "no such blob")
+        try:
+            with f:
+                header = read_header(f)
+                size = os.fstat(f.fileno()).st_size
+        except CryptoError:
+            raise RequestRefused("not_found", "no readable blob") from None
+        return wire.HeadReply(size, header.raw.hex())
 
     def _listing(self, owner: str, after: str | None, limit: int) -> wire.ListReply:
         """A page of what is held, checked against the disk: a listing never claims

@@ -119,7 +119,7 @@ class SessionHandler(TypingProtocol):
     def open_store(self, session: PeerProtocol, request: wire.Store) -> IncomingBlob: ...
     def open_fetch(self, session: PeerProtocol, request: wire.Fetch) -> BlobSource: ...
     def answer(
-        self, session: PeerProtocol, request: wire.Delete | wire.List | wire.Digest
+        self, session: PeerProtocol, request: wire.ControlRequest
     ) -> Deferred[wire.Message]: ...
 
 
@@ -422,9 +422,7 @@ class PeerProtocol(Protocol):
         else:
             self._pending.pop(request_id, None)
 
-    def request(
-        self, message: wire.Delete | wire.List | wire.Digest | wire.Ping
-    ) -> Deferred[wire.Message]:
+    def request(self, message: wire.ControlRequest | wire.Ping) -> Deferred[wire.Message]:
         """Send a control request; the Deferred fires with the reply message."""
         request_id, pending = self._new_request()
         self.send(message, request_id)
@@ -607,7 +605,7 @@ class PeerProtocol(Protocol):
             self._pump(request_id, source)
         elif isinstance(message, wire.Ping):
             self.send(wire.Ack(), request_id, reply=True)
-        elif isinstance(message, wire.Delete | wire.List | wire.Digest):
+        elif isinstance(message, wire.ControlRequest):
             self._answer(request_id, maybeDeferred(handler.answer, self, message))
         else:
             raise wire.ProtocolError(f"unexpected {type(message).__name__} request")

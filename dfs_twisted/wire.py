@@ -62,6 +62,8 @@ class MessageType(enum.IntEnum):
     PING = 12
     DIGEST = 13
     DIGEST_REPLY = 14
+    HEAD = 15
+    HEAD_REPLY = 16
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
@@ -136,6 +138,14 @@ class Digest:
 
 
 @dataclass(frozen=True, slots=True)
+class Head:
+    """A stored blob's header and size: enough for its owner to read the file's name."""
+
+    owner: str
+    blob: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     pass
 
@@ -162,6 +172,12 @@ class ListReply:
     # Strictly ascending by blob, so the client can page with after=entries[-1].blob.
     entries: tuple[ListEntry, ...]
     more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HeadReply:
+    size: int  # the whole blob's length
+    header: str  # hex of the blob's header bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,15 +210,21 @@ Message: TypeAlias = (
     | Delete
     | List
     | Digest
+    | Head
     | Ack
     | Ping
     | FetchReply
     | ListReply
     | DigestReply
+    | HeadReply
     | Error
     | Abort
     | Data
 )
+
+
+# Requests answered by one control message (no DATA either way).
+ControlRequest: TypeAlias = Delete | List | Digest | Head
 
 
 def is_hex_id(value: object) -> bool:
@@ -444,6 +466,9 @@ _OWNER_KEYS = _keys("owner")
 _FETCH_REPLY_KEYS = _keys("size")
 _LIST_REPLY_KEYS = _keys("entries", "more")
 _DIGEST_REPLY_KEYS = _keys("digest", "count")
+_HEAD_REPLY_KEYS = _keys("size", "header")
+_HEX_BYTES = re.compile(r"(?:[0-9a-f]{2})*")
+MAX_HEAD = 16 * 1024  # bytes of a blob header: fixed part and sealed metadata fit well
 _ERROR_KEYS = _keys("code", "message")
 _ABORT_KEYS = _keys("reason")
 
@@ -492,6 +517,19 @@ def _parse_delete(obj: dict[str, Any]) -> Delete:
         key=_hex(obj["key"], "DELETE.key"),
         signature=signature,
     )
+
+
+def _parse_head(obj: dict[str, Any]) -> Head:
+    _require_keys(obj, "HEAD", _OWNER_BLOB_KEYS)
+    return Head(owner=_hex(obj["owner"], "HEAD.owner"), blob=_hex(obj["blob"], "HEAD.blob"))
+
+
+def _parse_head_reply(obj: dict[str, Any]) -> HeadReply:
+    _require_keys(obj, "HEAD_REPLY", _HEAD_REPLY_KEYS)
+    header = _text(obj["header"], "HEAD_REPLY.header", max_len=2 * MAX_HEAD)
+    if _HEX_BYTES.fullmatch(header) is None:
+        _fail("HEAD_REPLY.header", "not lowercase hex bytes")
+    return HeadReply(size=_int(obj["size"], "HEAD_REPLY.size", 0, SIZE_LIMIT - 1), header=header)
 
 
 def _parse_digest(obj: dict[str, Any]) -> Digest:
@@ -573,6 +611,8 @@ _PARSERS: dict[MessageType, Callable[[dict[str, Any]], Message]] = {
     MessageType.LIST: _parse_list,
     MessageType.DIGEST: _parse_digest,
     MessageType.DIGEST_REPLY: _parse_digest_reply,
+    MessageType.HEAD: _parse_head,
+    MessageType.HEAD_REPLY: _parse_head_reply,
     MessageType.ACK: _parse_ack,
     MessageType.PING: _parse_ping,
     MessageType.FETCH_REPLY: _parse_fetch_reply,
@@ -659,6 +699,8 @@ def _fields(message: Message) -> tuple[MessageType, dict[str, Any]]:
         }
     if isinstance(message, Digest):
         return MessageType.DIGEST, {"owner": message.owner}
+    if isinstance(message, Head):
+        return MessageType.HEAD, {"owner": message.owner, "blob": message.blob}
     if isinstance(message, List):
         return MessageType.LIST, {
             "owner": message.owner,
@@ -676,6 +718,8 @@ def _fields(message: Message) -> tuple[MessageType, dict[str, Any]]:
         return MessageType.LIST_REPLY, {"entries": entries, "more": message.more}
     if isinstance(message, DigestReply):
         return MessageType.DIGEST_REPLY, {"digest": message.digest, "count": message.count}
+    if isinstance(message, HeadReply):
+        return MessageType.HEAD_REPLY, {"size": message.size, "header": message.header}
     if isinstance(message, Error):
         return MessageType.ERROR, {"code": message.code, "message": message.message}
     if isinstance(message, Abort):

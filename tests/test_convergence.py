@@ -183,3 +183,26 @@ class PeriodicSyncTests(ConvergenceTestCase):
         owner.dfs("rm", "one.bin")
         wait_until(lambda: self.ls(owner) == {"two.bin": 2}, "two.bin to reach the holder")
         self.assertEqual(held(holder, owner_id), held(owner, owner_id))
+
+
+class ListAfterLossTests(ConvergenceTestCase):
+    def test_ls_shows_what_peers_hold_after_a_loss(self) -> None:
+        owner_port = free_port()
+        owner = self.node("owner", owner_port, [])
+        holder = self.node("holder", free_port(), [owner_port])
+        holder.wait_peers(1)
+        self.put(owner, "kept.txt", b"kept\n")
+        self.put(owner, "gone.txt", b"deleted\n")
+        owner.dfs("rm", "gone.txt")
+        owner.stop()
+        shutil.rmtree(owner.data_dir / "store")
+        owner = self.node("owner", owner_port, [])
+        owner.wait_peers(1)
+        rows = json.loads(owner.dfs("ls", "--json").stdout)
+        self.assertEqual(rows, [{"name": "kept.txt", "size": 5, "replicas": 1}])
+        table = owner.dfs("ls").stdout.decode()
+        self.assertIn("(on peers only)", table)
+        self.assertIn("1 held by peers only: dfs recover brings them back here", table)
+        owner.dfs("recover")
+        self.assertEqual(self.ls(owner), {"kept.txt": 2})
+        self.assertNotIn("peers only", owner.dfs("ls").stdout.decode())

@@ -77,9 +77,7 @@ class FakeHandler:
     def open_fetch(self, session: PeerProtocol, request: wire.Fetch) -> BlobSource:
         raise RequestRefused("not_found", "no such blob")
 
-    def answer(
-        self, session: PeerProtocol, request: wire.Delete | wire.List | wire.Digest
-    ) -> Deferred[wire.Message]:
+    def answer(self, session: PeerProtocol, request: wire.ControlRequest) -> Deferred[wire.Message]:
         raise RequestRefused("forbidden", "not yours")
 
 

@@ -28,6 +28,8 @@ from dfs_twisted.wire import (
     FetchReply,
     Frame,
     FrameDecoder,
+    Head,
+    HeadReply,
     Hello,
     List,
     ListEntry,
@@ -121,6 +123,8 @@ messages: st.SearchStrategy[Message] = st.one_of(
         signature=st.from_regex(r"[0-9a-f]{128}", fullmatch=True),
     ),
     st.builds(Digest, owner=hex_ids),
+    st.builds(Head, owner=hex_ids, blob=hex_ids),
+    st.builds(HeadReply, size=sizes, header=st.binary(max_size=300).map(bytes.hex)),
     st.builds(DigestReply, digest=hex_ids, count=sizes),
     st.builds(List, owner=hex_ids, after=st.none() | hex_ids, limit=st.integers(1, MAX_LIST_PAGE)),
     st.just(Ack()),
@@ -161,6 +165,8 @@ class RoundTripTests(SynchronousTestCase):
         Delete(A, B, 7, C, "ab" * 64),
         Digest(A),
         DigestReply(B, 0),
+        Head(A, B),
+        HeadReply(1234, "44465342"),
         List(A),
         List(A, after=B, limit=1),
         Ack(),
@@ -236,6 +242,9 @@ class EncodeRefusesTests(SynchronousTestCase):
             Delete(A, B, 1, C, "AB" * 64),
             Delete(A, B, 1, C, "ab" * 63),
             Delete(A, B, 1, "c", "ab" * 64),
+            HeadReply(1, "abc"),  # not whole bytes
+            HeadReply(1, "AB"),
+            HeadReply(1, "00" * (16 * 1024 + 1)),
             List(A, limit=0),
             List(A, limit=MAX_LIST_PAGE + 1),
             ListReply((ListEntry(A, 1, False), ListEntry(B, 1, False)), more=False),  # descending
@@ -366,7 +375,7 @@ class FramingRejectsTests(SynchronousTestCase):
         self.assertRaises(ProtocolError, decode, frame)
 
     def test_unknown_type(self) -> None:
-        for mtype in (0, 15, 255):
+        for mtype in (0, 17, 255):
             self.assertRejectedAtHeader(HEADER.pack(mtype, 0, 1, 0))
             self.assertRaises(ProtocolError, decode, Frame(mtype, 0, 1, b"{}"))
 
