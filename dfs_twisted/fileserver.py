@@ -773,13 +773,13 @@ class FileServer:
             owner_org,
             file_key(self.key, header),
             name,
-            recipient.node_id,
+            recipient.org_id,
             bytes.fromhex(recipient.box_key),
         )
 
     def _known_org(self, spec: str) -> KnownOrg:
         """The org named (or with that node id, or a 4+ char prefix) among those met."""
-        matches = {k.node_id: k for k in self.known.find(spec)}
+        matches = {k.org_id: k for k in self.known.find(spec)}
         if len(matches) == 1:
             return next(iter(matches.values()))
         if matches:

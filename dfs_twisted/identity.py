@@ -13,8 +13,10 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -248,9 +250,28 @@ class PeerPins:
             )
 
 
+class NamedOrg(Protocol):
+    @property
+    def org_id(self) -> str: ...
+    @property
+    def org(self) -> str: ...
+
+
+AnOrg = TypeVar("AnOrg", bound=NamedOrg)
+
+
+def match_org(spec: str, orgs: Iterable[AnOrg]) -> list[AnOrg]:
+    """ORG as a user gives it: its name or id exactly, else an id prefix of 4+ characters."""
+    candidates = list(orgs)
+    exact = [o for o in candidates if spec in (o.org_id, o.org)]
+    if exact or len(spec) < 4:
+        return exact
+    return [o for o in candidates if o.org_id.startswith(spec.lower())]
+
+
 @dataclass(frozen=True)
 class KnownOrg:
-    node_id: str
+    org_id: str  # its node id
     org: str
     box_key: str  # X25519 public key, hex: what grants to it are encrypted to
 
@@ -282,9 +303,4 @@ class KnownOrgs:
         write_secret(self._path, json.dumps(rows, indent=1).encode())
 
     def find(self, spec: str) -> list[KnownOrg]:
-        """Those named ``spec``, or whose node id is ``spec`` or starts with it (4+ chars)."""
-        return [
-            k
-            for k in self._orgs.values()
-            if k.org == spec or (len(spec) >= 4 and k.node_id.startswith(spec.lower()))
-        ]
+        return match_org(spec, self._orgs.values())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .crypto import FormatError, OrgKey
-from .identity import SecretFileError, create_secret
+from .identity import SecretFileError, create_secret, match_org
 from .store import InvalidId, parse_id
 
 _MAGIC = "dfs-read-key"
@@ -88,10 +88,7 @@ class Keyring:
 
     def find(self, spec: str) -> ReadKey:
         """The key for ORG given as its name, its id, or an unambiguous id prefix."""
-        keys = self.all()
-        matches = [k for k in keys if spec in (k.org_id, k.org)]
-        if not matches and len(spec) >= 4:
-            matches = [k for k in keys if k.org_id.startswith(spec.lower())]
+        matches = match_org(spec, self.all())
         if not matches:
             raise ReadKeyError(f"no read key for org {spec!r}: import one with `dfs key import`")
         if len({k.org_id for k in matches}) > 1:
