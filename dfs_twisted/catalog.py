@@ -41,6 +41,8 @@ class _Namespace:
         self.entries: dict[str, Entry] = {}
         self.stored = 0  # bytes of live blobs
         self.charged = 0  # what the quota counts: every entry, at least a block
+        # Highest version ever set: it never goes down, even when an entry is forgotten.
+        self.newest = 0
         self._sorted: list[str] | None = None  # blob ids, rebuilt after a change
         self.digest: tuple[str, int] | None = None  # likewise
 
@@ -58,6 +60,7 @@ class _Namespace:
             self.stored -= old.size
             self.charged -= charge(old)
         self.entries[blob] = entry
+        self.newest = max(self.newest, entry.version)
         self.stored += entry.size
         self.charged += charge(entry)
 
@@ -138,8 +141,9 @@ class Catalog:
         return h.hexdigest(), count
 
     def newest(self, owner: str) -> int:
+        """The highest version ever set in ``owner``'s namespace (a put's starts above it)."""
         ns = self._owners.get(owner)
-        return max((e.version for e in ns.entries.values()), default=0) if ns else 0
+        return 0 if ns is None else ns.newest
 
     def usage(self) -> dict[str, int]:
         """Bytes of live blobs per owner."""

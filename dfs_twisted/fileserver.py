@@ -821,9 +821,7 @@ class FileServer:
     ) -> Download | None:
         f = self.store.open(key)
         if f is None:
-            held = self.catalog.get(key)
-            if held is not None and not held.deleted:
-                self.catalog.forget(key)  # gone behind the node's back: take one back
+            self._held(key)  # forgets a blob gone behind the node's back: a peer's copy may come
             return None
         try:
             header = read_header(f)
@@ -1074,10 +1072,8 @@ class FileServer:
                     best[1].append(session)
         for blob, (entry, sessions) in sorted(newest.items()):
             key = BlobKey(self.node_id, blob)
-            held = self.catalog.get(key)
-            if held is not None and not held.deleted and not self.store.exists(key):
-                self.catalog.forget(key)  # removed behind the node's back
-            elif not self.catalog.is_newer(key, entry.version):
+            self._held(key)
+            if not self.catalog.is_newer(key, entry.version):
                 continue
             if entry.deleted:
                 self._bury(Tombstone.sign(self.signer, blob, entry.version))
@@ -1317,6 +1313,15 @@ class FileServer:
             raise RequestRefused("not_found", "no readable blob") from None
         return wire.HeadReply(size, header.raw.hex())
 
+    def _held(self, key: BlobKey) -> Entry | None:
+        """The catalog's entry for ``key``, checked against the disk: a blob that went
+        missing behind the node's back is forgotten (and None returned)."""
+        held = self.catalog.get(key)
+        if held is not None and not held.deleted and not self.store.exists(key):
+            self.catalog.forget(key)
+            return None
+        return held
+
     def _listing(self, owner: str, after: str | None, limit: int) -> wire.ListReply:
         """A page of what is held, checked against the disk: a listing never claims
         a blob that went missing behind the node's back (it is forgotten instead)."""
@@ -1325,9 +1330,7 @@ class FileServer:
         while more and len(entries) < limit:
             page, more = self.catalog.page(owner, after, limit - len(entries))
             for blob, entry in page:
-                key = BlobKey(owner, blob)
-                if not entry.deleted and not self.store.exists(key):
-                    self.catalog.forget(key)
+                if self._held(BlobKey(owner, blob)) is None:
                     continue
                 entries.append(wire.ListEntry(blob, entry.version, entry.deleted))
             if page:

@@ -32,6 +32,9 @@ class CatalogTests(SynchronousTestCase):
         self.assertEqual(catalog.usage(), {A: 0})
         catalog.set(BlobKey(A, IDS[2]), Entry(7, 3 * BLOCK + 1))
         self.assertEqual(catalog.held(A), 4 * BLOCK + 1)
+        # Forgetting the newest entry does not lower the versions a put starts above.
+        catalog.forget(BlobKey(A, IDS[2]))
+        self.assertEqual(catalog.newest(A), 7)
 
     def test_pages_and_digest(self) -> None:
         catalog, other = Catalog(), Catalog()
