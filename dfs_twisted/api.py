@@ -27,11 +27,11 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from . import __version__
-from .fileserver import (
+from .files import (
     DamagedBlob,
     Download,
     FileNotFound,
-    FileServer,
+    Files,
     PutInProgress,
     UnknownPeer,
     Upload,
@@ -162,7 +162,7 @@ class Api(Resource):
 
     def __init__(
         self,
-        server: FileServer,
+        server: Files,
         token: str,
         org: str,
         keyring: Keyring,

@@ -26,7 +26,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .fileserver import FileServer
+from .files import Files
 from .scrub import Scrubber
 
 # generate_latest writes the classic text format (all our names are plain ASCII);
@@ -77,7 +77,7 @@ class NodeMetrics:
 
     def __init__(
         self,
-        files: FileServer | None = None,
+        files: Files | None = None,
         pinned: Callable[[str], str | None] | None = None,
         scrubber: Scrubber | None = None,
     ) -> None:
@@ -155,7 +155,7 @@ class ScrubCollector(Collector):
 class NodeCollector(Collector):
     """Reads the node's state when scraped."""
 
-    def __init__(self, files: FileServer, pinned: Callable[[str], str | None] | None) -> None:
+    def __init__(self, files: Files, pinned: Callable[[str], str | None] | None) -> None:
         self._files = files
         self._pinned = pinned or (lambda _address: None)
         # Peers seen connected since start: node id -> (org, address).

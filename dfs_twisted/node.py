@@ -19,7 +19,8 @@ from .admission import Admission
 from .api import Api, ApiSite
 from .crypto import OrgKey
 from .diskqueue import DiskQueue
-from .fileserver import FileServer, index_store
+from .files import Files, Owner
+from .files.holdings import Holdings, index_store
 from .identity import (
     TOKEN_FILE,
     KnownOrgs,
@@ -131,19 +132,14 @@ class NodeService(MultiService):
         self.disk = DiskQueue(self.reactor)
         catalog = index_store(self.store)
         store_root = self.store.root
-        self.fileserver = FileServer(
-            self.store,
-            self.org_key,
-            self.identity.key,
-            self.identity.node_id,
+        self.files = Files(
+            Owner(self.identity.node_id, self.org_key, self.identity.key, self.identity.box),
+            Holdings(self.store, catalog, self.disk),
             self.registry,
             self.reactor,
-            self.disk,
             SpaceAccount(
                 catalog.held, self.space_limits, lambda: shutil.disk_usage(store_root).free
             ),
-            catalog,
-            self.identity.box,
             KnownOrgs(self.private / "known_orgs.json"),
             relay=self.relay,
         )
@@ -151,16 +147,17 @@ class NodeService(MultiService):
         self.factory = PeerFactory(
             self.identity,
             PeerPins(self.private / "known_peers.json"),
-            self.fileserver,
+            self.files.server,
             self.org,
             f"{self.listen}:{self.port}",
             self.reactor,
             on_refused=self.registry.refused,
             admission=self.admission,
             limits=self.limits,
+            registry=self.registry,
         )
         self.scrubber = Scrubber(
-            self.fileserver,
+            self.files,
             self.data_dir / "scrub.json",
             self.scrub_period,
             self.scrub_rate,
@@ -168,9 +165,9 @@ class NodeService(MultiService):
         )
         self.scrubber.setServiceParent(self)
         pins = self.factory.pins
-        self.metrics = NodeMetrics(self.fileserver, pinned=pins.get, scrubber=self.scrubber)
+        self.metrics = NodeMetrics(self.files, pinned=pins.get, scrubber=self.scrubber)
         self.api = Api(
-            self.fileserver,
+            self.files,
             self.token,
             self.org,
             Keyring(self.private / "keys"),
@@ -190,7 +187,7 @@ class NodeService(MultiService):
         for address in self.peer_addresses:
             self.registry.dial(address, self.factory, self.tls)
         if self.sync_period > 0:
-            self._sync = task.LoopingCall(self.fileserver.sync_all)
+            self._sync = task.LoopingCall(self.files.sync_all)
             self._sync.clock = self.reactor
             self._sync.start(self.sync_period, now=False)
         Deferred.fromCoroutine(self._listen()).addErrback(self._failed)

@@ -29,6 +29,17 @@ from zope.interface import implementer
 from . import wire
 from .admission import EXPORTER_LABEL, EXPORTER_LENGTH, Admission
 from .identity import NodeIdentity, PeerPins, PinMismatch, node_id_of
+from .session import FetchSink, PeerInfo, PeerSession, RemoteError, SessionClosed
+
+__all__ = [
+    "Limits",
+    "PeerFactory",
+    "PeerInfo",
+    "PeerProtocol",
+    "RemoteError",
+    "RequestRefused",
+    "SessionClosed",
+]
 
 log = Logger()
 
@@ -56,39 +67,6 @@ DATA_FRAME = 256 * 1024
 PING_INTERVAL = 10.0  # seconds between round-trip measurements of a session
 
 
-class RemoteError(Exception):
-    """The peer answered a request with an Error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class RequestRefused(Exception):
-    """Raised by a handler to answer a request with an Error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class SessionClosed(Exception):
-    """The session ended before the request completed."""
-
-
-@dataclass(frozen=True)
-class PeerInfo:
-    """Who is at the other end, as proven by TLS and announced in HELLO."""
-
-    node_id: str
-    org: str
-    listen: str
-    address: str
-    box_key: str | None = None  # where grants to it are encrypted to
-
-
 class IncomingBlob(TypingProtocol):
     """Where the bytes of a peer's STORE go."""
 
@@ -106,20 +84,31 @@ class BlobSource(TypingProtocol):
     def close(self) -> None: ...
 
 
-class FetchSink(TypingProtocol):
-    """Receives the ciphertext of a FETCH this side asked for."""
+class RequestRefused(Exception):
+    """Raised by a handler to answer a request with an Error."""
 
-    def started(self, size: int) -> None: ...
-    def data(self, payload: bytes) -> None: ...
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SessionRegistry(TypingProtocol):
+    """Where ready sessions are kept (peers.PeerRegistry)."""
+
+    def add(self, session: PeerProtocol) -> None: ...
+    def remove(self, session: PeerProtocol, reason: str) -> None: ...
 
 
 class SessionHandler(TypingProtocol):
-    def session_ready(self, session: PeerProtocol) -> None: ...
-    def session_lost(self, session: PeerProtocol, reason: str) -> None: ...
-    def open_store(self, session: PeerProtocol, request: wire.Store) -> IncomingBlob: ...
-    def open_fetch(self, session: PeerProtocol, request: wire.Fetch) -> BlobSource: ...
+    """What a node does with its peers' sessions and requests (the file logic)."""
+
+    def session_ready(self, session: PeerSession) -> None: ...
+    def session_lost(self, session: PeerSession, reason: str) -> None: ...
+    def open_store(self, session: PeerSession, request: wire.Store) -> IncomingBlob: ...
+    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> BlobSource: ...
     def answer(
-        self, session: PeerProtocol, request: wire.ControlRequest
+        self, session: PeerSession, request: wire.ControlRequest
     ) -> Deferred[wire.Message]: ...
 
 
@@ -185,7 +174,7 @@ class PeerProtocol(Protocol):
     def __init__(self, dialled: str | None = None) -> None:
         # The address we dialled (for pinning), None for an accepted connection.
         self.dialled = dialled
-        self.info: PeerInfo | None = None
+        self.peer: PeerInfo | None = None  # set once the handshake is done
         self.ready: Deferred[PeerProtocol] = Deferred()
         self.paused = False
         self.bytes_in = 0
@@ -206,6 +195,17 @@ class PeerProtocol(Protocol):
         self._peer_id: str | None = None
         self._closing = False
         self._timeout: object = None
+
+    @property
+    def info(self) -> PeerInfo:
+        """Who the peer is: only asked of a session whose handshake is done."""
+        if self.peer is None:
+            raise SessionClosed("the session's handshake is not done")
+        return self.peer
+
+    @property
+    def closed(self) -> bool:
+        return self._closing or self.transport is None
 
     # -- connection life cycle
 
@@ -263,7 +263,7 @@ class PeerProtocol(Protocol):
         self.close(reason, tell_peer=True)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if not self._closing and self.info is None:
+        if not self._closing and self.peer is None:
             # Failed TLS handshakes (garbage, plain TCP, no certificate) end here.
             log.warn(
                 "connection from {address} ended before its handshake completed: {reason}",
@@ -292,7 +292,9 @@ class PeerProtocol(Protocol):
         for waiter in self._writable:
             waiter.errback(SessionClosed("connection lost"))
         self._writable.clear()
-        if self.info is not None:
+        if self.peer is not None:
+            if self.factory.registry is not None:
+                self.factory.registry.remove(self, why)
             self.factory.handler.session_lost(self, why)
         elif not self.ready.called:
             self.ready.errback(SessionClosed(why))
@@ -309,7 +311,7 @@ class PeerProtocol(Protocol):
         """
         if self._closing:
             return
-        who = self.info.org if self.info else (self._peer_id or "unauthenticated")
+        who = self.peer.org if self.peer else (self._peer_id or "unauthenticated")
         log.warn(
             "closing peer connection {peer} at {address}: {reason}",
             peer=who,
@@ -465,7 +467,7 @@ class PeerProtocol(Protocol):
         )
 
     def _watch(self) -> None:
-        if self._stall is None and self.info is not None and self._busy():
+        if self._stall is None and self.peer is not None and self._busy():
             self._stall = self.factory.clock.callLater(
                 self.factory.limits.stall_timeout, self._check_stall
             )
@@ -492,7 +494,7 @@ class PeerProtocol(Protocol):
                 self.factory.refused(self.dialled, reason)
             self.close(reason)
             return
-        if self.info is None:
+        if self.peer is None:
             self._expect_hello(message)
             return
         if isinstance(message, wire.Hello):
@@ -522,7 +524,7 @@ class PeerProtocol(Protocol):
         if self.dialled is None:
             self.send(self.factory.hello(self._binding()), 0)
         self._cancel_timeout()
-        self.info = PeerInfo(
+        self.peer = PeerInfo(
             node_id=self._peer_id,
             org=message.org,
             listen=message.listen,
@@ -533,12 +535,14 @@ class PeerProtocol(Protocol):
             "peer {org} ({node_id}) connected at {address}",
             org=message.org,
             node_id=self._peer_id,
-            address=self.info.address,
+            address=self.peer.address,
         )
         self._authenticated()
         self._pinger = task.LoopingCall(self._ping)
         self._pinger.clock = self.factory.clock
         self._pinger.start(PING_INTERVAL, now=False)
+        if self.factory.registry is not None:
+            self.factory.registry.add(self)
         self.factory.handler.session_ready(self)
         self.ready.callback(self)
 
@@ -694,8 +698,10 @@ class PeerFactory(Factory[PeerProtocol]):
         on_refused: Callable[[str, str], None] | None = None,
         admission: Admission | None = None,
         limits: Limits | None = None,
+        registry: SessionRegistry | None = None,
     ) -> None:
         self.identity = identity
+        self.registry = registry
         self.pins = pins
         self.handler = handler
         self.org = org

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .crypto import CryptoError, SealCheck
-from .fileserver import FileServer
+from .files import Files
 from .identity import write_secret
 from .store import BlobKey
 
@@ -64,7 +64,7 @@ class ScrubReport:
 class Scrubber(Service):
     def __init__(
         self,
-        files: FileServer,
+        files: Files,
         state: Path,
         period: float,
         rate: int,

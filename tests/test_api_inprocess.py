@@ -134,7 +134,7 @@ class ApiTests(NodeTestCase):
 
     async def test_a_second_put_of_a_name_in_progress_is_409(self) -> None:
         node = await self.node()
-        first = node.fileserver.begin_put("busy.bin", None, None)
+        first = node.files.begin_put("busy.bin", None, None)
         response, body = await self.call("PUT", "/v1/files/busy.bin", b"second")
         self.assertEqual(response.code, 409)
         self.assertIn("in progress", self.json(response, body)["error"])

@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.catalog import BLOCK, Catalog, Entry
 from dfs_twisted.crypto import Encryptor, OrgKey, Tombstone
-from dfs_twisted.fileserver import index_store
+from dfs_twisted.files.holdings import index_store
 from dfs_twisted.store import BlobKey, BlobStore
 
 A = "a" * 64

@@ -19,6 +19,7 @@ from dfs_twisted import wire
 from dfs_twisted.identity import PeerPins, ensure_private_dir
 from dfs_twisted.launcher import NodeProcess, free_port
 from dfs_twisted.protocol import PING_INTERVAL, IncomingBlob, Limits, PeerFactory, PeerProtocol
+from dfs_twisted.session import PeerSession
 from dfs_twisted.space import GiB, NoSpace, SpaceAccount, SpaceLimits, parse_size
 
 from .test_protocol import FakeHandler, TLSStringTransport, identity, sent
@@ -45,7 +46,7 @@ class Sink:
 
 
 class AcceptingHandler(FakeHandler):
-    def open_store(self, session: PeerProtocol, request: wire.Store) -> IncomingBlob:
+    def open_store(self, session: PeerSession, request: wire.Store) -> IncomingBlob:
         self.stores.append(request)
         return Sink()
 
@@ -82,7 +83,7 @@ class LiveProtocolCase(SynchronousTestCase):
         proto.handshakeCompleted()
         hello = wire.Hello(wire.PROTOCOL_VERSION, self.peer.node_id, "peer", "127.0.0.1:4000")
         proto.dataReceived(wire.encode(hello, 0))
-        self.assertIsNotNone(proto.info)
+        self.assertIsNotNone(proto.peer)
         transport.clear()
         return proto, transport
 

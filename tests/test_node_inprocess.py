@@ -13,9 +13,10 @@ from dfs_twisted import wire
 from dfs_twisted.catalog import BLOCK, Entry
 from dfs_twisted.crypto import Tombstone
 from dfs_twisted.diskqueue import QueuedBlob
-from dfs_twisted.fileserver import FileNotFound, PutInProgress, delete_message
+from dfs_twisted.files import FileNotFound, PutInProgress
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import OutgoingStream, RemoteError
+from dfs_twisted.session import delete_message
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
@@ -27,7 +28,7 @@ DATA = os.urandom(3 * 1024 * 1024 + 12345)
 
 async def put(node: NodeService, name: str, data: bytes) -> tuple[str, int]:
     """Store ``data`` as ``name`` through the file server; return (blob, replicas)."""
-    upload = node.fileserver.begin_put(name, len(data), None)
+    upload = node.files.begin_put(name, len(data), None)
     for start in range(0, len(data), 100_000):
         upload.write(data[start : start + 100_000])
     result = await upload.finish()
@@ -35,7 +36,7 @@ async def put(node: NodeService, name: str, data: bytes) -> tuple[str, int]:
 
 
 async def get(node: NodeService, name: str) -> tuple[bytes, str]:
-    download = await node.fileserver.open_download(name)
+    download = await node.files.open_download(name)
     consumer: Any = BytesConsumer()  # an IConsumer, which mypy cannot see
     await download.stream_to(consumer)
     return consumer.value, download.source
@@ -89,13 +90,13 @@ class TwoNodeTests(NodeTestCase):
         plain, source = await get(a, "report.bin")
         self.assertEqual((plain, source), (DATA, "local"))
 
-        here, outcomes = await a.fileserver.delete("report.bin")
+        here, outcomes = await a.files.delete("report.bin")
         self.assertTrue(here)
         self.assertEqual([(o.node_id, o.ok) for o in outcomes], [(b.node_id, True)])
         self.assertFalse(remote.exists())
         self.assertFalse(local.exists())
         with self.assertRaises(FileNotFound):
-            await a.fileserver.open_download("report.bin")
+            await a.files.open_download("report.bin")
 
     async def test_empty_file_round_trip(self) -> None:
         _, b = await self.two_nodes()
@@ -108,17 +109,17 @@ class TwoNodeTests(NodeTestCase):
         a, b = await self.two_nodes()
         await put(a, "one", b"1")
         await put(a, "two", b"22")
-        entries = await a.fileserver.list_files()
+        entries = await a.files.list_files()
         self.assertEqual(
             [(e.name, e.size, e.replicas) for e in entries], [("one", 1, 2), ("two", 2, 2)]
         )
-        self.assertEqual(await b.fileserver.list_files(), [])
+        self.assertEqual(await b.files.list_files(), [])
 
     async def test_recover_after_losing_the_store(self) -> None:
         a, _ = await self.two_nodes()
         blob, _ = await put(a, "precious", DATA)
         blob_path(a, a.node_id, blob).unlink()
-        recovered, errors = await a.fileserver.recover()
+        recovered, errors = await a.files.recover()
         self.assertEqual((recovered, errors), (["precious"], []))
         self.assertEqual(await get(a, "precious"), (DATA, "local"))
 
@@ -175,7 +176,7 @@ class AuthorizationTests(NodeTestCase):
         self.assertEqual(replicas, 3)
         on_c = blob_path(c, a.node_id, blob)
         before = on_c.read_bytes()
-        version = a.fileserver.catalog.newest(a.node_id)
+        version = a.files.catalog.newest(a.node_id)
 
         # b may relay a's blobs and deletions, but only as a signed them.
         b_to_c = self.session(b, c)
@@ -240,7 +241,7 @@ class TombstoneQuotaTests(NodeTestCase):
         for i in range(16):
             tomb = Tombstone.sign(peer.identity.key, f"{i:064x}", 1)
             self.assertEqual(await session.request(delete_message(tomb)), wire.Ack())
-        self.assertEqual(holder.fileserver.catalog.held(peer.node_id), 16 * BLOCK)
+        self.assertEqual(holder.files.catalog.held(peer.node_id), 16 * BLOCK)
         with self.assertRaises(RemoteError) as caught:
             await session.request(delete_message(Tombstone.sign(peer.identity.key, "f" * 64, 1)))
         self.assertEqual(caught.exception.code, "quota")
@@ -253,10 +254,10 @@ class TombstoneQuotaTests(NodeTestCase):
 class ConcurrentPutTests(NodeTestCase):
     async def test_one_put_of_a_name_at_a_time(self) -> None:
         a, _ = await two_nodes(self)
-        first = a.fileserver.begin_put("report", None, None)
+        first = a.files.begin_put("report", None, None)
         first.write(b"first")
-        self.assertRaises(PutInProgress, a.fileserver.begin_put, "report", None, None)
-        other = a.fileserver.begin_put("another name", None, None)  # other names go on
+        self.assertRaises(PutInProgress, a.files.begin_put, "report", None, None)
+        other = a.files.begin_put("another name", None, None)  # other names go on
         other.abort("not needed")
         await first.finish()
         await put(a, "report", b"second")
@@ -265,10 +266,10 @@ class ConcurrentPutTests(NodeTestCase):
     async def test_rm_during_a_put_wins(self) -> None:
         a, b = await two_nodes(self)
         await put(a, "short-lived", b"first version")
-        upload = a.fileserver.begin_put("short-lived", None, None)
+        upload = a.files.begin_put("short-lived", None, None)
         upload.write(DATA[:50_000])
         # The rm comes later than the second put began: its version is the newer one.
-        await a.fileserver.delete("short-lived")
+        await a.files.delete("short-lived")
         await upload.finish()
         with self.assertRaises(FileNotFound):
             await get(a, "short-lived")
@@ -290,22 +291,28 @@ class PublishOrderTests(NodeTestCase):
         await node.ready
         key = BlobKey("e" * 64, "f" * 64)
         older, newer = self.writer(node, key, b"v1"), self.writer(node, key, b"v2")
-        results = [node.fileserver.publish(key, 1, older), node.fileserver.publish(key, 2, newer)]
+        results = [
+            node.files.holdings.publish(key, 1, older),
+            node.files.holdings.publish(key, 2, newer),
+        ]
         self.assertEqual([await Deferred.fromCoroutine(r) for r in results], [True, True])
-        self.assertEqual((node.fileserver.catalog.get(key), read(node, key)), (Entry(2, 2), b"v2"))
+        self.assertEqual((node.files.catalog.get(key), read(node, key)), (Entry(2, 2), b"v2"))
         # Newer queued first: the older one is turned away.
         newest, stale = self.writer(node, key, b"v4"), self.writer(node, key, b"v3")
-        results = [node.fileserver.publish(key, 4, newest), node.fileserver.publish(key, 3, stale)]
+        results = [
+            node.files.holdings.publish(key, 4, newest),
+            node.files.holdings.publish(key, 3, stale),
+        ]
         self.assertEqual([await Deferred.fromCoroutine(r) for r in results], [True, False])
         self.assertEqual(read(node, key), b"v4")
 
     async def test_deletion_landing_during_a_commit_wins(self) -> None:
         node = self.make_node()
         await node.ready
-        owner = node.fileserver
+        owner = node.files.holdings
         key = BlobKey(node.node_id, "f" * 64)
         publishing = Deferred.fromCoroutine(owner.publish(key, 5, self.writer(node, key, b"v5")))
-        owner._bury(Tombstone.sign(node.identity.key, key.blob, 6))
+        owner.bury(Tombstone.sign(node.identity.key, key.blob, 6))
         self.assertFalse(await publishing)
         self.assertFalse(node.store.exists(key))
         self.assertEqual(owner.catalog.get(key), Entry(6, 0, deleted=True))

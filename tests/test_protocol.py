@@ -34,6 +34,7 @@ from dfs_twisted.protocol import (
     RequestRefused,
     SessionClosed,
 )
+from dfs_twisted.session import PeerSession
 
 OWNER = "c" * 64
 BLOB = "d" * 64
@@ -59,25 +60,25 @@ class FakeHandler:
     """Records what the protocol asks of the file server."""
 
     def __init__(self) -> None:
-        self.ready: list[PeerProtocol] = []
+        self.ready: list[PeerSession] = []
         self.lost: list[str] = []
         self.stores: list[wire.Store] = []
         self.refuse_stores = False
 
-    def session_ready(self, session: PeerProtocol) -> None:
+    def session_ready(self, session: PeerSession) -> None:
         self.ready.append(session)
 
-    def session_lost(self, session: PeerProtocol, reason: str) -> None:
+    def session_lost(self, session: PeerSession, reason: str) -> None:
         self.lost.append(reason)
 
-    def open_store(self, session: PeerProtocol, request: wire.Store) -> IncomingBlob:
+    def open_store(self, session: PeerSession, request: wire.Store) -> IncomingBlob:
         self.stores.append(request)
         raise RequestRefused("forbidden", "not yours")
 
-    def open_fetch(self, session: PeerProtocol, request: wire.Fetch) -> BlobSource:
+    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> BlobSource:
         raise RequestRefused("not_found", "no such blob")
 
-    def answer(self, session: PeerProtocol, request: wire.ControlRequest) -> Deferred[wire.Message]:
+    def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
         raise RequestRefused("forbidden", "not yours")
 
 
@@ -165,7 +166,7 @@ class HostileInputTests(SynchronousTestCase):
         [hello] = sent(transport)
         assert isinstance(hello, wire.Hello)
         self.assertEqual((hello.node_id, hello.org), (self.me.node_id, "me"))
-        assert proto.info is not None
+        assert proto.peer is not None
         self.assertEqual(proto.info.node_id, self.peer.node_id)
         self.assertEqual(proto.info.org, "peer")
         self.assertEqual(self.successResultOf(proto.ready), proto)
@@ -263,7 +264,7 @@ class HostileInputTests(SynchronousTestCase):
         self.assertEqual(refusal.code, "refused")
         self.assertIn("version", refusal.message)
         self.assertClosed(proto, transport)
-        self.assertIsNone(proto.info)
+        self.assertIsNone(proto.peer)
         self.assertEqual(self.handler.ready, [])
 
     def test_hello_with_another_node_id_closes(self) -> None:

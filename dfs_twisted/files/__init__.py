@@ -1,0 +1,147 @@
+"""What the node does with files: put, get, delete, list, recover, and serving peers.
+
+`Files` is the facade the API, the CLI's requests, the scrub and the metrics use;
+each part lives in its own module and is handed only what it works with:
+
+- `holdings`: what is held, the catalog and the disk kept in step;
+- `put`: an upload encrypted once and streamed here and to every live peer;
+- `get`: downloads, from the local copy or a peer's; `fetch`: blobs from peers;
+- `delete`: the owner's signed deletions; `recover`: listings across peers, recovery;
+- `serve`: what this node answers to its peers; `sync`: anti-entropy and relay.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IPushProducer
+
+from ..catalog import Catalog
+from ..crypto import file_key
+from ..grants import Grant
+from ..identity import KnownOrg, KnownOrgs
+from ..peers import PeerRegistry
+from ..space import SpaceAccount
+from ..store import BlobKey, BlobStore
+from .delete import Remover
+from .errors import DamagedBlob, FileNotFound, PutInProgress, UnknownPeer
+from .fetch import Clock, Fetcher
+from .get import Download, Reader
+from .holdings import Holdings, read_header
+from .owner import Owner
+from .put import PeerOutcome, PutResult, Upload
+from .recover import FileEntry, Recovery
+from .serve import Server
+from .sync import Sync
+
+__all__ = [
+    "DamagedBlob",
+    "Download",
+    "FileEntry",
+    "FileNotFound",
+    "Files",
+    "Owner",
+    "PeerOutcome",
+    "PutInProgress",
+    "PutResult",
+    "UnknownPeer",
+    "Upload",
+]
+
+
+class Files:
+    """This org's files and the replicas this node holds for others."""
+
+    def __init__(
+        self,
+        owner: Owner,
+        holdings: Holdings,
+        peers: PeerRegistry,
+        clock: Clock,
+        space: SpaceAccount,
+        known: KnownOrgs,
+        relay: bool = True,
+    ) -> None:
+        self.owner = owner
+        self.holdings = holdings
+        self.peers = peers
+        self.space = space
+        self._known = known
+        self._uploads: dict[BlobKey, Upload] = {}
+        self.fetcher = Fetcher(holdings, peers.live, clock)
+        self.sync = Sync(owner.node_id, holdings, peers.live, relay)
+        self.server = Server(owner.node_id, holdings, space, known, self.sync)
+        self._reader = Reader(owner, holdings, self.fetcher)
+        self._remover = Remover(owner, holdings, peers.live)
+        self._recovery = Recovery(owner, holdings, peers.live, self.fetcher, self.sync)
+        self.open_download = self._reader.open_download
+        self.open_granted = self._reader.open_granted
+        self.delete = self._remover.delete
+        self.list_files = self._recovery.list_files
+        self.recover = self._recovery.recover
+        self.repair = self.fetcher.repair
+        self.damaged = holdings.damaged
+        self.sync_all = self.sync.sync_all
+
+    @property
+    def node_id(self) -> str:
+        return self.owner.node_id
+
+    @property
+    def relay(self) -> bool:
+        return self.sync.relay
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.holdings.catalog
+
+    @property
+    def store(self) -> BlobStore:
+        return self.holdings.store
+
+    def usage(self) -> dict[str, int]:
+        return self.catalog.usage()
+
+    def begin_put(self, name: str, size: int | None, upstream: IPushProducer | None) -> Upload:
+        """Start a put (ValueError for a bad name, PutInProgress for a name being put)."""
+        key = self.owner.key_for(name)  # validates the name
+        if key in self._uploads:
+            # Two versions racing to the disk could leave the older one there.
+            raise PutInProgress(f"a put of {name!r} is in progress already")
+        upload = Upload(
+            self.owner, self.holdings, self.peers.live(), name, size, upstream, self._put_ended
+        )
+        self._uploads[key] = upload
+        return upload
+
+    def _put_ended(self, upload: Upload) -> None:
+        if self._uploads.get(upload.key) is upload:
+            del self._uploads[upload.key]
+
+    async def share(self, name: str, to: str, owner_org: str) -> Grant:
+        """A grant of this org's file ``name`` (as it is now) to the org ``to``."""
+        key = self.owner.key_for(name)
+        f = self.store.open(key)
+        if f is None:
+            raise FileNotFound(name)
+        with f:
+            header = read_header(f)
+        recipient = self._known_org(to)
+        return Grant.issue(
+            self.owner.signer,
+            owner_org,
+            file_key(self.owner.key, header),
+            name,
+            recipient.org_id,
+            bytes.fromhex(recipient.box_key),
+        )
+
+    def _known_org(self, spec: str) -> KnownOrg:
+        """The org named (or with that node id, or a 4+ char prefix) among those met."""
+        matches = {k.org_id: k for k in self._known.find(spec)}
+        if len(matches) == 1:
+            return next(iter(matches.values()))
+        if matches:
+            raise UnknownPeer(f"{spec!r} matches {len(matches)} orgs: give more of its node id")
+        raise UnknownPeer(
+            f"no org {spec!r} among the peers this node has met: a grant is encrypted "
+            "to the key an org's node announces when it connects"
+        )

@@ -1,0 +1,66 @@
+"""The owner's delete: a signed tombstone here and on every live peer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from twisted.logger import Logger
+
+from ..crypto import Tombstone
+from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
+from .errors import FileNotFound
+from .holdings import Holdings
+from .owner import Owner
+from .put import PeerOutcome
+
+log = Logger()
+
+
+class Remover:
+    def __init__(
+        self, owner: Owner, holdings: Holdings, peers: Callable[[], Sequence[PeerSession]]
+    ) -> None:
+        self._owner = owner
+        self._holdings = holdings
+        self._peers = peers
+
+    async def delete(self, name: str) -> tuple[bool, list[PeerOutcome]]:
+        """Remove here and on every live peer, leaving a signed tombstone everywhere.
+
+        Returns whether this node held the file and what each peer said;
+        FileNotFound if neither this node nor any live peer holds it.
+        """
+        started = time.monotonic()
+        key = self._owner.key_for(name)
+        held = self._holdings.catalog.get(key)
+        here = held is not None and not held.deleted
+        if not here and not await self._held_by_a_peer(name):
+            raise FileNotFound(name)
+        tomb = Tombstone.sign(self._owner.signer, key.blob, self._holdings.next_version(key.owner))
+        self._holdings.bury(tomb)
+        outcomes = []
+        for session in self._peers():
+            peer = session.info
+            try:
+                await PeerClient(session).delete(tomb)
+                outcomes.append(PeerOutcome(peer.org, peer.node_id, True))
+            except (RemoteError, SessionClosed) as e:
+                outcomes.append(PeerOutcome(peer.org, peer.node_id, False, str(e)))
+        log.info(
+            "delete {blob}: held here {here}, on {removed} of {peers} peers, {seconds:.2f}s",
+            blob=key.blob,
+            here=here,
+            removed=sum(o.ok for o in outcomes),
+            peers=len(outcomes),
+            seconds=time.monotonic() - started,
+        )
+        return here, outcomes
+
+    async def _held_by_a_peer(self, name: str) -> bool:
+        key = self._owner.key_for(name)
+        for session in self._peers():
+            entry = await PeerClient(session).entry(key)
+            if entry is not None and not entry.deleted:
+                return True
+        return False

@@ -1,0 +1,244 @@
+"""Blobs fetched from peers: verified as they arrive, kept only once whole.
+
+Used by a get whose local copy is missing or damaged, by `recover`, and by the
+scrub's repair of a damaged replica. A peer that served a damaged copy of a blob
+is asked last for it afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IConsumer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .. import wire
+from ..crypto import BlobHeader, CryptoError, Decryptor, FileKey, OrgKey, SealCheck, open_metadata
+from ..diskqueue import QueuedBlob
+from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
+from ..store import BlobKey
+from .errors import DamagedBlob
+from .holdings import Holdings
+
+log = Logger()
+
+FETCH_TIMEOUT = 30.0  # seconds a peer may take to start answering a FETCH
+
+
+class Clock(Protocol):
+    def callLater(self, delay: float, f: Callable[..., Any], *a: Any) -> Any: ...
+    def seconds(self) -> float: ...
+
+
+class _NotKept:
+    """Where a fetched blob goes when it is not to be stored here."""
+
+    written = 0
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def commit(self) -> Deferred[None]:
+        return succeed(None)
+
+    def abort(self) -> None:
+        pass
+
+
+class PeerFetch:
+    """Ciphertext of one blob arriving from a peer, verified as it comes.
+
+    Every byte goes to a new local blob (committed only once the whole stream
+    verified) and, once a consumer is attached, its plaintext goes there.
+    `header` fires with the blob's header, or fails if the fetch ends first.
+    Without an org key (a replica held for another org) only the owner's
+    signature is checked.
+    """
+
+    def __init__(
+        self,
+        holdings: Holdings,
+        session: PeerSession,
+        key: BlobKey,
+        org_key: OrgKey | FileKey | None,
+        keep: bool,
+    ) -> None:
+        self.key = key
+        self._holdings = holdings
+        self._check = (
+            SealCheck(owner=key.owner, blob=key.blob)
+            if org_key is None
+            else Decryptor(org_key, owner=key.owner, blob=key.blob)
+        )
+        # Another org's file read with its key is not kept: it is not ours to hold.
+        self._writer: QueuedBlob | _NotKept = (
+            holdings.writer(
+                key,
+                pause=lambda: session.hold_reading(self),
+                resume=lambda: session.release_reading(self),
+            )
+            if keep
+            else _NotKept()
+        )
+        self.size: int | None = None
+        self.received = 0
+        self.header: Deferred[BlobHeader] = Deferred()
+        self._consumer: IConsumer | None = None
+        self._held: list[bytes] = []
+        self._failed: Exception | None = None
+
+    def started(self, size: int) -> None:
+        self.size = size
+
+    def data(self, payload: bytes) -> None:
+        if self._failed is not None:
+            return
+        self.received += len(payload)
+        self._writer.write(payload)
+        try:
+            plain = self._check.feed(payload)
+        except CryptoError as e:
+            self.fail(DamagedBlob(str(e)))
+            return
+        if self._check.header is not None and not self.header.called:
+            self.header.callback(self._check.header)
+        if plain:
+            if self._consumer is None:
+                self._held.append(plain)
+            else:
+                self._consumer.write(plain)
+
+    def attach(self, consumer: IConsumer) -> None:
+        self._consumer = consumer
+        for plain in self._held:
+            consumer.write(plain)
+        self._held.clear()
+
+    def fail(self, error: Exception) -> None:
+        if self._failed is None:
+            self._failed = error
+        self._writer.abort()
+        if not self.header.called:
+            self.header.errback(error)
+
+    def ended(self, result: object) -> object:
+        """The fetch's reply: before the header it is a failure, reported via `header`."""
+        if self.header.called:
+            return result
+        if isinstance(result, Failure):
+            error = result.value
+            if isinstance(error, CancelledError):
+                error = TimeoutError(f"no answer in {FETCH_TIMEOUT:.0f}s")
+            self.fail(error if isinstance(error, Exception) else DamagedBlob(str(error)))
+        else:
+            self.fail(DamagedBlob("stream ended before a complete header"))
+        return None
+
+    async def complete(self) -> None:
+        """After the stream ended: check the end, write the last plaintext, commit."""
+        try:
+            if self._failed is not None:
+                raise DamagedBlob(str(self._failed))
+            if self.size is not None and self.received != self.size:
+                raise DamagedBlob(f"peer sent {self.received} of {self.size} bytes")
+            header = self._check.header
+            if isinstance(self._check, Decryptor):
+                last, _ = self._check.finish()
+            else:
+                self._check.finish()
+                last = b""
+        except (CryptoError, DamagedBlob) as e:
+            self.fail(DamagedBlob(str(e)))
+            raise DamagedBlob(str(e)) from e
+        if self._consumer is not None:
+            self._consumer.write(last)
+        if isinstance(self._writer, QueuedBlob):
+            assert header is not None
+            await self._holdings.publish(self.key, header.version, self._writer)
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+class Fetcher:
+    """Fetches blobs from live peers, remembering who served damaged copies."""
+
+    def __init__(
+        self, holdings: Holdings, peers: Callable[[], Sequence[PeerSession]], clock: Clock
+    ) -> None:
+        self._holdings = holdings
+        self._peers = peers
+        self._clock = clock
+        self._suspects: set[tuple[str, BlobKey]] = set()
+
+    def suspect(self, peer: str, key: BlobKey) -> None:
+        """Remember that ``peer`` served a damaged copy of ``key`` (until restart)."""
+        log.warn("peer {peer} served a damaged copy of {blob}", peer=peer, blob=key.blob)
+        self._suspects.add((peer, key))
+
+    def sources(self, key: BlobKey) -> list[PeerSession]:
+        """The live peers to ask for ``key``: those that served it damaged, last."""
+        return sorted(self._peers(), key=lambda s: (s.info.node_id, key) in self._suspects)
+
+    async def start(
+        self, session: PeerSession, key: BlobKey, org_key: OrgKey | FileKey | None, keep: bool
+    ) -> tuple[PeerFetch, Deferred[wire.Message], BlobHeader]:
+        """Ask ``session`` for a blob; return once its header arrived (and opened)."""
+        fetch = PeerFetch(self._holdings, session, key, org_key, keep)
+        reply = session.fetch(wire.Fetch(key.owner, key.blob), fetch)
+        reply.addBoth(fetch.ended)
+        timer = self._clock.callLater(FETCH_TIMEOUT, reply.cancel)
+        try:
+            header = await fetch.header
+        finally:
+            if timer.active():
+                timer.cancel()
+        try:
+            if org_key is not None:
+                open_metadata(org_key, header)
+        except CryptoError as e:
+            reply.cancel()
+            fetch.abort()
+            raise DamagedBlob(str(e)) from e
+        return fetch, reply, header
+
+    async def into_store(
+        self, session: PeerSession, key: BlobKey, org_key: OrgKey | None
+    ) -> BlobHeader:
+        """Fetch a blob into the store, verifying all of it; return its header."""
+        fetch, reply, header = await self.start(session, key, org_key, keep=True)
+        try:
+            await reply
+            await fetch.complete()
+        except BaseException:
+            fetch.abort()
+            raise
+        return header
+
+    async def repair(self, key: BlobKey, version: int) -> str | None:
+        """Fetch a good copy of a blob (``version`` or newer) from a live peer that has it.
+
+        Works for any org's blob: only the owner's signature is checked.
+        Returns the org of the peer that supplied it, or None.
+        """
+        for session in self._peers():
+            theirs = await PeerClient(session).entry(key)
+            if theirs is None or theirs.deleted or theirs.version < version:
+                continue
+            if not self._holdings.catalog.is_newer(key, theirs.version):
+                return None  # it arrived meanwhile
+            try:
+                await self.into_store(session, key, None)
+            except (RemoteError, SessionClosed, DamagedBlob, TimeoutError) as e:
+                log.info(
+                    "{org} could not supply {blob}: {error}",
+                    org=session.info.org,
+                    blob=key.blob,
+                    error=str(e),
+                )
+                continue
+            return session.info.org
+        return None

@@ -1,0 +1,161 @@
+"""What this node holds: the one place where the catalog and the disk are kept in step.
+
+Every change to what is held goes through here: a blob version committed
+(`publish`), a deletion recorded (`bury`), a damaged blob dropped (`damaged`), a
+blob gone behind the node's back forgotten (`held`). The catalog is built from
+the store at start-up (`index_store`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import BinaryIO
+
+from twisted.logger import Logger
+
+from ..catalog import Catalog, Entry
+from ..crypto import FIXED_HEADER_SIZE, BlobHeader, CryptoError, Tombstone, header_length
+from ..crypto import parse_header as _parse_header
+from ..diskqueue import DiskQueue, QueuedBlob
+from ..store import BlobKey, BlobStore
+
+log = Logger()
+
+
+def read_header(f: BinaryIO) -> BlobHeader:
+    """Parse the header at the start of an open blob file."""
+    prefix = f.read(FIXED_HEADER_SIZE)
+    total = header_length(prefix)
+    rest = f.read(total - len(prefix))
+    return _parse_header(prefix + rest)
+
+
+class Holdings:
+    """The blobs and tombstones on disk, and the catalog that indexes them."""
+
+    def __init__(self, store: BlobStore, catalog: Catalog, disk: DiskQueue) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.disk = disk
+        self._publishing: dict[BlobKey, int] = {}  # versions whose commit is queued
+
+    def writer(
+        self,
+        key: BlobKey,
+        pause: Callable[[], None] = lambda: None,
+        resume: Callable[[], None] = lambda: None,
+    ) -> QueuedBlob:
+        """A new blob of ``key``, written on the disk thread; nothing is visible until
+        `publish` commits it."""
+        return self.disk.blob(self.store.begin(key), pause=pause, resume=resume)
+
+    def next_version(self, owner: str) -> int:
+        """A version above every one ``owner`` has used: time-based, never going back."""
+        return max(time.time_ns(), self.catalog.newest(owner) + 1)
+
+    async def publish(self, key: BlobKey, version: int, writer: QueuedBlob) -> bool:
+        """Commit a written blob version, unless it or a newer one is held or on its way.
+
+        Commits of one key can be queued at once (a put, a replica, a repair): the
+        newest must be the one left on disk. True if this version is now held.
+        """
+        pending = self._publishing.get(key)
+        if not self.catalog.is_newer(key, version) or (pending is not None and pending >= version):
+            writer.abort()
+            return False
+        self._publishing[key] = version
+        try:
+            await writer.commit()
+        finally:
+            if self._publishing.get(key) == version:
+                del self._publishing[key]
+        if not self.catalog.is_newer(key, version):
+            # A deletion landed while the commit was queued: the newer change wins.
+            self.store.delete(key)
+            return False
+        held = self.catalog.get(key)
+        self.catalog.set(key, Entry(version, writer.written))
+        if held is not None and held.deleted:
+            self.store.remove_tombstone(key)
+        return True
+
+    def bury(self, tomb: Tombstone) -> bool:
+        """Record a verified tombstone if it is newer than what is held; True if it was."""
+        key = BlobKey(tomb.owner, tomb.blob)
+        if not self.catalog.is_newer(key, tomb.version):
+            return False
+        self.store.put_tombstone(key, tomb.to_bytes())
+        self.catalog.set(key, Entry(tomb.version, 0, deleted=True))
+        return True
+
+    def tombstone(self, key: BlobKey) -> Tombstone | None:
+        """The stored tombstone of ``key`` (None: none, or it no longer verifies)."""
+        record = self.store.tombstone(key)
+        if record is None:
+            return None
+        try:
+            return Tombstone.from_bytes(record)
+        except CryptoError as e:
+            log.warn("ignoring a bad tombstone {blob}: {error}", blob=key.blob, error=str(e))
+            return None
+
+    def damaged(self, key: BlobKey, why: str) -> None:
+        """Drop a local blob that failed verification: peers hold good copies."""
+        log.warn("local blob {blob} is damaged ({why}); removing it", blob=key.blob, why=why)
+        self.store.delete(key)
+        held = self.catalog.get(key)
+        if held is not None and not held.deleted:
+            self.catalog.forget(key)
+
+    def held(self, key: BlobKey) -> Entry | None:
+        """The catalog's entry for ``key``, checked against the disk: a blob that went
+        missing behind the node's back is forgotten (and None returned)."""
+        held = self.catalog.get(key)
+        if held is not None and not held.deleted and not self.store.exists(key):
+            self.catalog.forget(key)
+            return None
+        return held
+
+    def open(self, key: BlobKey) -> BinaryIO | None:
+        """The stored blob, opened for reading (None: not here; then it is forgotten)."""
+        f = self.store.open(key)
+        if f is None:
+            self.held(key)
+        return f
+
+
+def index_store(store: BlobStore) -> Catalog:
+    """Build the catalog from what is on disk (once, at start-up)."""
+    catalog = Catalog()
+    for owner in store.owners():
+        for blob in store.tombstones(owner):
+            key = BlobKey(owner, blob)
+            record = store.tombstone(key)
+            try:
+                tomb = Tombstone.from_bytes(record or b"")
+                if (tomb.owner, tomb.blob) != (owner, blob):
+                    raise CryptoError("it is another blob's")
+            except CryptoError as e:
+                log.warn("ignoring a bad tombstone {blob}: {error}", blob=blob, error=str(e))
+                continue
+            catalog.set(key, Entry(tomb.version, 0, deleted=True))
+        for blob in store.blobs(owner):
+            key = BlobKey(owner, blob)
+            f = store.open(key)
+            if f is None:
+                continue
+            try:
+                with f:
+                    version = read_header(f).version
+                    size = os.fstat(f.fileno()).st_size
+            except CryptoError as e:
+                # Left for scrub and get to find and replace; not listed meanwhile.
+                log.warn("unreadable blob {blob}: {error}", blob=blob, error=str(e))
+                continue
+            if catalog.is_newer(key, version):
+                catalog.set(key, Entry(version, size))
+            else:
+                store.delete(key)  # deleted before a crash finished removing it
+    return catalog

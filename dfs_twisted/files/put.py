@@ -1,0 +1,162 @@
+"""A put: plaintext in, encrypted once, ciphertext to the local store and every live peer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+
+from .. import wire
+from ..crypto import CHUNK_SIZE, Encryptor, ciphertext_size
+from ..session import BlobStream, PeerSession, RemoteError, SessionClosed
+from ..store import BlobKey
+from .holdings import Holdings
+from .owner import Owner
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class PeerOutcome:
+    org: str
+    node_id: str
+    ok: bool
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"org": self.org, "node_id": self.node_id, "ok": self.ok, "error": self.error}
+
+
+@dataclass(frozen=True)
+class PutResult:
+    blob: str
+    size: int
+    peers: tuple[PeerOutcome, ...]
+    seconds: float = 0.0  # from the start of the upload until durable everywhere
+
+    @property
+    def replicas(self) -> int:
+        """Nodes holding a durable copy, this one included."""
+        return 1 + sum(p.ok for p in self.peers)
+
+
+class Upload:
+    """One put: plaintext in, ciphertext to the local store and to every live peer."""
+
+    def __init__(
+        self,
+        owner: Owner,
+        holdings: Holdings,
+        sessions: Sequence[PeerSession],
+        name: str,
+        size: int | None,
+        upstream: IPushProducer | None,
+        ended: Callable[[Upload], None],
+    ) -> None:
+        self._holdings = holdings
+        self._upstream = upstream
+        self._ended = ended
+        # Why the uploader is paused: slow peers, a full disk queue.
+        self._holds: set[object] = set()
+        self.version = holdings.next_version(owner.node_id)
+        self._encryptor = Encryptor(
+            owner.key, owner.signer, name, self.version, mtime=int(time.time())
+        )
+        self.blob = self._encryptor.blob
+        self.key = BlobKey(owner.node_id, self.blob)
+        self._started = time.monotonic()
+        self._local = holdings.writer(
+            self.key, pause=lambda: self._hold("disk"), resume=lambda: self._release("disk")
+        )
+        announced = (
+            None if size is None else ciphertext_size(len(self._encryptor.header), CHUNK_SIZE, size)
+        )
+        request = wire.Store(owner.node_id, self.blob, announced, self.version)
+        self._peers: list[tuple[PeerSession, BlobStream]] = [
+            (session, session.store(request)) for session in sessions
+        ]
+        self._emit(self._encryptor.header)
+
+    def write(self, data: bytes) -> None:
+        for chunk in self._encryptor.update(data):
+            self._emit(chunk)
+        for session, stream in self._peers:
+            if session.paused and not stream.closed and session not in self._holds:
+                self._hold(session)
+                session.when_writable().addBoth(self._writable, session)
+
+    def _writable(self, _: object, session: PeerSession) -> None:
+        self._release(session)
+
+    def _emit(self, ciphertext: bytes) -> None:
+        self._local.write(ciphertext)
+        for _, stream in self._peers:
+            stream.write(ciphertext)
+
+    def _hold(self, reason: object) -> None:
+        if not self._holds and self._upstream is not None:
+            self._upstream.pauseProducing()
+        self._holds.add(reason)
+
+    def _release(self, reason: object) -> None:
+        self._holds.discard(reason)
+        if not self._holds and self._upstream is not None:
+            self._upstream.resumeProducing()
+
+    def finish(self) -> Deferred[PutResult]:
+        d = Deferred.fromCoroutine(self._finish())
+        d.addBoth(self._end)
+        return d
+
+    def _end(self, result: object) -> object:
+        self._ended(self)
+        return result
+
+    async def _finish(self) -> PutResult:
+        self._upstream = None  # the body is complete: never pause or resume it again
+        self._emit(self._encryptor.finalize())
+        streamed = time.monotonic() - self._started
+        replies = [stream.finish() for _, stream in self._peers]
+        try:
+            # False when an rm of this name came in meanwhile: the later change wins.
+            await self._holdings.publish(self.key, self.version, self._local)
+        except BaseException:
+            self.abort("local write failed")
+            raise
+        local = time.monotonic() - self._started
+        outcomes = []
+        for (session, _), reply in zip(self._peers, replies, strict=True):
+            peer = session.info
+            try:
+                await reply
+                outcomes.append(PeerOutcome(peer.org, peer.node_id, True))
+            except (RemoteError, SessionClosed) as e:
+                # "have": a relayed copy of this very version got there first.
+                have = isinstance(e, RemoteError) and e.code == "have"
+                error = None if have else str(e)
+                outcomes.append(PeerOutcome(peer.org, peer.node_id, have, error))
+        result = PutResult(
+            self.blob, self._encryptor.size, tuple(outcomes), time.monotonic() - self._started
+        )
+        log.info(
+            "put {blob}: {size} bytes in {seconds:.2f}s (streamed {streamed:.2f}s, "
+            "durable here {local:.2f}s), {replicas} replicas",
+            blob=self.blob,
+            size=result.size,
+            seconds=result.seconds,
+            streamed=streamed,
+            local=local,
+            replicas=result.replicas,
+        )
+        return result
+
+    def abort(self, reason: str) -> None:
+        self._ended(self)
+        self._local.abort()
+        for _, stream in self._peers:
+            stream.abort(reason)

@@ -1,0 +1,300 @@
+"""What this node answers to its peers: replicas stored, blobs fetched, listings,
+digests, headers and deletions. Peer input is hostile until checked: writes come
+only from the owner (or relayed, signed by the owner), every replica is checked
+against the owner's signature as it arrives, and every byte is charged to a quota.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import BinaryIO
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+
+from .. import wire
+from ..catalog import BLOCK, Entry, charge
+from ..crypto import CryptoError, SealCheck, Tombstone
+from ..identity import KnownOrgs
+from ..protocol import RequestRefused
+from ..session import PeerSession
+from ..space import NoSpace, SpaceAccount
+from ..store import BlobKey
+from .holdings import Holdings, read_header
+from .sync import Sync
+
+log = Logger()
+
+
+class FileSource:
+    """A stored blob served to a peer's FETCH."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._file = f
+        self.size = size
+
+    def read(self, n: int) -> bytes:
+        return self._file.read(n)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class IncomingReplica:
+    """A peer's STORE being written to our store, checked against the owner's signature."""
+
+    DISK_CHECK_EVERY = 16 << 20
+
+    def __init__(
+        self,
+        holdings: Holdings,
+        space: SpaceAccount,
+        session: PeerSession,
+        key: BlobKey,
+        request: wire.Store,
+        stored: Callable[[IncomingReplica], None],
+        done: Callable[[IncomingReplica], None],
+    ) -> None:
+        self._holdings = holdings
+        self.session = session
+        self.key = key
+        self._size = request.size
+        self.version = request.version
+        self._space = space
+        self._stored = stored
+        self._done = done
+        self._replaces = charge(holdings.catalog.get(key))
+        self._next_disk_check = self.DISK_CHECK_EVERY
+        self._writer = holdings.writer(
+            key,
+            pause=lambda: session.hold_reading(self),
+            resume=lambda: session.release_reading(self),
+        )
+        # A holder cannot read the blob, but it can check it is the one announced,
+        # complete, and signed by its owner.
+        self._seal = SealCheck(owner=key.owner, blob=key.blob)
+        self._aborted = False
+
+    @property
+    def relayed(self) -> bool:
+        """Sent by a node other than the owner."""
+        return self.session.info.node_id != self.key.owner
+
+    @property
+    def written(self) -> int:
+        return self._writer.written
+
+    def write(self, data: bytes) -> None:
+        if self._aborted:
+            return  # superseded by the owner's own stream: the rest is dropped
+        if self._size is not None and self._writer.written + len(data) > self._size:
+            self.abort("sent more than announced")
+            raise wire.ProtocolError(f"STORE of {self.key.blob} sent more than announced")
+        written = self._writer.written + len(data)
+        check_disk = written >= self._next_disk_check
+        if check_disk:
+            self._next_disk_check = written + self.DISK_CHECK_EVERY
+        try:
+            self._space.check(
+                self.key.owner, max(written, BLOCK) - self._replaces, 0 if check_disk else None
+            )
+        except NoSpace as e:
+            self.abort(e.message)
+            raise RequestRefused(e.code, e.message) from None
+        self._writer.write(data)
+        had_header = self._seal.header is not None
+        try:
+            self._seal.feed(data)
+        except CryptoError as e:
+            raise self._refuse(f"bad blob header: {e}") from None
+        header = self._seal.header
+        if not had_header and header is not None and header.version != self.version:
+            raise self._refuse("blob header has another version than announced")
+
+    def _refuse(self, why: str) -> RequestRefused:
+        """Drop this replica for a reason the sender should hear (and we should log)."""
+        log.warn(
+            "refused a replica of {blob} for {owner} from {org}: {why}",
+            blob=self.key.blob,
+            owner=self.key.owner,
+            org=self.session.info.org,
+            why=why,
+        )
+        self.abort(why)
+        return RequestRefused("bad_blob", why)
+
+    def finish(self) -> Deferred[None]:
+        if self._aborted:
+            return fail(RequestRefused("busy", "the owner sent this blob itself meanwhile"))
+        if self._size is not None and self._writer.written != self._size:
+            self.abort("shorter than announced")
+            return fail(RequestRefused("bad_request", "blob shorter than announced"))
+        try:
+            self._seal.finish()
+        except CryptoError as e:
+            return fail(self._refuse(f"blob does not verify: {e}"))
+        return Deferred.fromCoroutine(self._publish())
+
+    async def _publish(self) -> None:
+        try:
+            published = await self._holdings.publish(self.key, self.version, self._writer)
+        finally:
+            self._done(self)
+        if not published:
+            raise RequestRefused("have", "holds this version or a newer one (or its deletion)")
+        self._stored(self)
+
+    def abort(self, reason: str) -> None:
+        if self._aborted:
+            return
+        self._aborted = True
+        self._done(self)
+        self._writer.abort()
+        log.info("dropped partial replica {blob}: {reason}", blob=self.key.blob, reason=reason)
+
+
+class Server:
+    """The node's side of every peer session (protocol.SessionHandler)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        holdings: Holdings,
+        space: SpaceAccount,
+        known: KnownOrgs,
+        sync: Sync,
+    ) -> None:
+        self._node_id = node_id
+        self._holdings = holdings
+        self._space = space
+        self._known = known
+        self._sync = sync
+        self._incoming: dict[BlobKey, IncomingReplica] = {}
+
+    def session_ready(self, session: PeerSession) -> None:
+        info = session.info
+        if info.box_key is not None:
+            self._known.met(info.node_id, info.org, info.box_key)
+        self._sync.sync(session)
+
+    def session_lost(self, session: PeerSession, reason: str) -> None:
+        pass  # the registry has forgotten it; what was in flight failed with it
+
+    def _authorize_write(self, session: PeerSession, owner: str) -> None:
+        """Writes come from the owner itself, or relayed (signed by the owner) when allowed."""
+        if owner == session.info.node_id or (self._sync.relay and owner != self._node_id):
+            return
+        log.warn(
+            "refused a write into {owner}'s namespace from {org} ({node_id})",
+            owner=owner,
+            org=session.info.org,
+            node_id=session.info.node_id,
+        )
+        raise RequestRefused("forbidden", "a peer may only write its own org's blobs")
+
+    def open_store(self, session: PeerSession, request: wire.Store) -> IncomingReplica:
+        self._authorize_write(session, request.owner)
+        key = BlobKey(request.owner, request.blob)
+        catalog = self._holdings.catalog
+        if not catalog.is_newer(key, request.version):
+            raise RequestRefused("have", "already holds this version or a newer one")
+        receiving = self._incoming.get(key)
+        if receiving is not None:
+            if not receiving.relayed or session.info.node_id != key.owner:
+                raise RequestRefused("busy", "this blob is being received already")
+            # The owner's own copy wins over a relayed one: its put waits for our answer.
+            receiving.abort("the owner sent it itself")
+        announced = request.size or 0
+        try:
+            growth = max(announced, BLOCK) - charge(catalog.get(key))
+            self._space.check(key.owner, growth, announced)
+        except NoSpace as e:
+            log.warn(
+                "refused a replica from {org}: {reason}", org=session.info.org, reason=e.message
+            )
+            raise RequestRefused(e.code, e.message) from None
+        incoming = IncomingReplica(
+            self._holdings, self._space, session, key, request, self._stored, self._done
+        )
+        self._incoming[key] = incoming
+        return incoming
+
+    def _done(self, incoming: IncomingReplica) -> None:
+        if self._incoming.get(incoming.key) is incoming:
+            del self._incoming[incoming.key]
+
+    def _stored(self, incoming: IncomingReplica) -> None:
+        key = incoming.key
+        log.info("stored replica {blob} for {owner}", blob=key.blob, owner=key.owner)
+        self._sync.relay_change(incoming.session, key, Entry(incoming.version, incoming.written))
+
+    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> FileSource:
+        key = BlobKey(request.owner, request.blob)
+        f = self._holdings.store.open(key)
+        if f is None:
+            raise RequestRefused("not_found", "no such blob")
+        return FileSource(f, self._holdings.store.size(key) or 0)
+
+    def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
+        if isinstance(request, wire.Delete):
+            return succeed(self._answer_delete(session, request))
+        if isinstance(request, wire.Digest):
+            digest, count = self._holdings.catalog.digest(request.owner)
+            return succeed(wire.DigestReply(digest, count))
+        if isinstance(request, wire.Head):
+            return succeed(self._head(BlobKey(request.owner, request.blob)))
+        return succeed(self._listing(request.owner, request.after, request.limit))
+
+    def _head(self, key: BlobKey) -> wire.HeadReply:
+        f = self._holdings.store.open(key)
+        if f is None:
+            raise RequestRefused("not_found", "no such blob")
+        try:
+            with f:
+                header = read_header(f)
+                size = os.fstat(f.fileno()).st_size
+        except CryptoError:
+            raise RequestRefused("not_found", "no readable blob") from None
+        return wire.HeadReply(size, header.raw.hex())
+
+    def _listing(self, owner: str, after: str | None, limit: int) -> wire.ListReply:
+        """A page of what is held, checked against the disk: a listing never claims
+        a blob that went missing behind the node's back (it is forgotten instead)."""
+        entries: list[wire.ListEntry] = []
+        more = True
+        while more and len(entries) < limit:
+            page, more = self._holdings.catalog.page(owner, after, limit - len(entries))
+            for blob, entry in page:
+                if self._holdings.held(BlobKey(owner, blob)) is None:
+                    continue
+                entries.append(wire.ListEntry(blob, entry.version, entry.deleted))
+            if page:
+                after = page[-1][0]
+        return wire.ListReply(tuple(entries), more)
+
+    def _answer_delete(self, session: PeerSession, request: wire.Delete) -> wire.Message:
+        self._authorize_write(session, request.owner)
+        try:
+            tomb = Tombstone(
+                request.owner,
+                bytes.fromhex(request.key),
+                request.blob,
+                request.version,
+                bytes.fromhex(request.signature),
+            ).verify()
+        except CryptoError as e:
+            raise RequestRefused("bad_signature", f"tombstone does not verify: {e}") from None
+        key = BlobKey(tomb.owner, tomb.blob)
+        catalog = self._holdings.catalog
+        if catalog.is_newer(key, tomb.version):
+            # A tombstone costs a block like a blob: a peer's quota bounds them too.
+            try:
+                self._space.check(key.owner, BLOCK - charge(catalog.get(key)), None)
+            except NoSpace as e:
+                raise RequestRefused(e.code, e.message) from None
+        # Without news (this deletion or a newer change is here already) it is still done.
+        if self._holdings.bury(tomb):
+            log.info("deleted replica {blob} for {owner}", blob=key.blob, owner=key.owner)
+            self._sync.relay_change(session, key, Entry(tomb.version, 0, deleted=True))
+        return wire.Ack()

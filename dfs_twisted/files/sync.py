@@ -1,0 +1,134 @@
+"""Anti-entropy and relay: peers are brought up to date with what this node holds.
+
+When a session comes up and every `--sync-period`, this node compares digests of
+each namespace it holds with the peer's and, where they differ, sends each blob or
+tombstone the peer lacks or holds an older version of. With relay on, changes of
+other orgs received from one peer are passed on to the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ..catalog import Entry
+from ..crypto import CryptoError
+from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
+from ..store import BlobKey
+from .holdings import Holdings
+
+log = Logger()
+
+
+class Sync:
+    def __init__(
+        self,
+        node_id: str,
+        holdings: Holdings,
+        peers: Callable[[], Sequence[PeerSession]],
+        relay: bool,
+    ) -> None:
+        self._node_id = node_id
+        self._holdings = holdings
+        self._peers = peers
+        self.relay = relay
+        self._syncing: set[PeerSession] = set()
+
+    def sync_all(self) -> None:
+        """Compare with every live peer (periodically: a refused or failed transfer
+        while connected, a quota freed, is put right without waiting for a reconnect)."""
+        for session in self._peers():
+            self.sync(session)
+
+    def sync(self, session: PeerSession) -> None:
+        """Run catch_up for a peer in the background, one at a time per peer."""
+        if session in self._syncing:
+            return
+        self._syncing.add(session)
+        d = Deferred.fromCoroutine(self.catch_up(session))
+        d.addErrback(
+            lambda f: log.warn(
+                "catching up {peer} failed: {error}",
+                peer=session.info.org,
+                error=f.getErrorMessage(),
+            )
+        )
+        d.addBoth(lambda _: self._syncing.discard(session))
+
+    async def catch_up(self, session: PeerSession) -> int:
+        """Bring a peer up to date (it just connected, or periodically); return the changes.
+
+        For this org's namespace, and (relaying) for every other org this node
+        holds except the peer's own: compare digests, and when they differ send
+        each blob or tombstone the peer lacks or holds an older version of.
+        Only ever pushes: a node that lost its store pushes nothing and deletes
+        nothing, so `recover` can still bring everything back.
+        """
+        peer = session.info.node_id
+        catalog = self._holdings.catalog
+        client = PeerClient(session)
+        owners = [self._node_id]
+        if self.relay:
+            owners += [o for o in catalog.owners() if o not in (self._node_id, peer)]
+        sent = 0
+        for owner in owners:
+            if await client.digest(owner) == catalog.digest(owner):
+                continue
+            theirs = await client.list_all(owner)
+            stale = [
+                (blob, entry)
+                for blob, entry in catalog.entries(owner)
+                if (other := theirs.get(blob)) is None or other.version < entry.version
+            ]
+            for blob, entry in stale:
+                if session.closed:
+                    return sent
+                sent += await self.offer(session, BlobKey(owner, blob), entry)
+        if sent:
+            log.info("caught up {org}: sent {sent} changes", org=session.info.org, sent=sent)
+        return sent
+
+    async def offer(self, session: PeerSession, key: BlobKey, entry: Entry) -> int:
+        """Send one blob or tombstone to a peer; 1 if the peer took it."""
+        client = PeerClient(session)
+        try:
+            if entry.deleted:
+                tomb = self._holdings.tombstone(key)
+                if tomb is None:
+                    return 0
+                await client.delete(tomb)
+            else:
+                f = self._holdings.store.open(key)
+                if f is None:
+                    return 0  # deleted meanwhile
+                with f:
+                    await client.push(key, entry.version, f, os.fstat(f.fileno()).st_size)
+            return 1
+        except RemoteError as e:
+            if e.code in ("have", "busy", "not_found"):
+                return 0
+            # Out of room there is expected, and retried each sync: not a warning.
+            level = log.info if e.code in ("quota", "disk_full") else log.warn
+            level(
+                "{org} refused {blob}: {error}", org=session.info.org, blob=key.blob, error=str(e)
+            )
+        except (SessionClosed, CryptoError) as e:
+            log.warn(
+                "could not send {blob} to {org}: {error}",
+                blob=key.blob,
+                org=session.info.org,
+                error=str(e),
+            )
+        return 0
+
+    def relay_change(self, source: PeerSession, key: BlobKey, entry: Entry) -> None:
+        """Pass a change received from ``source`` on to the other live peers."""
+        if not self.relay:
+            return
+        for session in self._peers():
+            if session is source or session.info.node_id == key.owner:
+                continue
+            Deferred.fromCoroutine(self.offer(session, key, entry))

@@ -1,0 +1,164 @@
+"""What the file logic sees of a peer: a ready session, and a typed client over it.
+
+`PeerSession` is the narrow interface a connected peer offers once its handshake is
+done (`protocol.PeerProtocol` implements it; tests use fakes): its identity is known,
+so `info` is never None. `PeerClient` turns the request/reply messages of `wire`
+into typed calls, so no caller inspects reply types itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from twisted.internet.defer import Deferred
+
+from . import wire
+from .crypto import Tombstone
+from .store import BlobKey
+
+__all__ = [
+    "BlobStream",
+    "FetchSink",
+    "PeerClient",
+    "PeerInfo",
+    "PeerSession",
+    "RemoteError",
+    "SessionClosed",
+    "delete_message",
+]
+
+PUSH_BLOCK = 1 << 20  # bytes read from a stored blob per write to a peer
+
+
+class RemoteError(Exception):
+    """The peer answered a request with an Error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class SessionClosed(Exception):
+    """The session ended before the request completed."""
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """Who is at the other end, as proven by TLS and announced in HELLO."""
+
+    node_id: str
+    org: str
+    listen: str
+    address: str
+    box_key: str | None = None  # where grants to it are encrypted to
+
+
+class BlobStream(Protocol):
+    """A STORE being sent: write ciphertext, then finish() to await the answer."""
+
+    @property
+    def closed(self) -> bool: ...
+    def write(self, data: bytes) -> None: ...
+    def finish(self) -> Deferred[wire.Message]: ...
+    def abort(self, reason: str) -> None: ...
+
+
+class FetchSink(Protocol):
+    """Receives the ciphertext of a FETCH this side asked for."""
+
+    def started(self, size: int) -> None: ...
+    def data(self, payload: bytes) -> None: ...
+
+
+class PeerSession(Protocol):
+    """A peer whose handshake is done."""
+
+    @property
+    def info(self) -> PeerInfo: ...
+    @property
+    def paused(self) -> bool:
+        """The peer reads slower than we write: wait for `when_writable`."""
+
+    @property
+    def closed(self) -> bool: ...
+    def request(self, message: wire.ControlRequest) -> Deferred[wire.Message]: ...
+    def store(self, message: wire.Store) -> BlobStream: ...
+    def fetch(self, message: wire.Fetch, sink: FetchSink) -> Deferred[wire.Message]: ...
+    def when_writable(self) -> Deferred[None]: ...
+    def hold_reading(self, holder: object) -> None: ...
+    def release_reading(self, holder: object) -> None: ...
+
+
+class PeerClient:
+    """Typed requests to one peer; a reply of the wrong type is a RemoteError."""
+
+    def __init__(self, session: PeerSession) -> None:
+        self.session = session
+
+    async def _ask(self, message: wire.ControlRequest) -> wire.Message:
+        return await self.session.request(message)
+
+    async def digest(self, owner: str) -> tuple[str, int]:
+        """The peer's digest of what it holds of ``owner``'s namespace, and its count."""
+        reply = await self._ask(wire.Digest(owner))
+        if not isinstance(reply, wire.DigestReply):
+            raise RemoteError("bad_reply", "DIGEST answered with something else")
+        return reply.digest, reply.count
+
+    async def list_all(self, owner: str) -> dict[str, wire.ListEntry]:
+        """Every entry the peer holds of ``owner``'s namespace, page after page."""
+        held: dict[str, wire.ListEntry] = {}
+        after: str | None = None
+        while True:
+            reply = await self._ask(wire.List(owner, after))
+            if not isinstance(reply, wire.ListReply):
+                raise RemoteError("bad_reply", "LIST answered with something else")
+            held.update((e.blob, e) for e in reply.entries)
+            if not reply.more or not reply.entries:
+                return held
+            after = reply.entries[-1].blob
+
+    async def entry(self, key: BlobKey) -> wire.ListEntry | None:
+        """What the peer holds of one blob (None: nothing, or it would not say)."""
+        # A one-entry listing starting just below the blob's id.
+        before = int(key.blob, 16) - 1
+        after = None if before < 0 else f"{before:064x}"
+        try:
+            reply = await self._ask(wire.List(key.owner, after, limit=1))
+        except (RemoteError, SessionClosed):
+            return None
+        if isinstance(reply, wire.ListReply):
+            for entry in reply.entries:
+                if entry.blob == key.blob:
+                    return entry
+        return None
+
+    async def head(self, key: BlobKey) -> wire.HeadReply:
+        """A stored blob's header and size."""
+        reply = await self._ask(wire.Head(key.owner, key.blob))
+        if not isinstance(reply, wire.HeadReply):
+            raise RemoteError("bad_reply", "HEAD answered with something else")
+        return reply
+
+    async def delete(self, tomb: Tombstone) -> None:
+        """Hand the peer a signed tombstone (RemoteError if it refuses)."""
+        reply = await self._ask(delete_message(tomb))
+        if not isinstance(reply, wire.Ack):
+            raise RemoteError("bad_reply", "DELETE answered with something else")
+
+    async def push(self, key: BlobKey, version: int, blob: BinaryIO, size: int) -> None:
+        """Stream a stored blob to the peer as it reads it; return once it answered."""
+        stream = self.session.store(wire.Store(key.owner, key.blob, size, version))
+        while block := blob.read(PUSH_BLOCK):
+            await self.session.when_writable()
+            stream.write(block)
+        await stream.finish()
+
+
+def delete_message(tomb: Tombstone) -> wire.Delete:
+    """The DELETE that carries a tombstone to a peer."""
+    return wire.Delete(
+        tomb.owner, tomb.blob, tomb.version, tomb.owner_key.hex(), tomb.signature.hex()
+    )
