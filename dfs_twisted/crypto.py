@@ -2,16 +2,26 @@
 
 Pure functions and classes over bytes: no disk layout, no network.
 
-A blob is ``header || chunk_0 || ... || chunk_n || trailer`` (the STREAM
-construction).  Each file gets a fresh random data key, wrapped under the
-organisation key-encryption key; chunks are AES-GCM sealed with a nonce made of
-a per-file prefix, the chunk index and a "last chunk" flag, and authenticate the
-SHA-256 digest of the header.  The trailer carries the plaintext size and
-SHA-256 so that truncation at a chunk boundary is detected, and ends with the
-owner's Ed25519 signature over the SHA-256 of every byte before it.  The header
-names the owner's public key, whose SPKI hash is the owner id: any node can
-check that a blob is complete and the owner's own (SealCheck) without being able
-to read it.  Deletions are signed the same way (Tombstone).
+A blob (format 3) is ``header || chunk_0 || ... || chunk_n``. Each file version
+gets a fresh random data key, wrapped under the organisation key-encryption key,
+and the header names the owner's Ed25519 public key, whose SPKI hash is the owner
+id. Each chunk is AES-256-GCM ciphertext (the STREAM construction: the nonce is a
+per-file prefix, the chunk index and a "last chunk" flag; the associated data is
+the BLAKE3 hash of the header) followed by the owner's signature over the chunk's
+BLAKE3 hash, its index, whether it is the last, the plaintext size up to its end,
+and the owner, blob, version and header hash.
+
+So every chunk can be checked on its own, by anyone and without the org key,
+before its plaintext is released or it is stored (a holder, a reader whose local
+copy is damaged and continues from a peer at that chunk, a storage audit); a
+truncated blob lacks a signed last chunk; and the last chunk's signature is the
+blob's `BlobRecord`: a small statement of its version, size and content that peers
+present in listings and that proves a claimed version. Deletions are signed
+tombstones. One hash pass per byte: the STREAM construction already authenticates
+every byte, its order and the end, so there is no separate plaintext hash.
+
+Blobs of format 2 (a SHA-256 seal over the whole blob and an encrypted trailer)
+are still read: see `legacy`.
 """
 
 from __future__ import annotations
@@ -24,7 +34,9 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from blake3 import blake3
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives import hmac as _hmac
@@ -40,9 +52,11 @@ __all__ = [
     "MAX_NAME_BYTES",
     "MAX_SEALED_META",
     "MIN_CHUNK_SIZE",
+    "RECORD_SIZE",
+    "SIGNATURE_SIZE",
     "TAG",
-    "TRAILER_SIZE",
     "BlobHeader",
+    "BlobRecord",
     "CryptoError",
     "Decryptor",
     "Encryptor",
@@ -53,12 +67,11 @@ __all__ = [
     "OrgKey",
     "SealCheck",
     "Tombstone",
-    "Trailer",
+    "audit_digest",
     "ciphertext_size",
     "file_key",
     "header_length",
     "open_metadata",
-    "open_trailer",
     "owner_id",
     "parse_header",
     "plaintext_size",
@@ -69,11 +82,14 @@ CHUNK_SIZE: int = 1 << 20
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 4 * 1024 * 1024
 MAX_NAME_BYTES = 1024
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+LEGACY_FORMAT = 2
 TAG = 16
 KEY_SIZE = 32
 NONCE_PREFIX_SIZE = 7
 WRAPPED_KEY_SIZE = 12 + KEY_SIZE + TAG
+SIGNATURE_SIZE = 64
+DIGEST_SIZE = 32
 # JSON escapes a control character as six bytes ("\u0001"), so a maximal
 # 1024-byte name can take ~6 KiB once encoded; 8 KiB leaves room for the rest.
 MAX_SEALED_META = 8192
@@ -86,23 +102,20 @@ FIXED_HEADER_SIZE: int = _FIXED.size
 # The metadata AAD is everything before the u16 sealed_meta length field.
 _META_AAD_END = FIXED_HEADER_SIZE - 2
 
-_TRAILER_PLAIN = struct.Struct(">Q32s")
-SIGNATURE_SIZE = 64
-_SEALED_TRAILER_SIZE = _TRAILER_PLAIN.size + TAG
-# The sealed size and hash, then the owner's signature over all that precedes it.
-TRAILER_SIZE: int = _SEALED_TRAILER_SIZE + SIGNATURE_SIZE
-_SEAL_CONTEXT = b"dfs-twisted v2 blob seal\x00"
+_CHUNK_CONTEXT = b"dfs-twisted v3 chunk\x00"
+# owner, blob, version, header hash, chunk index, last, plaintext size to here, chunk hash.
+_CHUNK_STATEMENT = struct.Struct(">32s32sQ32sIBQ32s")
+# A record as it travels: size, header hash, last chunk index and hash, signature.
+_RECORD = struct.Struct(">Q32sI32s64s")
+RECORD_SIZE: int = _RECORD.size
 _TOMB_CONTEXT = b"dfs-twisted v2 tombstone\x00"
 _TOMB = struct.Struct(">4s32s32s32sQ64s")
 TOMB_MAGIC = b"DFST"
 
 _NONCE = struct.Struct(">7sIB")
-# Index 0xFFFFFFFF is reserved for the trailer nonce.
 MAX_CHUNK_INDEX = 0xFFFFFFFE
-_TRAILER_INDEX = 0xFFFFFFFF
 _FLAG_MIDDLE = 0
 _FLAG_LAST = 1
-_FLAG_TRAILER = 2
 
 _MAX_U64 = (1 << 64) - 1
 _HEX_ID_LEN = 64
@@ -115,6 +128,10 @@ _WRAP_AAD = b"dfs-wrap"
 _ZERO_NONCE = bytes(12)
 
 _HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+if TYPE_CHECKING:
+    from .legacy import LegacyDecryptor, LegacySealCheck
 
 
 class CryptoError(Exception):
@@ -151,7 +168,7 @@ def _raw_public(signer: Ed25519PrivateKey) -> bytes:
     )
 
 
-def _verify(public_key: bytes, signature: bytes, message: bytes, what: str) -> None:
+def _verify(public_key: bytes, signature: bytes | memoryview, message: bytes, what: str) -> None:
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
@@ -251,14 +268,6 @@ class Metadata:
 
 
 @dataclass(frozen=True)
-class Trailer:
-    """Authenticated end-of-stream record."""
-
-    size: int
-    sha256: bytes
-
-
-@dataclass(frozen=True)
 class BlobHeader:
     """A parsed blob header; ``raw`` is the exact header bytes."""
 
@@ -271,15 +280,30 @@ class BlobHeader:
     wrapped_key: bytes
     sealed_meta: bytes
     raw: bytes
+    format: int = FORMAT_VERSION
     _digest: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_digest", hashlib.sha256(self.raw).digest())
+        digest = (
+            hashlib.sha256(self.raw).digest()
+            if self.format == LEGACY_FORMAT
+            else blake3(self.raw).digest()
+        )
+        object.__setattr__(self, "_digest", digest)
 
     @property
     def digest(self) -> bytes:
-        """SHA-256 of the raw header (the AAD of every chunk and the trailer)."""
+        """The hash of the raw header: the AAD of every chunk, and signed with each."""
         return self._digest
+
+    @property
+    def span(self) -> int:
+        """Bytes of a full chunk in the blob: ciphertext, tag and signature."""
+        return self.chunk_size + TAG + SIGNATURE_SIZE
+
+    def chunk_offset(self, index: int) -> int:
+        """Where chunk ``index`` starts in the blob."""
+        return len(self.raw) + index * self.span
 
 
 def header_length(prefix: bytes) -> int:
@@ -289,7 +313,7 @@ def header_length(prefix: bytes) -> int:
     magic, fmt, chunk_size, _o, _k, _b, _v, _p, _w, meta_len = _FIXED.unpack_from(prefix)
     if magic != MAGIC:
         raise FormatError("not a dfs blob (bad magic)")
-    if fmt != FORMAT_VERSION:
+    if fmt not in (FORMAT_VERSION, LEGACY_FORMAT):
         raise FormatError(f"unsupported blob format version {fmt}")
     if not _check_chunk_size(chunk_size):
         raise FormatError(f"chunk size {chunk_size} out of range")
@@ -304,7 +328,7 @@ def parse_header(data: bytes) -> BlobHeader:
     if len(data) < total:
         raise FormatError("blob too short for its header")
     raw = bytes(data[:total])
-    _m, _f, chunk_size, owner, owner_key, blob, version, prefix, wrapped, _l = _FIXED.unpack_from(
+    _m, fmt, chunk_size, owner, owner_key, blob, version, prefix, wrapped, _l = _FIXED.unpack_from(
         raw
     )
     try:
@@ -323,6 +347,7 @@ def parse_header(data: bytes) -> BlobHeader:
         wrapped_key=wrapped,
         sealed_meta=raw[FIXED_HEADER_SIZE:],
         raw=raw,
+        format=fmt,
     )
 
 
@@ -391,106 +416,252 @@ def ciphertext_size(header_len: int, chunk_size: int, plain_size: int) -> int:
         raise ValueError("plain_size must be non-negative")
     full, rest = divmod(plain_size, chunk_size)
     # Full chunks are emitted eagerly, so the last chunk holds 0..chunk_size-1 bytes.
-    return header_len + full * (chunk_size + TAG) + rest + TAG + TRAILER_SIZE
+    overhead = TAG + SIGNATURE_SIZE
+    return header_len + full * (chunk_size + overhead) + rest + overhead
 
 
 def plaintext_size(header: BlobHeader, blob_length: int) -> int:
     """Plaintext size implied by a total blob length; FormatError if impossible."""
-    body = blob_length - len(header.raw) - TRAILER_SIZE
-    if body < TAG:
-        raise FormatError("blob too short")
-    full, rest = divmod(body, header.chunk_size + TAG)
-    if rest < TAG:
+    if header.format == LEGACY_FORMAT:
+        from .legacy import plaintext_size as legacy_size
+
+        return legacy_size(header, blob_length)
+    body = blob_length - len(header.raw)
+    full, rest = divmod(body, header.span)
+    if body < 0 or rest < TAG + SIGNATURE_SIZE:
         raise FormatError("blob length is not consistent with any plaintext size")
     if full > MAX_CHUNK_INDEX:
         raise FormatError("blob has too many chunks")
-    return full * header.chunk_size + rest - TAG
+    return full * header.chunk_size + rest - TAG - SIGNATURE_SIZE
 
 
-def _trailer_nonce(prefix: bytes) -> bytes:
-    return _NONCE.pack(prefix, _TRAILER_INDEX, _FLAG_TRAILER)
+def audit_digest(nonce: bytes, chunk: bytes | memoryview) -> bytes:
+    """What a holder answers to a storage audit of one chunk: a hash keyed by a fresh
+    nonce, so it can only be computed from the chunk's bytes, not remembered."""
+    return blake3(chunk, key=nonce).digest()
 
 
-def _decrypt_trailer(aead: AESGCM, header: BlobHeader, trailer: bytes | memoryview) -> Trailer:
-    if len(trailer) != TRAILER_SIZE:
-        raise IntegrityError("trailer missing or truncated")
-    try:
-        plain = aead.decrypt(
-            _trailer_nonce(header.nonce_prefix), trailer[:_SEALED_TRAILER_SIZE], header.digest
-        )
-    except InvalidTag:
-        raise IntegrityError("trailer failed authentication") from None
-    size, digest = _TRAILER_PLAIN.unpack(plain)
-    return Trailer(size=size, sha256=digest)
+def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    return _NONCE.pack(prefix, index, _FLAG_LAST if last else _FLAG_MIDDLE)
 
 
-def open_trailer(key: OrgKey, header: BlobHeader, trailer: bytes) -> Trailer:
-    """Decrypt the last TRAILER_SIZE bytes of a blob."""
-    data_key, _meta = _open_header(key, header)
-    return _decrypt_trailer(AESGCM(data_key), header, trailer)
+def _statement(header: BlobHeader, index: int, last: bool, size: int, chunk_digest: bytes) -> bytes:
+    return _CHUNK_CONTEXT + _CHUNK_STATEMENT.pack(
+        bytes.fromhex(header.owner),
+        bytes.fromhex(header.blob),
+        header.version,
+        header.digest,
+        index,
+        int(last),
+        size,
+        chunk_digest,
+    )
 
 
-class SealCheck:
-    """Checks that a blob is complete and signed by its owner, with no org key.
+@dataclass(frozen=True)
+class BlobRecord:
+    """The owner's signed word that a blob version exists: its size and content.
 
-    Feed it the blob's bytes as they arrive; ``finish`` raises IntegrityError
-    unless every byte is as the owner signed it.  This is what a node holding
-    another org's replica can verify.
+    It is the signature of the blob's last chunk, which covers the owner, blob,
+    version, header hash, chunk count and plaintext size: a claim about a version
+    (a listing, a HEAD) counts only when its record verifies under the owner's key.
     """
 
-    def __init__(self, *, owner: str | None = None, blob: str | None = None) -> None:
+    owner: str
+    blob: str
+    version: int
+    size: int  # plaintext bytes
+    header_digest: bytes
+    index: int  # of the last chunk
+    chunk_digest: bytes
+    signature: bytes = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """The part that travels beside a (owner, blob, version): RECORD_SIZE bytes."""
+        return _RECORD.pack(
+            self.size, self.header_digest, self.index, self.chunk_digest, self.signature
+        )
+
+    @classmethod
+    def from_bytes(cls, owner: str, blob: str, version: int, data: bytes) -> BlobRecord:
+        if len(data) != RECORD_SIZE:
+            raise FormatError("a blob record has the wrong length")
+        size, header_digest, index, chunk_digest, signature = _RECORD.unpack(data)
+        return cls(owner, blob, version, size, header_digest, index, chunk_digest, signature)
+
+    def _message(self) -> bytes:
+        return _CHUNK_CONTEXT + _CHUNK_STATEMENT.pack(
+            bytes.fromhex(self.owner),
+            bytes.fromhex(self.blob),
+            self.version,
+            self.header_digest,
+            self.index,
+            1,
+            self.size,
+            self.chunk_digest,
+        )
+
+    def verify(self, owner_key: bytes) -> BlobRecord:
+        """Return self if the owner (whose public key this is) signed it."""
+        if not (_is_hex_id(self.owner) and _is_hex_id(self.blob)):
+            raise FormatError("record ids must be 64 lowercase hex digits")
+        if owner_id(owner_key) != self.owner:
+            raise IntegrityError("the key given is not the record's owner's")
+        _verify(owner_key, self.signature, self._message(), f"record of {self.blob[:16]}")
+        return self
+
+
+class _HeaderReader:
+    """Collects a blob's first bytes until its header is in."""
+
+    def __init__(self, owner: str | None, blob: str | None) -> None:
         self._want_owner = owner
         self._want_blob = blob
-        self.header: BlobHeader | None = None
-        self.length = 0
         self._head = bytearray()
-        self._hash = hashlib.sha256()
-        # The last SIGNATURE_SIZE bytes seen: the signature, if the blob ends here.
-        self._tail = bytearray()
+        self.header: BlobHeader | None = None
 
-    def feed(self, data: bytes | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        self.length += len(view)
-        if self.header is None:
-            self._head += view
-            self._try_header()
-        if len(view) >= SIGNATURE_SIZE:
-            self._hash.update(self._tail)
-            self._hash.update(view[:-SIGNATURE_SIZE])
-            self._tail = bytearray(view[-SIGNATURE_SIZE:])
-        else:
-            self._tail += view
-            extra = len(self._tail) - SIGNATURE_SIZE
-            if extra > 0:
-                self._hash.update(self._tail[:extra])
-                del self._tail[:extra]
-
-    def _try_header(self) -> None:
+    def feed(self, view: memoryview) -> memoryview:
+        """Take bytes; once the header is complete, return what follows it."""
+        self._head += view
         if len(self._head) < FIXED_HEADER_SIZE:
-            return
+            return memoryview(b"")
         total = header_length(bytes(self._head[:FIXED_HEADER_SIZE]))
         if len(self._head) < total:
-            return
+            return memoryview(b"")
         header = parse_header(bytes(self._head))
         if self._want_owner is not None and header.owner != self._want_owner:
             raise IntegrityError("blob header names a different owner")
         if self._want_blob is not None and header.blob != self._want_blob:
             raise IntegrityError("blob header names a different blob id")
         self.header = header
+        rest = memoryview(bytes(self._head[total:]))
         self._head = bytearray()
+        return rest
+
+
+class SealCheck:
+    """Checks that a blob is complete and signed by its owner, with no org key.
+
+    Feed it the blob's bytes as they arrive, cut anywhere: each chunk is checked
+    against the owner's signature as soon as it is in (IntegrityError at once for
+    a bad one), without copying it. ``finish`` checks the end and returns the
+    header; ``record`` is then the blob's `BlobRecord`. This is what a node holding
+    another org's replica can verify.
+    """
+
+    def __init__(self, *, owner: str | None = None, blob: str | None = None) -> None:
+        self._reader = _HeaderReader(owner, blob)
+        self.header: BlobHeader | None = None
+        self.record: BlobRecord | None = None
+        self.length = 0
+        self._legacy: LegacySealCheck | None = None
+        self._hash = blake3()
+        self._hashed = 0  # ciphertext bytes of the current chunk hashed so far
+        # Bytes not hashed yet: they may be the last chunk's signature, if the blob ends here.
+        self._tail = bytearray()
+        self._signature: bytearray | None = None  # a middle chunk's, arriving
+        self._index = 0
+        self._plain = 0  # plaintext bytes before the current chunk
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        self.length += len(view)
+        if self.header is None:
+            view = self._reader.feed(view)
+            header = self.header = self._reader.header
+            if header is None:
+                return
+            if header.format == LEGACY_FORMAT:
+                from .legacy import LegacySealCheck as _LegacySealCheck
+
+                self._legacy = _LegacySealCheck(header)
+        if self._legacy is not None:
+            self._legacy.feed(view)
+            return
+        self._absorb(view)
+
+    def _absorb(self, view: memoryview) -> None:
+        header = self.header
+        assert header is not None
+        full = header.chunk_size + TAG
+        while view:
+            if self._signature is not None:
+                take = min(SIGNATURE_SIZE - len(self._signature), len(view))
+                self._signature += view[:take]
+                view = view[take:]
+                if len(self._signature) == SIGNATURE_SIZE:
+                    self._end_chunk(bytes(self._signature), last=False)
+                continue
+            need = full - self._hashed
+            if len(self._tail) + len(view) >= need + SIGNATURE_SIZE:
+                # A chunk this long is never the last: its ciphertext ends here, and
+                # its signature follows.
+                if need <= len(self._tail):
+                    self._hash.update(self._tail[:need])
+                    self._signature = bytearray(self._tail[need:])
+                else:
+                    self._hash.update(self._tail)
+                    self._hash.update(view[: need - len(self._tail)])
+                    view = view[need - len(self._tail) :]
+                    self._signature = bytearray()
+                self._tail = bytearray()
+                self._hashed = full
+                continue
+            # Hash all but the last SIGNATURE_SIZE bytes: the blob may end here.
+            keep = len(self._tail) + len(view) - SIGNATURE_SIZE
+            if keep <= 0:
+                self._tail += view
+            elif keep <= len(self._tail):
+                self._hash.update(self._tail[:keep])
+                self._hashed += keep
+                self._tail = self._tail[keep:] + view
+            else:
+                self._hash.update(self._tail)
+                self._hash.update(view[: keep - len(self._tail)])
+                self._hashed += keep
+                self._tail = bytearray(view[keep - len(self._tail) :])
+            view = memoryview(b"")
+
+    def _end_chunk(self, signature: bytes, last: bool) -> None:
+        header = self.header
+        assert header is not None
+        if self._index > MAX_CHUNK_INDEX:
+            raise IntegrityError("too many chunks")
+        self._plain += self._hashed - TAG
+        digest = self._hash.digest()
+        message = _statement(header, self._index, last, self._plain, digest)
+        _verify(header.owner_key, signature, message, f"chunk {self._index}")
+        if last:
+            self.record = BlobRecord(
+                header.owner,
+                header.blob,
+                header.version,
+                self._plain,
+                header.digest,
+                self._index,
+                digest,
+                signature,
+            )
+        self._index += 1
+        self._hash = blake3()
+        self._hashed = 0
+        self._signature = None
 
     def finish(self) -> BlobHeader:
-        """Verify the owner's signature over the whole blob; return its header."""
-        if self.header is None:
+        """Check that the blob ended with its signed last chunk; return its header."""
+        header = self.header
+        if header is None:
             raise IntegrityError("blob truncated inside its header")
-        plaintext_size(self.header, self.length)  # a length no encryptor could produce
-        _verify(
-            self.header.owner_key,
-            bytes(self._tail),
-            _SEAL_CONTEXT + self._hash.digest(),
-            f"blob {self.header.blob[:16]}",
-        )
-        return self.header
+        if self._legacy is not None:
+            self._legacy.finish()
+            return header
+        if self._signature is not None or len(self._tail) != SIGNATURE_SIZE:
+            raise IntegrityError("blob truncated: no signed last chunk")
+        if self._hashed < TAG:
+            raise IntegrityError("blob truncated: last chunk too short")
+        self._end_chunk(bytes(self._tail), last=True)
+        self._tail = bytearray()
+        return header
 
 
 @dataclass(frozen=True)
@@ -567,7 +738,6 @@ class Encryptor:
     header: bytes
     blob: str
     size: int
-    sha256: bytes
 
     def __init__(
         self,
@@ -590,7 +760,7 @@ class Encryptor:
         self.blob = key.blob_id(name)  # validates the name
         self._chunk_size = chunk_size
         data_key = os.urandom(KEY_SIZE)
-        self._prefix = os.urandom(NONCE_PREFIX_SIZE)
+        prefix = os.urandom(NONCE_PREFIX_SIZE)
         owner_raw = bytes.fromhex(owner)
         blob_raw = bytes.fromhex(self.blob)
         wrapped = key._wrap(data_key, owner_raw, blob_raw)
@@ -605,7 +775,7 @@ class Encryptor:
             owner_key,
             blob_raw,
             version,
-            self._prefix,
+            prefix,
             wrapped,
             len(meta_json) + TAG,
         )
@@ -616,34 +786,47 @@ class Encryptor:
         if len(sealed) > MAX_SEALED_META:
             raise ValueError("metadata too large")
         self.header = fixed + sealed
-        self._aad = hashlib.sha256(self.header).digest()
+        self._parsed = parse_header(self.header)
         self._aead = AESGCM(data_key)
-        self._hash = hashlib.sha256()
         self._signer = signer
-        self._sealed = hashlib.sha256(self.header)  # every byte the signature covers
         # Fixed-size staging buffer filled in place: no reallocation per chunk.
         self._buf = bytearray(chunk_size)
         self._fill = 0
         self._index = 0
         self._done = False
         self.size = 0
-        self.sha256 = b""
+        self.record: BlobRecord | None = None
 
-    def _seal(self, data: bytes | bytearray | memoryview, flag: int) -> bytes:
+    def _seal(self, data: bytes | bytearray | memoryview, last: bool) -> list[bytes]:
         if self._index > MAX_CHUNK_INDEX:
             raise ValueError("file too large: chunk index space exhausted")
-        nonce = _NONCE.pack(self._prefix, self._index, flag)
+        header = self._parsed
+        sealed = self._aead.encrypt(
+            _nonce(header.nonce_prefix, self._index, last), data, header.digest
+        )
+        digest = blake3(sealed).digest()
+        ended = self.size if last else (self._index + 1) * self._chunk_size
+        signature = self._signer.sign(_statement(header, self._index, last, ended, digest))
+        if last:
+            self.record = BlobRecord(
+                header.owner,
+                header.blob,
+                header.version,
+                self.size,
+                header.digest,
+                self._index,
+                digest,
+                signature,
+            )
         self._index += 1
-        sealed = self._aead.encrypt(nonce, data, self._aad)
-        self._sealed.update(sealed)
-        return sealed
+        return [sealed, signature]
 
     def update(self, data: bytes | memoryview) -> list[bytes]:
-        """Feed plaintext; return the ciphertext chunks it completes."""
+        """Feed plaintext; return the pieces of the chunks it completes (ciphertext,
+        then its signature, for each)."""
         if self._done:
             raise RuntimeError("Encryptor already finalized")
         view = memoryview(data).cast("B")
-        self._hash.update(view)
         self.size += len(view)
         cs = self._chunk_size
         out: list[bytes] = []
@@ -653,67 +836,85 @@ class Encryptor:
             self._fill += take
             if self._fill < cs:
                 return out
-            out.append(self._seal(self._buf, _FLAG_MIDDLE))
+            out += self._seal(self._buf, last=False)
             self._fill = 0
             view = view[take:]
         # Seal whole chunks straight from the caller's buffer: no copy.
         full = len(view) // cs
         for i in range(full):
-            out.append(self._seal(view[i * cs : (i + 1) * cs], _FLAG_MIDDLE))
+            out += self._seal(view[i * cs : (i + 1) * cs], last=False)
         rest = len(view) - full * cs
         self._buf[:rest] = view[full * cs :]
         self._fill = rest
         return out
 
     def finalize(self) -> bytes:
-        """Return the last chunk (always present) followed by the signed trailer."""
+        """Return the last chunk (always present) and its signature."""
         if self._done:
             raise RuntimeError("Encryptor already finalized")
         self._done = True
         with memoryview(self._buf) as mv, mv[: self._fill] as pending:
-            last = self._seal(pending, _FLAG_LAST)
+            sealed, signature = self._seal(pending, last=True)
         self._buf = bytearray()
-        self.sha256 = self._hash.digest()
-        trailer = self._aead.encrypt(
-            _trailer_nonce(self._prefix), _TRAILER_PLAIN.pack(self.size, self.sha256), self._aad
-        )
-        self._sealed.update(trailer)
-        signature = self._signer.sign(_SEAL_CONTEXT + self._sealed.digest())
-        return last + trailer + signature
+        return sealed + signature
 
 
 class Decryptor:
     """Streaming, authenticating decryption of one blob.
 
-    ``feed`` only releases chunks that passed authentication, but a stream cut
-    at a chunk boundary is only detected by ``finish``: treat the file as
-    complete only once ``finish`` has returned.
+    ``feed`` releases a chunk's plaintext only once that chunk passed both the
+    owner's signature and authentication; the end of the stream is checked by
+    ``finish``: treat the file as complete only once it has returned.
+
+    After a bad chunk the stream fails (IntegrityError); ``resume`` lets it go on
+    with the same chunk from another source, at byte ``offset`` of the blob.
     """
 
     header: BlobHeader | None
     metadata: Metadata | None
 
     def __init__(
-        self, key: OrgKey | FileKey, *, owner: str | None = None, blob: str | None = None
+        self,
+        key: OrgKey | FileKey,
+        *,
+        owner: str | None = None,
+        blob: str | None = None,
+        version: int | None = None,
     ) -> None:
         self._key = key
+        self._want_version = version
         self.header = None
         self.metadata = None
+        self.record: BlobRecord | None = None
         self._aead: AESGCM | None = None
-        self._seal = SealCheck(owner=owner, blob=blob)
+        self._reader = _HeaderReader(owner, blob)
+        self._legacy: LegacyDecryptor | None = None
         self._buf = bytearray()
         self._index = 0
         self._released = 0
-        self._hash = hashlib.sha256()
         self._error: CryptoError | None = None
         self._done = False
 
+    @property
+    def offset(self) -> int:
+        """Byte offset in the blob of the first chunk not yet released."""
+        assert self.header is not None
+        return self.header.chunk_offset(self._index)
+
     def _check_usable(self) -> None:
         if self._error is not None:
-            # A failed stream stays failed: never resume after a bad chunk.
+            # A failed stream stays failed: never resume after a bad chunk by accident.
             raise type(self._error)(f"stream already failed: {self._error}")
         if self._done:
             raise RuntimeError("Decryptor already finished")
+
+    def resume(self) -> int:
+        """Forget a failure and the partial chunk; the caller feeds from ``offset`` on."""
+        if self._aead is None or self._legacy is not None:
+            raise RuntimeError("only a started stream of the current format can resume")
+        self._error = None
+        self._buf = bytearray()
+        return self.offset
 
     def feed(self, data: bytes | memoryview) -> bytes:
         """Consume blob bytes; return newly authenticated plaintext."""
@@ -725,19 +926,29 @@ class Decryptor:
             raise
 
     def _feed(self, view: memoryview) -> bytes:
-        self._seal.feed(view)
+        if self._legacy is not None:
+            return self._legacy.feed(view)
         if self._aead is None:
-            self._buf += view
-            header = self._seal.header
+            view = self._reader.feed(view)
+            header = self._reader.header
             if header is None:
                 return b""
+            if self._want_version is not None and header.version != self._want_version:
+                raise IntegrityError(
+                    f"blob is version {header.version}, not the {self._want_version} asked for"
+                )
             self.header = header
             data_key, self.metadata = _open_header(self._key, header)
             self._aead = AESGCM(data_key)
-            del self._buf[: len(header.raw)]
+            if header.format == LEGACY_FORMAT:
+                from .legacy import LegacyDecryptor as _LegacyDecryptor
+
+                self._legacy = _LegacyDecryptor(header, data_key)
+                return self._legacy.feed(view)
+            self._buf += view
             return self._drain_buffer()
         if not self._buf:
-            # Fast path: decrypt straight from the caller's buffer.
+            # Fast path: open whole chunks straight from the caller's buffer.
             consumed, out = self._process(view)
             self._buf += view[consumed:]
             return out
@@ -751,39 +962,56 @@ class Decryptor:
         del self._buf[:consumed]
         return out
 
-    def _open_chunk(self, data: memoryview, flag: int) -> bytes:
-        assert self._aead is not None and self.header is not None
+    def _open_chunk(self, chunk: memoryview, last: bool) -> bytes:
+        header = self.header
+        assert self._aead is not None and header is not None
         if self._index > MAX_CHUNK_INDEX:
             raise IntegrityError("too many chunks")
-        nonce = _NONCE.pack(self.header.nonce_prefix, self._index, flag)
+        sealed = chunk[:-SIGNATURE_SIZE]
+        digest = blake3(sealed).digest()
+        size = self._released + len(sealed) - TAG
+        message = _statement(header, self._index, last, size, digest)
+        # The owner's signature first: only the owner's bytes are ever decrypted.
+        _verify(header.owner_key, chunk[-SIGNATURE_SIZE:], message, f"chunk {self._index}")
         try:
-            plain = self._aead.decrypt(nonce, data, self.header.digest)
+            plain = self._aead.decrypt(
+                _nonce(header.nonce_prefix, self._index, last), sealed, header.digest
+            )
         except InvalidTag:
             raise IntegrityError(f"chunk {self._index} failed authentication") from None
+        if last:
+            self.record = BlobRecord(
+                header.owner,
+                header.blob,
+                header.version,
+                size,
+                header.digest,
+                self._index,
+                digest,
+                bytes(chunk[-SIGNATURE_SIZE:]),
+            )
         self._index += 1
-        self._hash.update(plain)
         self._released += len(plain)
         return plain
 
     def _process(self, mv: memoryview) -> tuple[int, bytes]:
         assert self.header is not None
-        ct = self.header.chunk_size + TAG
+        span = self.header.span
         pos = 0
         pieces: list[bytes] = []
-        # A full-size chunk is only known not to be the last one once more
-        # than a chunk plus a trailer is buffered.
-        while len(mv) - pos > ct + TRAILER_SIZE:
-            with mv[pos : pos + ct] as piece:
-                pieces.append(self._open_chunk(piece, _FLAG_MIDDLE))
-            pos += ct
+        # A chunk of full length is never the last: it can be opened at once.
+        while len(mv) - pos >= span:
+            with mv[pos : pos + span] as piece:
+                pieces.append(self._open_chunk(piece, last=False))
+            pos += span
         if not pieces:
             return pos, b""
         if len(pieces) == 1:
             return pos, pieces[0]
         return pos, b"".join(pieces)
 
-    def finish(self) -> tuple[bytes, Trailer]:
-        """Authenticate the end of the stream; return (last plaintext, trailer)."""
+    def finish(self) -> tuple[bytes, BlobRecord | None]:
+        """Authenticate the end of the stream; return (last plaintext, the blob's record)."""
         self._check_usable()
         try:
             result = self._finish()
@@ -793,23 +1021,16 @@ class Decryptor:
         self._done = True
         return result
 
-    def _finish(self) -> tuple[bytes, Trailer]:
+    def _finish(self) -> tuple[bytes, BlobRecord | None]:
+        if self._legacy is not None:
+            return self._legacy.finish(), None
         if self._aead is None or self.header is None:
             raise IntegrityError("blob truncated inside its header")
-        last_len = len(self._buf) - TRAILER_SIZE
         # The encryptor never writes a full-size last chunk; accepting one would
         # give two encodings of the same file.
-        if not TAG <= last_len < self.header.chunk_size + TAG:
+        if not TAG + SIGNATURE_SIZE <= len(self._buf) < self.header.span:
             raise IntegrityError("blob truncated or has trailing garbage")
         with memoryview(self._buf) as mv:
-            with mv[:last_len] as piece:
-                last = self._open_chunk(piece, _FLAG_LAST)
-            with mv[last_len:] as tail:
-                trailer = _decrypt_trailer(self._aead, self.header, tail)
+            last = self._open_chunk(mv, last=True)
         self._buf = bytearray()
-        if trailer.size != self._released:
-            raise IntegrityError("plaintext size does not match the trailer")
-        if not _stdlib_hmac.compare_digest(trailer.sha256, self._hash.digest()):
-            raise IntegrityError("plaintext SHA-256 does not match the trailer")
-        self._seal.finish()
-        return last, trailer
+        return last, self.record

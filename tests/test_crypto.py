@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import random
+import struct
 
+from blake3 import blake3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,8 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from dfs_twisted.crypto import (
     FIXED_HEADER_SIZE,
     MAX_NAME_BYTES,
+    SIGNATURE_SIZE,
     TAG,
-    TRAILER_SIZE,
+    BlobRecord,
     CryptoError,
     Decryptor,
     Encryptor,
@@ -27,11 +30,10 @@ from dfs_twisted.crypto import (
     OrgKey,
     SealCheck,
     Tombstone,
-    Trailer,
     ciphertext_size,
+    file_key,
     header_length,
     open_metadata,
-    open_trailer,
     parse_header,
     plaintext_size,
     validate_name,
@@ -88,16 +90,16 @@ def decrypt(
     owner: str | None = None,
     blob_id: str | None = None,
     released: list[bytes] | None = None,
-) -> tuple[bytes, Trailer, Decryptor]:
+) -> tuple[bytes, BlobRecord | None, Decryptor]:
     """Feed ``blob`` split at ``cuts``; appends each released piece to ``released``."""
     dec = Decryptor(key, owner=owner, blob=blob_id)
     got = released if released is not None else []
     bounds = [0, *sorted(c for c in (cuts or []) if 0 < c < len(blob)), len(blob)]
     for a, b in itertools.pairwise(bounds):
         got.append(dec.feed(blob[a:b]))
-    last, trailer = dec.finish()
+    last, record = dec.finish()
     got.append(last)
-    return b"".join(got), trailer, dec
+    return b"".join(got), record, dec
 
 
 def assert_rejected(testcase: SynchronousTestCase, blob: bytes, original: bytes) -> None:
@@ -182,19 +184,21 @@ class RoundTripTests(SynchronousTestCase):
                 blob, enc = encrypt(data, pieces=pieces)
                 self.assertEqual(len(blob), ciphertext_size(len(enc.header), CS, size))
                 self.assertEqual(enc.size, size)
-                self.assertEqual(enc.sha256, hashlib.sha256(data).digest())
-                plain, trailer, dec = decrypt(blob)
+                plain, record, dec = decrypt(blob)
                 self.assertEqual(plain, data)
-                self.assertEqual(trailer, Trailer(size, hashlib.sha256(data).digest()))
+                self.assertEqual(record, enc.record)
+                assert record is not None
+                self.assertEqual((record.size, record.version), (size, 1))
                 self.assertEqual(dec.metadata, Metadata("reports/2026/q1.pdf", 1_700_000_000))
 
     def test_update_returns_full_chunks(self) -> None:
         enc = Encryptor(KEY, SIGNER, "f", 1, chunk_size=CS)
         self.assertEqual(enc.update(b"a" * (CS - 1)), [])
-        self.assertEqual([len(c) for c in enc.update(b"a")], [CS + TAG])
+        # Each chunk comes as two pieces: its ciphertext, then the owner's signature.
+        self.assertEqual([len(c) for c in enc.update(b"a")], [CS + TAG, SIGNATURE_SIZE])
         chunks = enc.update(b"a" * (2 * CS + 1))
-        self.assertEqual([len(c) for c in chunks], [CS + TAG, CS + TAG])
-        self.assertEqual(len(enc.finalize()), 1 + TAG + TRAILER_SIZE)
+        self.assertEqual([len(c) for c in chunks], [CS + TAG, SIGNATURE_SIZE] * 2)
+        self.assertEqual(len(enc.finalize()), 1 + TAG + SIGNATURE_SIZE)
         self.assertRaises(RuntimeError, enc.update, b"x")
         self.assertRaises(RuntimeError, enc.finalize)
 
@@ -207,7 +211,7 @@ class RoundTripTests(SynchronousTestCase):
         out.append(enc.finalize())
         dec = Decryptor(KEY)
         got = [dec.feed(piece) for piece in out]
-        last, _trailer = dec.finish()
+        last, _record = dec.finish()
         self.assertEqual(b"".join(got) + last, data)
 
     def test_byte_by_byte_header(self) -> None:
@@ -260,9 +264,10 @@ class RoundTripTests(SynchronousTestCase):
     def test_round_trip_property(self, size: int, seed: int, cuts: list[int], pieces: int) -> None:
         data = payload(size, seed)
         blob, _ = encrypt(data, pieces=pieces)
-        plain, trailer, _ = decrypt(blob, cuts=cuts)
+        plain, record, _ = decrypt(blob, cuts=cuts)
         self.assertEqual(plain, data)
-        self.assertEqual(trailer.size, size)
+        assert record is not None
+        self.assertEqual(record.size, size)
 
     @FAST
     @given(data=st.binary(max_size=2000), cuts=st.lists(st.integers(0, 3000), max_size=5))
@@ -287,7 +292,7 @@ class HeaderTests(SynchronousTestCase):
         self.assertEqual(header.chunk_size, CS)
         self.assertEqual(len(header.nonce_prefix), 7)
         self.assertEqual(len(header.wrapped_key), 60)
-        self.assertEqual(header.digest, hashlib.sha256(self.enc.header).digest())
+        self.assertEqual(header.digest, blake3(self.enc.header).digest())
         self.assertEqual(parse_header(self.enc.header), header)
 
     def test_metadata(self) -> None:
@@ -301,16 +306,26 @@ class HeaderTests(SynchronousTestCase):
             blob, _ = encrypt(b"", name=name)
             self.assertEqual(open_metadata(KEY, parse_header(blob)).name, name)
 
-    def test_trailer(self) -> None:
-        header = parse_header(self.blob)
-        trailer = open_trailer(KEY, header, self.blob[-TRAILER_SIZE:])
-        self.assertEqual(trailer, Trailer(len(self.data), hashlib.sha256(self.data).digest()))
-        self.assertRaises(
-            IntegrityError, open_trailer, KEY, header, self.blob[-TRAILER_SIZE - 1 : -1]
-        )
-        self.assertRaises(
-            IntegrityError, open_trailer, OTHER_KEY, header, self.blob[-TRAILER_SIZE:]
-        )
+    def test_record(self) -> None:
+        # The last chunk's signature proves version, size and content to anyone with
+        # the owner's public key, without the blob.
+        record = self.enc.record
+        assert record is not None
+        self.assertEqual((record.version, record.size), (7, len(self.data)))
+        self.assertEqual(record.header_digest, parse_header(self.blob).digest)
+        public = SIGNER.public_key().public_bytes_raw()
+        travelled = BlobRecord.from_bytes(OWNER, record.blob, 7, record.to_bytes())
+        self.assertEqual(travelled.verify(public), record)
+        # Any other version, size, or another owner's key: refused.
+        for claim in (
+            BlobRecord.from_bytes(OWNER, record.blob, 8, record.to_bytes()),
+            BlobRecord.from_bytes(OWNER, record.blob, 2**64 - 1, record.to_bytes()),
+            BlobRecord(**{**record.__dict__, "size": record.size + 1}),
+        ):
+            self.assertRaises(IntegrityError, claim.verify, public)
+        other = OTHER_SIGNER.public_key().public_bytes_raw()
+        self.assertRaises(IntegrityError, record.verify, other)
+        self.assertRaises(FormatError, BlobRecord.from_bytes, OWNER, record.blob, 7, b"x")
 
     def test_malformed_headers(self) -> None:
         raw = self.enc.header
@@ -333,10 +348,11 @@ class HeaderTests(SynchronousTestCase):
         self.assertEqual(plaintext_size(header, len(self.blob)), len(self.data))
         for size in [0, 1, CS - 1, CS, CS + 1, 5 * CS, 5 * CS + 3, 10**9]:
             self.assertEqual(plaintext_size(header, ciphertext_size(hl, CS, size)), size)
-        self.assertEqual(ciphertext_size(hl, CS, 0), hl + TAG + TRAILER_SIZE)
-        self.assertEqual(ciphertext_size(hl, CS, CS), hl + CS + 2 * TAG + TRAILER_SIZE)
+        sig = SIGNATURE_SIZE
+        self.assertEqual(ciphertext_size(hl, CS, 0), hl + TAG + sig)
+        self.assertEqual(ciphertext_size(hl, CS, CS), hl + CS + 2 * (TAG + sig))
         # Lengths no plaintext maps to.
-        for length in [0, hl + TRAILER_SIZE + TAG - 1, hl + TRAILER_SIZE + CS + TAG]:
+        for length in [0, hl + TAG + sig - 1, hl + CS + TAG + sig + TAG + sig - 1]:
             self.assertRaises(FormatError, plaintext_size, header, length)
 
     @FAST
@@ -370,8 +386,10 @@ class TamperTests(SynchronousTestCase):
             hl,
             hl + CS + TAG - 1,
             hl + CS + TAG,
-            len(self.blob) - TRAILER_SIZE - 1,
-            len(self.blob) - TRAILER_SIZE,
+            hl + CS + TAG + SIGNATURE_SIZE - 1,
+            hl + CS + TAG + SIGNATURE_SIZE,
+            len(self.blob) - SIGNATURE_SIZE - 1,
+            len(self.blob) - SIGNATURE_SIZE,
             len(self.blob) - 1,
         ]
         for pos in positions:
@@ -387,16 +405,17 @@ class TamperTests(SynchronousTestCase):
 
     def test_truncation_at_boundaries(self) -> None:
         hl = len(parse_header(self.blob).raw)
-        for cut in [0, hl - 1, hl, hl + CS + TAG, hl + 2 * (CS + TAG), len(self.blob) - 1]:
+        span = CS + TAG + SIGNATURE_SIZE
+        for cut in [0, hl - 1, hl, hl + CS + TAG, hl + span, hl + 2 * span, len(self.blob) - 1]:
             assert_rejected(self, self.blob[:cut], self.data)
 
     def test_extra_bytes_detected(self) -> None:
-        for extra in [b"\x00", bytes(TRAILER_SIZE), bytes(CS + TAG), self.blob[-200:]]:
+        for extra in [b"\x00", bytes(SIGNATURE_SIZE), bytes(CS + TAG), self.blob[-200:]]:
             assert_rejected(self, self.blob + extra, self.data)
 
     def test_drop_and_reorder_chunks(self) -> None:
         hl = len(parse_header(self.blob).raw)
-        ct = CS + TAG
+        ct = CS + TAG + SIGNATURE_SIZE
         c0, c1 = self.blob[hl : hl + ct], self.blob[hl + ct : hl + 2 * ct]
         rest = self.blob[hl + 2 * ct :]
         head = self.blob[:hl]
@@ -404,15 +423,16 @@ class TamperTests(SynchronousTestCase):
         assert_rejected(self, head + c0 + rest, self.data)
         assert_rejected(self, head + c0 + c1 + c1 + rest, self.data)
         # Drop the final chunk (a full chunk becomes the apparent last one).
-        assert_rejected(self, head + c0 + c1 + rest[-TRAILER_SIZE:], self.data)
+        assert_rejected(self, head + c0 + c1, self.data)
+        assert_rejected(self, head + c0 + c1[:-SIGNATURE_SIZE] + rest[-SIGNATURE_SIZE:], self.data)
 
     def test_swap_chunks_between_files(self) -> None:
         other_data = payload(len(self.data), 5)
         other, _ = encrypt(other_data)
         hl = len(parse_header(self.blob).raw)
-        ct = CS + TAG
+        ct = CS + TAG + SIGNATURE_SIZE
         self.assertEqual(hl, len(parse_header(other).raw))
-        for start, end in [(hl, hl + ct), (hl + ct, hl + 2 * ct), (len(self.blob) - 56, None)]:
+        for start, end in [(hl, hl + ct), (hl + ct, hl + 2 * ct), (len(self.blob) - 64, None)]:
             mixed = self.blob[:start] + other[start:end] + (self.blob[end:] if end else b"")
             assert_rejected(self, mixed, self.data)
         # Header of one file with the body of another.
@@ -443,6 +463,55 @@ class TamperTests(SynchronousTestCase):
     def test_errors_share_base(self) -> None:
         self.assertTrue(issubclass(FormatError, CryptoError))
         self.assertTrue(issubclass(IntegrityError, CryptoError))
+
+
+class ChunkSignatureTests(SynchronousTestCase):
+    """Each chunk carries the owner's signature: checked before its plaintext leaves."""
+
+    def setUp(self) -> None:
+        self.data = payload(3 * CS + 500, 11)
+        self.blob, self.enc = encrypt(self.data)
+        self.header = parse_header(self.blob)
+
+    def forged(self) -> bytes:
+        """What a holder of the org key (a read key or a grant) can make of this file:
+        chunks that the data key authenticates, but signed by someone else."""
+        data_key = file_key(KEY, self.header).data_key
+        aead = AESGCM(data_key)
+        pieces = []
+        evil = payload(len(self.data), 12)
+        chunks = [evil[i : i + CS] for i in range(0, len(evil), CS)]
+        for index, chunk in enumerate(chunks):
+            last = index == len(chunks) - 1
+            nonce = struct.pack(">7sIB", self.header.nonce_prefix, index, int(last))
+            pieces += [aead.encrypt(nonce, chunk, self.header.digest), bytes(SIGNATURE_SIZE)]
+        return self.header.raw + b"".join(pieces)
+
+    def test_forged_chunks_release_no_plaintext(self) -> None:
+        released: list[bytes] = []
+        with self.assertRaises(IntegrityError):
+            decrypt(self.forged(), cuts=[CS // 2, 2 * CS], released=released)
+        self.assertEqual(b"".join(released), b"")
+
+    def test_a_holder_refuses_a_forged_chunk_at_once(self) -> None:
+        seal = SealCheck()
+        forged = self.forged()
+        first = len(self.header.raw) + self.header.span
+        self.assertRaises(IntegrityError, seal.feed, forged[:first])
+
+    def test_a_read_resumes_at_the_damaged_chunk_from_another_copy(self) -> None:
+        damaged = bytearray(self.blob)
+        second = self.header.chunk_offset(1)
+        damaged[second + 10] ^= 1
+        dec = Decryptor(KEY)
+        got = [dec.feed(bytes(damaged[: second + 100]))]
+        self.assertRaises(IntegrityError, dec.feed, bytes(damaged[second + 100 :]))
+        self.assertRaises(IntegrityError, dec.feed, b"")  # failed until told to resume
+        self.assertEqual(dec.resume(), second)
+        got.append(dec.feed(self.blob[second:]))
+        last, record = dec.finish()
+        self.assertEqual(b"".join(got) + last, self.data)
+        self.assertEqual(record, self.enc.record)
 
 
 class SealTests(SynchronousTestCase):

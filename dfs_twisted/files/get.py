@@ -13,7 +13,7 @@ from zope.interface import implementer
 
 from .. import wire
 from ..crypto import (
-    CHUNK_SIZE,
+    BlobHeader,
     CryptoError,
     Decryptor,
     FileKey,
@@ -54,6 +54,7 @@ class _LocalDownload(Download):
         key: BlobKey,
         org_key: OrgKey | FileKey,
         f: BinaryIO,
+        header: BlobHeader,
         name: str,
         size: int,
     ) -> None:
@@ -61,6 +62,9 @@ class _LocalDownload(Download):
         self._damaged = damaged
         self._key = key
         self._file = f
+        # Read a chunk at a time: each read is opened whole, without a copy.
+        self._next_read = len(header.raw)
+        self._span = header.span
         self._decryptor = Decryptor(org_key, owner=key.owner, blob=key.blob)
         self._consumer: IConsumer | None = None
         self._done: Deferred[None] = Deferred()
@@ -75,7 +79,8 @@ class _LocalDownload(Download):
     def resumeProducing(self) -> None:
         assert self._consumer is not None
         try:
-            chunk = self._file.read(CHUNK_SIZE)
+            chunk = self._file.read(self._next_read)
+            self._next_read = self._span
             if chunk:
                 self._consumer.write(self._decryptor.feed(chunk))
                 return
@@ -233,7 +238,7 @@ class Reader:
             if own:  # another org's replica may be fine and the imported key wrong
                 self._holdings.damaged(key, str(e))
             return None
-        return _LocalDownload(self._holdings.damaged, key, org_key, f, name, size)
+        return _LocalDownload(self._holdings.damaged, key, org_key, f, header, name, size)
 
     async def _open_from_peer(
         self, session: PeerSession, key: BlobKey, name: str, org_key: OrgKey | FileKey, keep: bool
