@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .store import BlobKey
 
@@ -29,6 +29,11 @@ class Entry:
     version: int
     size: int  # bytes on disk; 0 for a tombstone
     deleted: bool = False
+    # The owner's proof of this version: the blob's record (crypto.BlobRecord), or the
+    # tombstone's signature; empty for a blob of the old format. Shown in listings.
+    proof: bytes = field(default=b"", compare=False, repr=False)
+    # The node that sent it here (its quota pays for it); this node's id for its own.
+    sender: str = field(default="", compare=False)
 
 
 def charge(entry: Entry | None) -> int:

@@ -71,10 +71,12 @@ __all__ = [
     "ciphertext_size",
     "file_key",
     "header_length",
+    "last_chunk",
     "open_metadata",
     "owner_id",
     "parse_header",
     "plaintext_size",
+    "stored_record",
     "validate_name",
 ]
 
@@ -433,6 +435,32 @@ def plaintext_size(header: BlobHeader, blob_length: int) -> int:
     if full > MAX_CHUNK_INDEX:
         raise FormatError("blob has too many chunks")
     return full * header.chunk_size + rest - TAG - SIGNATURE_SIZE
+
+
+def last_chunk(header: BlobHeader, blob_length: int) -> tuple[int, int]:
+    """Where a blob's last chunk starts, and its index (FormatError: impossible length)."""
+    index = plaintext_size(header, blob_length) // header.chunk_size
+    return header.chunk_offset(index), index
+
+
+def stored_record(header: BlobHeader, blob_length: int, chunk: bytes) -> BlobRecord:
+    """The record of a stored blob, from its last chunk (ciphertext and signature).
+
+    Not verified: this is for a blob that was checked when it was stored.
+    """
+    _, index = last_chunk(header, blob_length)
+    if len(chunk) < TAG + SIGNATURE_SIZE:
+        raise FormatError("last chunk too short")
+    return BlobRecord(
+        header.owner,
+        header.blob,
+        header.version,
+        plaintext_size(header, blob_length),
+        header.digest,
+        index,
+        blake3(chunk[:-SIGNATURE_SIZE]).digest(),
+        bytes(chunk[-SIGNATURE_SIZE:]),
+    )
 
 
 def audit_digest(nonce: bytes, chunk: bytes | memoryview) -> bytes:

@@ -4,25 +4,32 @@ Every frame is a 10-byte header followed by a body::
 
     type u8 | flags u8 | request id u32 | body length u32 | body
 
-DATA bodies are raw ciphertext; every other body is a compact UTF-8 JSON object.
-This module is pure (no Twisted, no I/O) so the parsing of untrusted input can be
-tested exhaustively on its own; the protocol layer owns state and transport.
+DATA bodies are raw ciphertext; every other body is a compact UTF-8 JSON object
+whose keys are the fields of one message class below. Each message is declared
+once, as a frozen dataclass whose field types carry their bounds
+(``Annotated[int, Int(0, MAX_VERSION)]``); one decoder and one encoder walk the
+fields, so the parsing of untrusted input is the same code for every message.
+This module is pure (no Twisted, no I/O) so it can be tested exhaustively on
+its own; the protocol layer owns state and transport.
 """
+
+from __future__ import annotations
 
 import enum
 import itertools
 import json
 import re
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NoReturn, TypeAlias
+import typing
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, ClassVar, NoReturn, TypeAlias
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 HEADER = struct.Struct("!BBII")
 MAX_CONTROL_BODY = 64 * 1024
 MAX_DATA_BODY = 1024 * 1024
-MAX_LIST_PAGE = 512
+# A listing entry carries its proof (a 140-byte record, as hex): 128 fit a body well.
+MAX_LIST_PAGE = 128
 
 FLAG_END = 0x01
 FLAG_REPLY = 0x02
@@ -30,15 +37,17 @@ KNOWN_FLAGS = FLAG_END | FLAG_REPLY
 
 MAX_REQUEST_ID = 2**32 - 1
 SIZE_LIMIT = 2**62  # exclusive; far beyond any real blob, and safe in any peer's int64
+MAX_VERSION = 2**64 - 1
+MAX_CHUNK_INDEX = 2**32 - 1
 MAX_TEXT = 512
 MAX_ORG = 128
 MAX_LISTEN = 255
 MAX_FEATURES = 32
 MAX_FEATURE_LEN = 32
+MAX_HEAD = 16 * 1024  # bytes of a blob header: fixed part and sealed metadata fit well
+MAX_PROOF = 140  # bytes: a blob record (crypto.RECORD_SIZE), or a tombstone's signature
 
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
-_HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
-MAX_VERSION = 2**64 - 1
 _ERROR_CODE = re.compile(r"[a-z_]{1,32}")
 # Hostname, IPv4 or (bracketed / zone-qualified) IPv6; the protocol layer resolves it.
 _LISTEN = re.compile(r"(?P<host>[A-Za-z0-9._:%\[\]-]+):(?P<port>[0-9]{1,5})")
@@ -64,9 +73,30 @@ class MessageType(enum.IntEnum):
     DIGEST_REPLY = 14
     HEAD = 15
     HEAD_REPLY = 16
+    AUDIT = 17
+    AUDIT_REPLY = 18
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)
+
+
+class Code(enum.StrEnum):
+    """Why a request was refused (ERROR.code). A peer may send others: codes are text."""
+
+    HAVE = "have"  # holds this version or a newer one already
+    BUSY = "busy"  # too many transfers, or this blob is arriving already
+    NOT_FOUND = "not_found"
+    QUOTA = "quota"
+    DISK_FULL = "disk_full"
+    FORBIDDEN = "forbidden"  # not the sender's namespace
+    BAD_BLOB = "bad_blob"  # fails the owner's signature
+    BAD_REQUEST = "bad_request"
+    BAD_SIGNATURE = "bad_signature"
+    BAD_REPLY = "bad_reply"
+    SLOW_DOWN = "slow_down"  # over the sender's rate of deletions
+    ABORTED = "aborted"
+    REFUSED = "refused"  # the connection itself (admission, pinning)
+    IO = "io"
 
 
 class ProtocolError(Exception):
@@ -85,120 +115,344 @@ class Frame:
     body: bytes
 
 
+def is_hex_id(value: object) -> bool:
+    """True for exactly 64 lowercase hex characters (ids end up in file paths)."""
+    # fullmatch, not match + "$": "$" would also accept a trailing newline.
+    return isinstance(value, str) and _HEX_ID.fullmatch(value) is not None
+
+
+def _short(value: object) -> str:
+    """repr() keeps an attacker-chosen value on one line; truncation keeps it short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _fail(what: str, problem: str) -> NoReturn:
+    raise ProtocolError(f"{what}: {problem}")
+
+
+# ------------------------------------------------------------------ field types
+
+
+class FieldType(typing.Protocol):
+    """How one field of a message is checked: its bounds, as it arrives in JSON."""
+
+    def parse(self, value: object, what: str) -> Any: ...
+
+
+class Int:
+    """An integer in [low, high]; JSON booleans are not integers here."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def parse(self, value: object, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(what, f"expected an integer, got {type(value).__name__}")
+        if not self.low <= value <= self.high:
+            _fail(what, f"{_short(value)} not in {self.low}..{self.high}")
+        return value
+
+
+class Bool:
+    def parse(self, value: object, what: str) -> bool:
+        if not isinstance(value, bool):
+            _fail(what, f"expected a boolean, got {type(value).__name__}")
+        return value
+
+
+class Text:
+    """A string of bounded length; ``plain``: no control characters either."""
+
+    def __init__(self, max_len: int, min_len: int = 0, *, plain: bool = False) -> None:
+        self.max_len, self.min_len, self.plain = max_len, min_len, plain
+
+    def parse(self, value: object, what: str) -> str:
+        if not isinstance(value, str):
+            _fail(what, f"expected a string, got {type(value).__name__}")
+        if not self.min_len <= len(value) <= self.max_len:
+            _fail(what, f"length {len(value)} not in {self.min_len}..{self.max_len}")
+        try:
+            # JSON "\ud800" escapes decode to lone surrogates, which later blow up
+            # whoever encodes the string (logs, re-sent messages).
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            _fail(what, "contains a lone surrogate")
+        if self.plain and _CONTROL.search(value):
+            _fail(what, "contains a control character")
+        return value
+
+
+class Matching:
+    """A string that matches a pattern (``describe`` says what it should be)."""
+
+    def __init__(self, pattern: re.Pattern[str], describe: str, max_len: int = 0) -> None:
+        self.pattern, self.describe, self.max_len = pattern, describe, max_len
+
+    def parse(self, value: object, what: str) -> str:
+        if self.max_len:
+            value = Text(self.max_len).parse(value, what)
+        if not isinstance(value, str) or self.pattern.fullmatch(value) is None:
+            _fail(what, f"not {self.describe}: {_short(value)}")
+        return value
+
+
+class Listen:
+    def parse(self, value: object, what: str) -> str:
+        text = Text(MAX_LISTEN, 1).parse(value, what)
+        match = _LISTEN.fullmatch(text)
+        if match is None or int(match["port"]) > 65535:
+            _fail(what, f"not host:port: {_short(text)}")
+        return text
+
+
+class Nullable:
+    def __init__(self, inner: FieldType) -> None:
+        self.inner = inner
+
+    def parse(self, value: object, what: str) -> object:
+        return None if value is None else self.inner.parse(value, what)
+
+
+class Array:
+    """A JSON array of at most ``max_items``, each of ``item``; a tuple in Python."""
+
+    def __init__(self, item: FieldType, max_items: int) -> None:
+        self.item, self.max_items = item, max_items
+
+    def parse(self, value: object, what: str) -> tuple[object, ...]:
+        if not isinstance(value, list):
+            _fail(what, f"expected an array, got {type(value).__name__}")
+        if len(value) > self.max_items:
+            _fail(what, f"{len(value)} items, at most {self.max_items} allowed")
+        return tuple(self.item.parse(item, f"{what}[]") for item in value)
+
+
+HEX_ID = Matching(_HEX_ID, "a 64-char lowercase hex id")
+SIGNATURE = Matching(re.compile(r"[0-9a-f]{128}"), "128 lowercase hex")
+SIZE = Int(0, SIZE_LIMIT - 1)
+VERSION = Int(0, MAX_VERSION)
+
+
+def hex_bytes(max_bytes: int) -> Matching:
+    """Whole bytes as lowercase hex, at most ``max_bytes`` of them."""
+    return Matching(re.compile(r"(?:[0-9a-f]{2})*"), "lowercase hex bytes", 2 * max_bytes)
+
+
+# ------------------------------------------------------------------ messages
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
-    version: int
-    node_id: str
-    org: str
-    listen: str
-    features: tuple[str, ...] = ()
+    TYPE: ClassVar[MessageType] = MessageType.HELLO
+
+    version: Annotated[int, Int(0, MAX_REQUEST_ID)]
+    node_id: Annotated[str, HEX_ID]
+    org: Annotated[str, Text(MAX_ORG, 1, plain=True)]
+    listen: Annotated[str, Listen()]
+    features: Annotated[
+        tuple[str, ...], Array(Text(MAX_FEATURE_LEN, 1, plain=True), MAX_FEATURES)
+    ] = ()
     # Proof of the federation's network key, bound to this TLS session (64 hex), if any.
-    proof: str | None = None
+    proof: Annotated[str | None, Nullable(HEX_ID)] = None
     # X25519 public key (64 hex) that per-file grants to this node are encrypted to.
-    box_key: str | None = None
+    box_key: Annotated[str | None, Nullable(HEX_ID)] = None
 
 
 @dataclass(frozen=True, slots=True)
 class Store:
-    owner: str
-    blob: str
-    size: int | None  # ciphertext bytes that follow as DATA frames; None = unknown
-    version: int  # the blob header's version: a holder with this one or newer says "have"
+    TYPE: ClassVar[MessageType] = MessageType.STORE
+
+    owner: Annotated[str, HEX_ID]
+    blob: Annotated[str, HEX_ID]
+    # Ciphertext bytes that follow as DATA frames; None = unknown.
+    size: Annotated[int | None, Nullable(SIZE)]
+    # The blob header's version: a holder with this one or newer says "have".
+    version: Annotated[int, VERSION]
 
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    owner: str
-    blob: str
+    """A stored blob, from byte ``offset`` on; ``version``: only that version."""
+
+    TYPE: ClassVar[MessageType] = MessageType.FETCH
+
+    owner: Annotated[str, HEX_ID]
+    blob: Annotated[str, HEX_ID]
+    version: Annotated[int | None, Nullable(VERSION)] = None
+    offset: Annotated[int, SIZE] = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
     """The owner's signed tombstone (crypto.Tombstone) for one blob."""
 
-    owner: str
-    blob: str
-    version: int
-    key: str  # the owner's Ed25519 public key, 64 hex
-    signature: str  # 128 hex
+    TYPE: ClassVar[MessageType] = MessageType.DELETE
+
+    owner: Annotated[str, HEX_ID]
+    blob: Annotated[str, HEX_ID]
+    version: Annotated[int, VERSION]
+    key: Annotated[str, HEX_ID]  # the owner's Ed25519 public key, 64 hex
+    signature: Annotated[str, SIGNATURE]
 
 
 @dataclass(frozen=True, slots=True)
 class List:
-    owner: str
-    after: str | None = None  # page starts at the first blob id > after
-    limit: int = MAX_LIST_PAGE
+    TYPE: ClassVar[MessageType] = MessageType.LIST
+
+    owner: Annotated[str, HEX_ID]
+    # The page starts at the first blob id > after.
+    after: Annotated[str | None, Nullable(HEX_ID)] = None
+    limit: Annotated[int, Int(1, MAX_LIST_PAGE)] = MAX_LIST_PAGE
 
 
 @dataclass(frozen=True, slots=True)
 class Digest:
     """What do you hold of ``owner``'s namespace, in one hash?"""
 
-    owner: str
+    TYPE: ClassVar[MessageType] = MessageType.DIGEST
+
+    owner: Annotated[str, HEX_ID]
 
 
 @dataclass(frozen=True, slots=True)
 class Head:
     """A stored blob's header and size: enough for its owner to read the file's name."""
 
-    owner: str
-    blob: str
+    TYPE: ClassVar[MessageType] = MessageType.HEAD
+
+    owner: Annotated[str, HEX_ID]
+    blob: Annotated[str, HEX_ID]
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """Prove you hold chunk ``index`` of this blob version: hash it keyed by ``nonce``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.AUDIT
+
+    owner: Annotated[str, HEX_ID]
+    blob: Annotated[str, HEX_ID]
+    version: Annotated[int, VERSION]
+    index: Annotated[int, Int(0, MAX_CHUNK_INDEX)]
+    nonce: Annotated[str, HEX_ID]  # 32 random bytes, fresh for every audit
 
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    pass
+    TYPE: ClassVar[MessageType] = MessageType.ACK
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
     """Answered with an Ack at once: measures round-trip time, keeps links alive."""
 
+    TYPE: ClassVar[MessageType] = MessageType.PING
+
 
 @dataclass(frozen=True, slots=True)
 class FetchReply:
-    size: int  # ciphertext bytes that follow as DATA frames
+    TYPE: ClassVar[MessageType] = MessageType.FETCH_REPLY
+
+    size: Annotated[int, SIZE]  # the whole blob's length; DATA from the offset asked follows
 
 
 @dataclass(frozen=True, slots=True)
 class ListEntry:
+    """One blob held, and the owner's proof of that version (see `Entries`)."""
+
     blob: str
     version: int
     deleted: bool  # a tombstone
+    # Hex of the blob's crypto.BlobRecord, or of the tombstone's signature; "" for a
+    # blob of the old format, which carries none: such a claim proves nothing.
+    proof: str = ""
+
+
+class Entries:
+    """LIST_REPLY's entries: ``[blob, version, deleted, proof]`` arrays, ascending by blob."""
+
+    _PROOF = hex_bytes(MAX_PROOF)
+
+    def parse(self, value: object, what: str) -> tuple[ListEntry, ...]:
+        items = Array(_Passthrough(), MAX_LIST_PAGE).parse(value, what)
+        entries = tuple(self._entry(item, f"{what}[]") for item in items)
+        if any(a.blob >= b.blob for a, b in itertools.pairwise(entries)):
+            _fail(what, "not strictly ascending")
+        return entries
+
+    def _entry(self, item: object, what: str) -> ListEntry:
+        if not isinstance(item, list) or len(item) != 4:
+            _fail(what, "expected [blob, version, deleted, proof]")
+        return ListEntry(
+            blob=HEX_ID.parse(item[0], what),
+            version=VERSION.parse(item[1], what),
+            deleted=Bool().parse(item[2], what),
+            proof=self._PROOF.parse(item[3], what),
+        )
+
+    @staticmethod
+    def dump(entries: tuple[ListEntry, ...]) -> list[list[object]]:
+        return [[e.blob, e.version, e.deleted, e.proof] for e in entries]
+
+
+class _Passthrough:
+    def parse(self, value: object, what: str) -> object:
+        return value
 
 
 @dataclass(frozen=True, slots=True)
 class ListReply:
+    TYPE: ClassVar[MessageType] = MessageType.LIST_REPLY
+
     # Strictly ascending by blob, so the client can page with after=entries[-1].blob.
-    entries: tuple[ListEntry, ...]
-    more: bool
+    entries: Annotated[tuple[ListEntry, ...], Entries()]
+    more: Annotated[bool, Bool()]
 
 
 @dataclass(frozen=True, slots=True)
 class HeadReply:
-    size: int  # the whole blob's length
-    header: str  # hex of the blob's header bytes
+    TYPE: ClassVar[MessageType] = MessageType.HEAD_REPLY
+
+    size: Annotated[int, SIZE]  # the whole blob's length
+    header: Annotated[str, hex_bytes(MAX_HEAD)]  # hex of the blob's header bytes
+    proof: Annotated[str, hex_bytes(MAX_PROOF)] = ""  # the blob's record, as in a listing
 
 
 @dataclass(frozen=True, slots=True)
 class DigestReply:
-    digest: str  # 64 hex: SHA-256 over the sorted (blob, version, deleted) entries
-    count: int
+    TYPE: ClassVar[MessageType] = MessageType.DIGEST_REPLY
+
+    digest: Annotated[str, HEX_ID]  # a hash over the (blob, version, deleted) entries
+    count: Annotated[int, SIZE]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReply:
+    TYPE: ClassVar[MessageType] = MessageType.AUDIT_REPLY
+
+    digest: Annotated[str, HEX_ID]  # crypto.audit_digest(nonce, the chunk's bytes)
 
 
 @dataclass(frozen=True, slots=True)
 class Error:
-    code: str
-    message: str
+    TYPE: ClassVar[MessageType] = MessageType.ERROR
+
+    code: Annotated[str, Matching(_ERROR_CODE, "a [a-z_] token", 32)]
+    message: Annotated[str, Text(MAX_TEXT)]
 
 
 @dataclass(frozen=True, slots=True)
 class Abort:
-    reason: str
+    TYPE: ClassVar[MessageType] = MessageType.ABORT
+
+    reason: Annotated[str, Text(MAX_TEXT)]
 
 
 @dataclass(frozen=True, slots=True)
 class Data:
+    TYPE: ClassVar[MessageType] = MessageType.DATA
+
     payload: bytes
     end: bool
 
@@ -211,35 +465,56 @@ Message: TypeAlias = (
     | List
     | Digest
     | Head
+    | Audit
     | Ack
     | Ping
     | FetchReply
     | ListReply
     | DigestReply
     | HeadReply
+    | AuditReply
     | Error
     | Abort
     | Data
 )
 
-
 # Requests answered by one control message (no DATA either way).
-ControlRequest: TypeAlias = Delete | List | Digest | Head
+ControlRequest: TypeAlias = Delete | List | Digest | Head | Audit
+
+_CONTROL_MESSAGES: tuple[type[Any], ...] = (
+    Hello,
+    Store,
+    Fetch,
+    Delete,
+    List,
+    Digest,
+    Head,
+    Audit,
+    Ack,
+    Ping,
+    FetchReply,
+    ListReply,
+    DigestReply,
+    HeadReply,
+    AuditReply,
+    Error,
+    Abort,
+)
 
 
-def is_hex_id(value: object) -> bool:
-    """True for exactly 64 lowercase hex characters (ids end up in file paths)."""
-    # fullmatch, not match + "$": "$" would also accept a trailing newline.
-    return isinstance(value, str) and _HEX_ID.fullmatch(value) is not None
+def _schema(cls: type[Any]) -> tuple[tuple[str, FieldType], ...]:
+    """Each field's name and type, from the Annotated hint. Every key is required
+    in a body (defaults are for building messages in Python)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return tuple((f.name, hints[f.name].__metadata__[0]) for f in fields(cls))
+
+
+_SCHEMAS: dict[MessageType, tuple[type[Any], tuple[tuple[str, FieldType], ...]]] = {
+    cls.TYPE: (cls, _schema(cls)) for cls in _CONTROL_MESSAGES
+}
 
 
 # --------------------------------------------------------------------------- framing
-
-
-def _short(value: object) -> str:
-    """repr() keeps an attacker-chosen value on one line; truncation keeps it short."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_header(mtype: int, flags: int, length: int, max_control: int, max_data: int) -> None:
@@ -372,254 +647,7 @@ def data_header(request_id: int, length: int, *, end: bool, reply: bool) -> byte
     return HEADER.pack(MessageType.DATA, flags, request_id, length)
 
 
-# ---------------------------------------------------------------- field validation
-
-
-def _fail(what: str, problem: str) -> NoReturn:
-    raise ProtocolError(f"{what}: {problem}")
-
-
-def _require_keys(obj: dict[str, Any], what: str, keys: frozenset[str]) -> None:
-    if obj.keys() == keys:
-        return
-    extra = sorted(obj.keys() - keys)
-    if extra:
-        _fail(what, f"unexpected key {_short(extra[0])}")
-    _fail(what, f"missing key {sorted(keys - obj.keys())[0]!r}")
-
-
-def _int(value: object, what: str, low: int, high: int) -> int:
-    # bool is an int subclass in Python but a different JSON type: refuse it.
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(what, f"expected an integer, got {type(value).__name__}")
-    if not low <= value <= high:
-        _fail(what, f"{_short(value)} not in {low}..{high}")
-    return value
-
-
-def _bool(value: object, what: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(what, f"expected a boolean, got {type(value).__name__}")
-    return value
-
-
-def _text(value: object, what: str, *, max_len: int, min_len: int = 0) -> str:
-    if not isinstance(value, str):
-        _fail(what, f"expected a string, got {type(value).__name__}")
-    if not min_len <= len(value) <= max_len:
-        _fail(what, f"length {len(value)} not in {min_len}..{max_len}")
-    try:
-        # JSON "\ud800" escapes decode to lone surrogates, which later blow up
-        # whoever encodes the string (logs, re-sent messages).
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        _fail(what, "contains a lone surrogate")
-    return value
-
-
-def _plain_text(value: object, what: str, *, max_len: int, min_len: int = 1) -> str:
-    text = _text(value, what, max_len=max_len, min_len=min_len)
-    if _CONTROL.search(text):
-        _fail(what, "contains a control character")
-    return text
-
-
-def _hex(value: object, what: str) -> str:
-    if not isinstance(value, str) or _HEX_ID.fullmatch(value) is None:
-        _fail(what, f"not a 64-char lowercase hex id: {_short(value)}")
-    return value
-
-
-def _optional_hex(value: object, what: str) -> str | None:
-    return None if value is None else _hex(value, what)
-
-
-def _array(value: object, what: str, max_items: int) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(what, f"expected an array, got {type(value).__name__}")
-    if len(value) > max_items:
-        _fail(what, f"{len(value)} items, at most {max_items} allowed")
-    return value
-
-
-def _listen(value: object, what: str) -> str:
-    text = _text(value, what, max_len=MAX_LISTEN, min_len=1)
-    match = _LISTEN.fullmatch(text)
-    if match is None or int(match["port"]) > 65535:
-        _fail(what, f"not host:port: {_short(text)}")
-    return text
-
-
-# ------------------------------------------------------------------ message bodies
-
-
-def _keys(*names: str) -> frozenset[str]:
-    return frozenset(names)
-
-
-_HELLO_KEYS = _keys("version", "node_id", "org", "listen", "features", "proof", "box_key")
-_OWNER_BLOB_KEYS = _keys("owner", "blob")
-_STORE_KEYS = _keys("owner", "blob", "size", "version")
-_DELETE_KEYS = _keys("owner", "blob", "version", "key", "signature")
-_LIST_KEYS = _keys("owner", "after", "limit")
-_OWNER_KEYS = _keys("owner")
-_FETCH_REPLY_KEYS = _keys("size")
-_LIST_REPLY_KEYS = _keys("entries", "more")
-_DIGEST_REPLY_KEYS = _keys("digest", "count")
-_HEAD_REPLY_KEYS = _keys("size", "header")
-_HEX_BYTES = re.compile(r"(?:[0-9a-f]{2})*")
-MAX_HEAD = 16 * 1024  # bytes of a blob header: fixed part and sealed metadata fit well
-_ERROR_KEYS = _keys("code", "message")
-_ABORT_KEYS = _keys("reason")
-
-
-def _parse_hello(obj: dict[str, Any]) -> Hello:
-    _require_keys(obj, "HELLO", _HELLO_KEYS)
-    features = _array(obj["features"], "HELLO.features", MAX_FEATURES)
-    return Hello(
-        version=_int(obj["version"], "HELLO.version", 0, MAX_REQUEST_ID),
-        node_id=_hex(obj["node_id"], "HELLO.node_id"),
-        org=_plain_text(obj["org"], "HELLO.org", max_len=MAX_ORG),
-        listen=_listen(obj["listen"], "HELLO.listen"),
-        features=tuple(
-            _plain_text(f, "HELLO.features[]", max_len=MAX_FEATURE_LEN) for f in features
-        ),
-        proof=_optional_hex(obj["proof"], "HELLO.proof"),
-        box_key=_optional_hex(obj["box_key"], "HELLO.box_key"),
-    )
-
-
-def _parse_store(obj: dict[str, Any]) -> Store:
-    _require_keys(obj, "STORE", _STORE_KEYS)
-    size = obj["size"]
-    return Store(
-        owner=_hex(obj["owner"], "STORE.owner"),
-        blob=_hex(obj["blob"], "STORE.blob"),
-        size=None if size is None else _int(size, "STORE.size", 0, SIZE_LIMIT - 1),
-        version=_int(obj["version"], "STORE.version", 0, MAX_VERSION),
-    )
-
-
-def _parse_fetch(obj: dict[str, Any]) -> Fetch:
-    _require_keys(obj, "FETCH", _OWNER_BLOB_KEYS)
-    return Fetch(owner=_hex(obj["owner"], "FETCH.owner"), blob=_hex(obj["blob"], "FETCH.blob"))
-
-
-def _parse_delete(obj: dict[str, Any]) -> Delete:
-    _require_keys(obj, "DELETE", _DELETE_KEYS)
-    signature = obj["signature"]
-    if not isinstance(signature, str) or _HEX_SIGNATURE.fullmatch(signature) is None:
-        _fail("DELETE.signature", f"not 128 lowercase hex: {_short(signature)}")
-    return Delete(
-        owner=_hex(obj["owner"], "DELETE.owner"),
-        blob=_hex(obj["blob"], "DELETE.blob"),
-        version=_int(obj["version"], "DELETE.version", 0, MAX_VERSION),
-        key=_hex(obj["key"], "DELETE.key"),
-        signature=signature,
-    )
-
-
-def _parse_head(obj: dict[str, Any]) -> Head:
-    _require_keys(obj, "HEAD", _OWNER_BLOB_KEYS)
-    return Head(owner=_hex(obj["owner"], "HEAD.owner"), blob=_hex(obj["blob"], "HEAD.blob"))
-
-
-def _parse_head_reply(obj: dict[str, Any]) -> HeadReply:
-    _require_keys(obj, "HEAD_REPLY", _HEAD_REPLY_KEYS)
-    header = _text(obj["header"], "HEAD_REPLY.header", max_len=2 * MAX_HEAD)
-    if _HEX_BYTES.fullmatch(header) is None:
-        _fail("HEAD_REPLY.header", "not lowercase hex bytes")
-    return HeadReply(size=_int(obj["size"], "HEAD_REPLY.size", 0, SIZE_LIMIT - 1), header=header)
-
-
-def _parse_digest(obj: dict[str, Any]) -> Digest:
-    _require_keys(obj, "DIGEST", _OWNER_KEYS)
-    return Digest(owner=_hex(obj["owner"], "DIGEST.owner"))
-
-
-def _parse_digest_reply(obj: dict[str, Any]) -> DigestReply:
-    _require_keys(obj, "DIGEST_REPLY", _DIGEST_REPLY_KEYS)
-    return DigestReply(
-        digest=_hex(obj["digest"], "DIGEST_REPLY.digest"),
-        count=_int(obj["count"], "DIGEST_REPLY.count", 0, SIZE_LIMIT - 1),
-    )
-
-
-def _parse_list(obj: dict[str, Any]) -> List:
-    _require_keys(obj, "LIST", _LIST_KEYS)
-    return List(
-        owner=_hex(obj["owner"], "LIST.owner"),
-        after=_optional_hex(obj["after"], "LIST.after"),
-        limit=_int(obj["limit"], "LIST.limit", 1, MAX_LIST_PAGE),
-    )
-
-
-def _parse_ack(obj: dict[str, Any]) -> Ack:
-    _require_keys(obj, "ACK", frozenset())
-    return Ack()
-
-
-def _parse_ping(obj: dict[str, Any]) -> Ping:
-    _require_keys(obj, "PING", frozenset())
-    return Ping()
-
-
-def _parse_fetch_reply(obj: dict[str, Any]) -> FetchReply:
-    _require_keys(obj, "FETCH_REPLY", _FETCH_REPLY_KEYS)
-    return FetchReply(size=_int(obj["size"], "FETCH_REPLY.size", 0, SIZE_LIMIT - 1))
-
-
-def _parse_list_reply(obj: dict[str, Any]) -> ListReply:
-    _require_keys(obj, "LIST_REPLY", _LIST_REPLY_KEYS)
-    items = _array(obj["entries"], "LIST_REPLY.entries", MAX_LIST_PAGE)
-    entries = tuple(_list_entry(item) for item in items)
-    if any(a.blob >= b.blob for a, b in itertools.pairwise(entries)):
-        _fail("LIST_REPLY.entries", "not strictly ascending")
-    return ListReply(entries=entries, more=_bool(obj["more"], "LIST_REPLY.more"))
-
-
-def _list_entry(item: object) -> ListEntry:
-    what = "LIST_REPLY.entries[]"
-    fields = _array(item, what, 3)
-    if len(fields) != 3:
-        _fail(what, "expected [blob, version, deleted]")
-    return ListEntry(
-        blob=_hex(fields[0], what),
-        version=_int(fields[1], what, 0, MAX_VERSION),
-        deleted=_bool(fields[2], what),
-    )
-
-
-def _parse_error(obj: dict[str, Any]) -> Error:
-    _require_keys(obj, "ERROR", _ERROR_KEYS)
-    code = _text(obj["code"], "ERROR.code", max_len=32, min_len=1)
-    if _ERROR_CODE.fullmatch(code) is None:
-        _fail("ERROR.code", f"not a [a-z_] token: {_short(code)}")
-    return Error(code=code, message=_text(obj["message"], "ERROR.message", max_len=MAX_TEXT))
-
-
-def _parse_abort(obj: dict[str, Any]) -> Abort:
-    _require_keys(obj, "ABORT", _ABORT_KEYS)
-    return Abort(reason=_text(obj["reason"], "ABORT.reason", max_len=MAX_TEXT))
-
-
-_PARSERS: dict[MessageType, Callable[[dict[str, Any]], Message]] = {
-    MessageType.HELLO: _parse_hello,
-    MessageType.STORE: _parse_store,
-    MessageType.FETCH: _parse_fetch,
-    MessageType.DELETE: _parse_delete,
-    MessageType.LIST: _parse_list,
-    MessageType.DIGEST: _parse_digest,
-    MessageType.DIGEST_REPLY: _parse_digest_reply,
-    MessageType.HEAD: _parse_head,
-    MessageType.HEAD_REPLY: _parse_head_reply,
-    MessageType.ACK: _parse_ack,
-    MessageType.PING: _parse_ping,
-    MessageType.FETCH_REPLY: _parse_fetch_reply,
-    MessageType.LIST_REPLY: _parse_list_reply,
-    MessageType.ERROR: _parse_error,
-    MessageType.ABORT: _parse_abort,
-}
+# ---------------------------------------------------------------- decoding
 
 
 def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -652,79 +680,45 @@ def _load_body(body: bytes, what: str) -> dict[str, Any]:
     return obj
 
 
+def _parse(mtype: MessageType, obj: dict[str, Any]) -> Message:
+    cls, schema = _SCHEMAS[mtype]
+    extra = sorted(obj.keys() - {name for name, _ in schema})
+    if extra:
+        _fail(mtype.name, f"unexpected key {_short(extra[0])}")
+    values = {}
+    for name, spec in schema:
+        if name not in obj:
+            _fail(mtype.name, f"missing key {name!r}")
+        values[name] = spec.parse(obj[name], f"{mtype.name}.{name}")
+    message: Message = cls(**values)
+    return message
+
+
 def decode(frame: Frame) -> Message:
     """Turn a frame into a message; ProtocolError on anything malformed."""
     _check_header(frame.type, frame.flags, len(frame.body), MAX_CONTROL_BODY, MAX_DATA_BODY)
     mtype = MessageType(frame.type)
     if mtype is MessageType.DATA:
         return Data(payload=frame.body, end=bool(frame.flags & FLAG_END))
-    return _PARSERS[mtype](_load_body(frame.body, mtype.name))
+    return _parse(mtype, _load_body(frame.body, mtype.name))
 
 
-# ------------------------------------------------------------------------ encoding
-
-
-def _as_json(value: object) -> object:
-    # Tuples become JSON arrays; anything else is left for the parser to judge.
-    return list(value) if isinstance(value, tuple) else value
+# ---------------------------------------------------------------- encoding
 
 
 def _fields(message: Message) -> tuple[MessageType, dict[str, Any]]:
-    if isinstance(message, Hello):
-        return MessageType.HELLO, {
-            "version": message.version,
-            "node_id": message.node_id,
-            "org": message.org,
-            "listen": message.listen,
-            "features": _as_json(message.features),
-            "proof": message.proof,
-            "box_key": message.box_key,
-        }
-    if isinstance(message, Store):
-        return MessageType.STORE, {
-            "owner": message.owner,
-            "blob": message.blob,
-            "size": message.size,
-            "version": message.version,
-        }
-    if isinstance(message, Fetch):
-        return MessageType.FETCH, {"owner": message.owner, "blob": message.blob}
-    if isinstance(message, Delete):
-        return MessageType.DELETE, {
-            "owner": message.owner,
-            "blob": message.blob,
-            "version": message.version,
-            "key": message.key,
-            "signature": message.signature,
-        }
-    if isinstance(message, Digest):
-        return MessageType.DIGEST, {"owner": message.owner}
-    if isinstance(message, Head):
-        return MessageType.HEAD, {"owner": message.owner, "blob": message.blob}
-    if isinstance(message, List):
-        return MessageType.LIST, {
-            "owner": message.owner,
-            "after": message.after,
-            "limit": message.limit,
-        }
-    if isinstance(message, Ack):
-        return MessageType.ACK, {}
-    if isinstance(message, Ping):
-        return MessageType.PING, {}
-    if isinstance(message, FetchReply):
-        return MessageType.FETCH_REPLY, {"size": message.size}
-    if isinstance(message, ListReply):
-        entries = [[e.blob, e.version, e.deleted] for e in message.entries]
-        return MessageType.LIST_REPLY, {"entries": entries, "more": message.more}
-    if isinstance(message, DigestReply):
-        return MessageType.DIGEST_REPLY, {"digest": message.digest, "count": message.count}
-    if isinstance(message, HeadReply):
-        return MessageType.HEAD_REPLY, {"size": message.size, "header": message.header}
-    if isinstance(message, Error):
-        return MessageType.ERROR, {"code": message.code, "message": message.message}
-    if isinstance(message, Abort):
-        return MessageType.ABORT, {"reason": message.reason}
-    raise TypeError(f"not a wire message: {type(message).__name__}")
+    mtype = getattr(type(message), "TYPE", None)
+    if mtype not in _SCHEMAS or mtype is MessageType.DATA:
+        raise TypeError(f"not a wire message: {type(message).__name__}")
+    out: dict[str, Any] = {}
+    for name, spec in _SCHEMAS[mtype][1]:
+        value = getattr(message, name)
+        if isinstance(spec, Entries):
+            value = Entries.dump(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = value
+    return mtype, out
 
 
 def encode(message: Message, request_id: int, *, reply: bool = False) -> bytes:
@@ -735,14 +729,14 @@ def encode(message: Message, request_id: int, *, reply: bool = False) -> bytes:
         payload = bytes(message.payload)
         header = data_header(request_id, len(payload), end=message.end, reply=reply)
         return header + payload
-    mtype, fields = _fields(message)
+    mtype, body = _fields(message)
     try:
         # The very parser the receiver runs, so encode never emits what decode refuses.
-        _PARSERS[mtype](fields)
+        _parse(mtype, body)
     except ProtocolError as exc:
         raise ValueError(f"invalid message: {exc}") from None
-    body = json.dumps(fields, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    raw = body.encode("utf-8")
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    raw = text.encode("utf-8")
     if len(raw) > MAX_CONTROL_BODY:
         raise ValueError(f"{mtype.name} body of {len(raw)} bytes exceeds {MAX_CONTROL_BODY}")
     return HEADER.pack(mtype, reply_flag, request_id, len(raw)) + raw

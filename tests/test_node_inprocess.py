@@ -292,16 +292,16 @@ class PublishOrderTests(NodeTestCase):
         key = BlobKey("e" * 64, "f" * 64)
         older, newer = self.writer(node, key, b"v1"), self.writer(node, key, b"v2")
         results = [
-            node.files.holdings.publish(key, 1, older),
-            node.files.holdings.publish(key, 2, newer),
+            node.files.holdings.publish(key, 1, older, b"", key.owner),
+            node.files.holdings.publish(key, 2, newer, b"", key.owner),
         ]
         self.assertEqual([await Deferred.fromCoroutine(r) for r in results], [True, True])
         self.assertEqual((node.files.catalog.get(key), read(node, key)), (Entry(2, 2), b"v2"))
         # Newer queued first: the older one is turned away.
         newest, stale = self.writer(node, key, b"v4"), self.writer(node, key, b"v3")
         results = [
-            node.files.holdings.publish(key, 4, newest),
-            node.files.holdings.publish(key, 3, stale),
+            node.files.holdings.publish(key, 4, newest, b"", key.owner),
+            node.files.holdings.publish(key, 3, stale, b"", key.owner),
         ]
         self.assertEqual([await Deferred.fromCoroutine(r) for r in results], [True, False])
         self.assertEqual(read(node, key), b"v4")
@@ -311,8 +311,10 @@ class PublishOrderTests(NodeTestCase):
         await node.ready
         owner = node.files.holdings
         key = BlobKey(node.node_id, "f" * 64)
-        publishing = Deferred.fromCoroutine(owner.publish(key, 5, self.writer(node, key, b"v5")))
-        owner.bury(Tombstone.sign(node.identity.key, key.blob, 6))
+        publishing = Deferred.fromCoroutine(
+            owner.publish(key, 5, self.writer(node, key, b"v5"), b"", key.owner)
+        )
+        owner.bury(Tombstone.sign(node.identity.key, key.blob, 6), key.owner)
         self.assertFalse(await publishing)
         self.assertFalse(node.store.exists(key))
         self.assertEqual(owner.catalog.get(key), Entry(6, 0, deleted=True))

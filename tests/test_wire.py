@@ -19,6 +19,8 @@ from dfs_twisted.wire import (
     MAX_LIST_PAGE,
     Abort,
     Ack,
+    Audit,
+    AuditReply,
     Data,
     Delete,
     Digest,
@@ -100,6 +102,7 @@ plain = st.characters(codec="utf-8", exclude_categories=("Cc", "Zl", "Zp", "Cf")
 any_text = st.text(st.characters(codec="utf-8"), max_size=wire.MAX_TEXT)
 sizes = st.integers(0, 2**62 - 1)
 versions = st.integers(0, 2**64 - 1)
+proofs = st.sampled_from(["", "ab" * 64, "cd" * 140])
 
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(
@@ -113,7 +116,16 @@ messages: st.SearchStrategy[Message] = st.one_of(
         box_key=st.none() | hex_ids,
     ),
     st.builds(Store, owner=hex_ids, blob=hex_ids, size=st.none() | sizes, version=versions),
-    st.builds(Fetch, owner=hex_ids, blob=hex_ids),
+    st.builds(Fetch, owner=hex_ids, blob=hex_ids, version=st.none() | versions, offset=sizes),
+    st.builds(
+        Audit,
+        owner=hex_ids,
+        blob=hex_ids,
+        version=versions,
+        index=st.integers(0, 2**32 - 1),
+        nonce=hex_ids,
+    ),
+    st.builds(AuditReply, digest=hex_ids),
     st.builds(
         Delete,
         owner=hex_ids,
@@ -124,7 +136,12 @@ messages: st.SearchStrategy[Message] = st.one_of(
     ),
     st.builds(Digest, owner=hex_ids),
     st.builds(Head, owner=hex_ids, blob=hex_ids),
-    st.builds(HeadReply, size=sizes, header=st.binary(max_size=300).map(bytes.hex)),
+    st.builds(
+        HeadReply,
+        size=sizes,
+        header=st.binary(max_size=300).map(bytes.hex),
+        proof=st.binary(max_size=140).map(bytes.hex),
+    ),
     st.builds(DigestReply, digest=hex_ids, count=sizes),
     st.builds(List, owner=hex_ids, after=st.none() | hex_ids, limit=st.integers(1, MAX_LIST_PAGE)),
     st.just(Ack()),
@@ -134,7 +151,10 @@ messages: st.SearchStrategy[Message] = st.one_of(
         ListReply,
         entries=st.lists(hex_ids, max_size=40, unique=True).flatmap(
             lambda ids: st.tuples(
-                *(st.builds(ListEntry, st.just(b), versions, st.booleans()) for b in sorted(ids))
+                *(
+                    st.builds(ListEntry, st.just(b), versions, st.booleans(), proofs)
+                    for b in sorted(ids)
+                )
             )
         ),
         more=st.booleans(),
@@ -162,17 +182,22 @@ class RoundTripTests(SynchronousTestCase):
         Store(A, B, None, 2**64 - 1),
         Store(A, B, 0, 0),
         Fetch(A, B),
+        Fetch(A, B, version=2**64 - 1, offset=2**62 - 1),
+        Audit(A, B, 3, 2**32 - 1, C),
+        AuditReply(B),
         Delete(A, B, 7, C, "ab" * 64),
         Digest(A),
         DigestReply(B, 0),
         Head(A, B),
         HeadReply(1234, "44465342"),
+        HeadReply(1234, "44465342", "00" * 140),
         List(A),
         List(A, after=B, limit=1),
         Ack(),
         Ping(),
         FetchReply(2**62 - 1),
-        ListReply((ListEntry(B, 1, False), ListEntry(A, 2, True)), more=True),
+        ListReply((ListEntry(B, 1, False, "ab" * 140), ListEntry(A, 2, True, "cd" * 64)), True),
+        ListReply((ListEntry(B, 1, False),), more=False),
         ListReply((), more=False),
         Error("not_found", "no such blob\nsecond line"),
         Abort("disk full"),
@@ -196,7 +221,10 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_control_bodies_are_compact_json(self) -> None:
         raw = encode(Fetch(A, B), 5)
-        self.assertEqual(raw[HEADER.size :], f'{{"owner":"{A}","blob":"{B}"}}'.encode())
+        self.assertEqual(
+            raw[HEADER.size :],
+            f'{{"owner":"{A}","blob":"{B}","version":null,"offset":0}}'.encode(),
+        )
         self.assertEqual(
             HEADER.unpack(raw[: HEADER.size]), (MessageType.FETCH, 0, 5, len(raw) - 10)
         )
@@ -250,6 +278,11 @@ class EncodeRefusesTests(SynchronousTestCase):
             ListReply((ListEntry(A, 1, False), ListEntry(B, 1, False)), more=False),  # descending
             ListReply((ListEntry(A, 1, False),) * 2, more=False),  # duplicate
             ListReply((ListEntry(A, -1, False),), more=False),
+            ListReply((ListEntry(A, 1, False, "abc"),), more=False),  # half a byte of proof
+            ListReply((ListEntry(A, 1, False, "00" * 141),), more=False),
+            Fetch(A, B, offset=-1),
+            Audit(A, B, 1, 2**32, C),
+            Audit(A, B, 1, 0, "short"),
             ListReply(
                 tuple(ListEntry(f"{i:064x}", 1, False) for i in range(MAX_LIST_PAGE + 1)),
                 more=True,
@@ -375,7 +408,7 @@ class FramingRejectsTests(SynchronousTestCase):
         self.assertRaises(ProtocolError, decode, frame)
 
     def test_unknown_type(self) -> None:
-        for mtype in (0, 17, 255):
+        for mtype in (0, max(MessageType) + 1, 255):
             self.assertRejectedAtHeader(HEADER.pack(mtype, 0, 1, 0))
             self.assertRaises(ProtocolError, decode, Frame(mtype, 0, 1, b"{}"))
 
@@ -398,11 +431,13 @@ class FramingRejectsTests(SynchronousTestCase):
 
 
 class DecodeRejectsTests(SynchronousTestCase):
-    def assertRejected(self, mtype: MessageType, body: bytes | object) -> None:
+    def assertRejected(self, mtype: MessageType, body: bytes | object, reason: str = "") -> None:
+        """Refused, on one line, and (when given) for ``reason``: the field and problem."""
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         with self.assertRaises(ProtocolError) as caught:
             decode(Frame(mtype, 0, 1, raw))
         self.assertNotIn("\n", str(caught.exception))
+        self.assertIn(reason, str(caught.exception))
 
     def test_malformed_json(self) -> None:
         for raw in (
@@ -412,88 +447,155 @@ class DecodeRejectsTests(SynchronousTestCase):
             b'{"owner": "x",}',
             b"\xff\xfe{}",
             '{"size": 1}'.encode("utf-16"),
-            b'{"size": NaN}',
-            b'{"size": Infinity}',
-            b"[" * 50000 + b"]" * 50000,
+            b"[" * 30000 + b"]" * 30000,
             b'{"size": ' + b"9" * 5000 + b"}",
             b"\xef\xbb\xbf{}",  # BOM
         ):
-            self.assertRejected(MessageType.FETCH_REPLY, raw)
+            self.assertRejected(MessageType.FETCH_REPLY, raw, "not valid UTF-8 JSON")
+        for constant in (b'{"size": NaN}', b'{"size": Infinity}'):
+            self.assertRejected(MessageType.FETCH_REPLY, constant, "non-standard JSON constant")
 
     def test_not_an_object(self) -> None:
         objs: tuple[object, ...] = ([], "x", 1, None, True)
         for obj in objs:
-            self.assertRejected(MessageType.ACK, obj)
+            self.assertRejected(MessageType.ACK, obj, "not a JSON object")
 
     def test_keys(self) -> None:
-        self.assertRejected(MessageType.ACK, {"x": 1})
-        self.assertRejected(MessageType.FETCH, {"owner": A})
-        self.assertRejected(MessageType.FETCH, {"owner": A, "blob": B, "extra": 1})
-        self.assertRejected(MessageType.LIST, {"owner": A, "limit": 5})  # after must be present
+        self.assertRejected(MessageType.ACK, {"x": 1}, "ACK: unexpected key 'x'")
+        without_blob = {k: v for k, v in self.fetch().items() if k != "blob"}
+        self.assertRejected(MessageType.FETCH, without_blob, "FETCH: missing key 'blob'")
+        self.assertRejected(MessageType.FETCH, self.fetch(extra=1), "unexpected key 'extra'")
+        # after must be present, even when null
+        self.assertRejected(MessageType.LIST, {"owner": A, "limit": 5}, "missing key 'after'")
         self.assertRejected(
-            MessageType.FETCH,
-            b'{"owner":"%s","blob":"%s","blob":"%s"}' % (A.encode(), B.encode(), C.encode()),
+            MessageType.DIGEST,
+            b'{"owner":"%s","owner":"%s"}' % (A.encode(), C.encode()),
+            "duplicate key",
         )
 
     def test_wrong_types(self) -> None:
-        self.assertRejected(MessageType.STORE, {"owner": A, "blob": B, "size": "10"})
-        self.assertRejected(MessageType.STORE, {"owner": A, "blob": B, "size": 1.0})
-        self.assertRejected(MessageType.STORE, {"owner": A, "blob": B, "size": True})
-        self.assertRejected(MessageType.FETCH_REPLY, {"size": False})
-        self.assertRejected(MessageType.LIST, {"owner": A, "after": None, "limit": True})
-        self.assertRejected(MessageType.LIST_REPLY, {"blobs": [A], "more": 1})
-        self.assertRejected(MessageType.LIST_REPLY, {"blobs": A, "more": False})
-        self.assertRejected(MessageType.HELLO, self.hello(version=True))
-        self.assertRejected(MessageType.HELLO, self.hello(features="abc"))
-        self.assertRejected(MessageType.HELLO, self.hello(features=[1]))
-        self.assertRejected(MessageType.ERROR, {"code": "io", "message": None})
-        self.assertRejected(MessageType.ABORT, {"reason": ["x"]})
+        store = {"owner": A, "blob": B, "version": 1}
+        for size in ("10", 1.0, True):
+            self.assertRejected(
+                MessageType.STORE, {**store, "size": size}, "STORE.size: expected an integer"
+            )
+        self.assertRejected(MessageType.FETCH_REPLY, {"size": False}, "FETCH_REPLY.size")
+        self.assertRejected(
+            MessageType.LIST, {"owner": A, "after": None, "limit": True}, "LIST.limit"
+        )
+        entry = [A, 1, False, ""]
+        self.assertRejected(
+            MessageType.LIST_REPLY,
+            {"entries": [entry], "more": 1},
+            "LIST_REPLY.more: expected a boolean",
+        )
+        self.assertRejected(
+            MessageType.LIST_REPLY,
+            {"entries": [[A, 1, 0, ""]], "more": False},
+            "LIST_REPLY.entries[]: expected a boolean",
+        )
+        self.assertRejected(
+            MessageType.LIST_REPLY,
+            {"entries": A, "more": False},
+            "LIST_REPLY.entries: expected an array",
+        )
+        self.assertRejected(
+            MessageType.LIST_REPLY,
+            {"entries": [[A, 1, False]], "more": False},
+            "expected [blob, version, deleted, proof]",
+        )
+        self.assertRejected(MessageType.HELLO, self.hello(version=True), "HELLO.version")
+        self.assertRejected(MessageType.HELLO, self.hello(features="abc"), "HELLO.features")
+        self.assertRejected(MessageType.HELLO, self.hello(features=[1]), "HELLO.features[]")
+        self.assertRejected(
+            MessageType.ERROR, {"code": "io", "message": None}, "ERROR.message: expected a string"
+        )
+        self.assertRejected(MessageType.ABORT, {"reason": ["x"]}, "ABORT.reason")
 
     def test_bad_ids(self) -> None:
         for bad in ("../../etc", A.upper(), A[:63], A + "0", A[:63] + "g", A + "\n", "", None, 7):
             self.assertFalse(is_hex_id(bad), bad)
-            self.assertRejected(MessageType.FETCH, {"owner": A, "blob": bad})
-            self.assertRejected(MessageType.DELETE, {"owner": bad, "blob": A})
-            self.assertRejected(MessageType.STORE, {"owner": bad, "blob": A, "size": None})
+            self.assertRejected(MessageType.FETCH, self.fetch(blob=bad), "FETCH.blob")
+            self.assertRejected(
+                MessageType.DELETE,
+                {"owner": bad, "blob": A, "version": 1, "key": A, "signature": "ab" * 64},
+                "DELETE.owner",
+            )
+            self.assertRejected(
+                MessageType.STORE,
+                {"owner": bad, "blob": A, "size": None, "version": 1},
+                "STORE.owner",
+            )
             if bad is not None:  # after=None means "from the start"
-                self.assertRejected(MessageType.LIST, {"owner": A, "after": bad, "limit": 1})
-            self.assertRejected(MessageType.LIST_REPLY, {"blobs": [bad], "more": False})
-            self.assertRejected(MessageType.HELLO, self.hello(node_id=bad))
+                self.assertRejected(
+                    MessageType.LIST, {"owner": A, "after": bad, "limit": 1}, "LIST.after"
+                )
+            self.assertRejected(
+                MessageType.LIST_REPLY,
+                {"entries": [[bad, 1, False, ""]], "more": False},
+                "LIST_REPLY.entries[]: not a 64-char",
+            )
+            self.assertRejected(MessageType.HELLO, self.hello(node_id=bad), "HELLO.node_id")
         self.assertTrue(is_hex_id(B))
 
     def test_bounds(self) -> None:
-        self.assertRejected(MessageType.STORE, {"owner": A, "blob": B, "size": -1})
-        self.assertRejected(MessageType.STORE, {"owner": A, "blob": B, "size": 2**62})
-        self.assertRejected(MessageType.LIST, {"owner": A, "after": None, "limit": 0})
-        self.assertRejected(MessageType.LIST, {"owner": A, "after": None, "limit": 513})
-        page = [f"{i:064x}" for i in range(MAX_LIST_PAGE + 1)]
-        self.assertRejected(MessageType.LIST_REPLY, {"blobs": page, "more": True})
-        self.assertRejected(MessageType.LIST_REPLY, {"blobs": [A, B], "more": True})
-        self.assertRejected(MessageType.ERROR, {"code": "", "message": ""})
-        self.assertRejected(MessageType.ERROR, {"code": "a" * 33, "message": ""})
-        self.assertRejected(MessageType.ERROR, {"code": "NotFound", "message": ""})
-        self.assertRejected(MessageType.ERROR, {"code": "io", "message": "x" * 513})
-        self.assertRejected(MessageType.ABORT, {"reason": "x" * 513})
-        self.assertRejected(MessageType.ABORT, b'{"reason": "\\ud800"}')  # lone surrogate
-        self.assertRejected(MessageType.HELLO, self.hello(version=-1))
+        store = {"owner": A, "blob": B, "version": 1}
+        self.assertRejected(MessageType.STORE, {**store, "size": -1}, "STORE.size: -1 not in")
+        self.assertRejected(MessageType.STORE, {**store, "size": 2**62}, "STORE.size")
+        self.assertRejected(MessageType.FETCH, self.fetch(offset=-1), "FETCH.offset")
+        self.assertRejected(MessageType.LIST, {"owner": A, "after": None, "limit": 0}, "LIST.limit")
+        self.assertRejected(
+            MessageType.LIST,
+            {"owner": A, "after": None, "limit": MAX_LIST_PAGE + 1},
+            "LIST.limit",
+        )
+        page = [[f"{i:064x}", 1, False, ""] for i in range(MAX_LIST_PAGE + 1)]
+        self.assertRejected(
+            MessageType.LIST_REPLY, {"entries": page, "more": True}, "items, at most"
+        )
+        self.assertRejected(
+            MessageType.LIST_REPLY,
+            {"entries": [[A, 1, False, ""], [B, 1, False, ""]], "more": True},
+            "not strictly ascending",
+        )
+        self.assertRejected(
+            MessageType.LIST_REPLY,
+            {"entries": [[A, 1, False, "00" * 141]], "more": True},
+            "LIST_REPLY.entries[]: length",
+        )
+        self.assertRejected(MessageType.ERROR, {"code": "", "message": ""}, "ERROR.code")
+        self.assertRejected(MessageType.ERROR, {"code": "a" * 33, "message": ""}, "ERROR.code")
+        self.assertRejected(MessageType.ERROR, {"code": "NotFound", "message": ""}, "ERROR.code")
+        self.assertRejected(
+            MessageType.ERROR, {"code": "io", "message": "x" * 513}, "ERROR.message"
+        )
+        self.assertRejected(MessageType.ABORT, {"reason": "x" * 513}, "ABORT.reason")
+        self.assertRejected(MessageType.ABORT, b'{"reason": "\\ud800"}', "lone surrogate")
+        self.assertRejected(MessageType.HELLO, self.hello(version=-1), "HELLO.version")
         for org in ("", "x" * 129, "a\x00b", "a\x1bb", "a\u2028b", "evil\u202egnp"):
-            self.assertRejected(MessageType.HELLO, self.hello(org=org))
+            self.assertRejected(MessageType.HELLO, self.hello(org=org), "HELLO.org")
         for listen in ("", "host", ":80", "host:", "host:99999", "h:1 ", "h :1", "h:1" + "1" * 5):
-            self.assertRejected(MessageType.HELLO, self.hello(listen=listen))
+            self.assertRejected(MessageType.HELLO, self.hello(listen=listen), "HELLO.listen")
         self.assertRejected(MessageType.HELLO, self.hello(listen="h" * 251 + ":1000"))
-        self.assertRejected(MessageType.HELLO, self.hello(features=["f"] * 33))
-        self.assertRejected(MessageType.HELLO, self.hello(features=["f" * 33]))
-        self.assertRejected(MessageType.HELLO, self.hello(features=[""]))
+        self.assertRejected(MessageType.HELLO, self.hello(features=["f"] * 33), "at most 32")
+        self.assertRejected(MessageType.HELLO, self.hello(features=["f" * 33]), "features[]")
+        self.assertRejected(MessageType.HELLO, self.hello(features=[""]), "features[]")
 
     def test_accepts_limits(self) -> None:
         ok = decode(control(MessageType.HELLO, self.hello(org="x" * 128, features=["f" * 32] * 32)))
         self.assertIsInstance(ok, Hello)
-        page = [ListEntry(f"{i:064x}", 2**64 - 1, True) for i in range(MAX_LIST_PAGE)]
-        entries = [[e.blob, e.version, e.deleted] for e in page]
+        page = [ListEntry(f"{i:064x}", 2**64 - 1, False, "ff" * 140) for i in range(MAX_LIST_PAGE)]
+        entries = [[e.blob, e.version, e.deleted, e.proof] for e in page]
         reply = decode(control(MessageType.LIST_REPLY, {"entries": entries, "more": True}))
         self.assertEqual(reply, ListReply(tuple(page), more=True))
         self.assertEqual(len(encode(reply, 1)) < MAX_CONTROL_BODY, True)
         self.assertEqual(decode(Frame(MessageType.ACK, 0, 1, b" { } ")), Ack())
+
+    @staticmethod
+    def fetch(**overrides: object) -> dict[str, object]:
+        base: dict[str, object] = {"owner": A, "blob": B, "version": None, "offset": 0}
+        base.update(overrides)
+        return base
 
     @staticmethod
     def hello(**overrides: object) -> dict[str, object]:
@@ -571,8 +673,11 @@ class FuzzTests(SynchronousTestCase):
                     "size",
                     "after",
                     "limit",
-                    "blobs",
+                    "entries",
                     "more",
+                    "offset",
+                    "index",
+                    "nonce",
                     "code",
                     "message",
                     "reason",

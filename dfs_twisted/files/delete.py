@@ -38,7 +38,7 @@ class Remover:
         if not here and not await self._held_by_a_peer(name):
             raise FileNotFound(name)
         tomb = Tombstone.sign(self._owner.signer, key.blob, self._holdings.next_version(key.owner))
-        self._holdings.bury(tomb)
+        self._holdings.bury(tomb, key.owner)
         outcomes = []
         for session in self._peers():
             peer = session.info

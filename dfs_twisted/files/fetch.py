@@ -68,6 +68,7 @@ class PeerFetch:
     ) -> None:
         self.key = key
         self._holdings = holdings
+        self._sender = session.info.node_id
         self._check = (
             SealCheck(owner=key.owner, blob=key.blob)
             if org_key is None
@@ -150,6 +151,7 @@ class PeerFetch:
             else:
                 self._check.finish()
                 last = b""
+            record = self._check.record
         except (CryptoError, DamagedBlob) as e:
             self.fail(DamagedBlob(str(e)))
             raise DamagedBlob(str(e)) from e
@@ -157,7 +159,10 @@ class PeerFetch:
             self._consumer.write(last)
         if isinstance(self._writer, QueuedBlob):
             assert header is not None
-            await self._holdings.publish(self.key, header.version, self._writer)
+            proof = b"" if record is None else record.to_bytes()
+            await self._holdings.publish(
+                self.key, header.version, self._writer, proof, self._sender
+            )
 
     def abort(self) -> None:
         self._writer.abort()

@@ -16,7 +16,16 @@ from typing import BinaryIO
 from twisted.logger import Logger
 
 from ..catalog import Catalog, Entry
-from ..crypto import FIXED_HEADER_SIZE, BlobHeader, CryptoError, Tombstone, header_length
+from ..crypto import (
+    FIXED_HEADER_SIZE,
+    LEGACY_FORMAT,
+    BlobHeader,
+    CryptoError,
+    Tombstone,
+    header_length,
+    last_chunk,
+    stored_record,
+)
 from ..crypto import parse_header as _parse_header
 from ..diskqueue import DiskQueue, QueuedBlob
 from ..store import BlobKey, BlobStore
@@ -55,11 +64,14 @@ class Holdings:
         """A version above every one ``owner`` has used: time-based, never going back."""
         return max(time.time_ns(), self.catalog.newest(owner) + 1)
 
-    async def publish(self, key: BlobKey, version: int, writer: QueuedBlob) -> bool:
+    async def publish(
+        self, key: BlobKey, version: int, writer: QueuedBlob, proof: bytes, sender: str
+    ) -> bool:
         """Commit a written blob version, unless it or a newer one is held or on its way.
 
         Commits of one key can be queued at once (a put, a replica, a repair): the
         newest must be the one left on disk. True if this version is now held.
+        ``proof``: the blob's record; ``sender``: the node whose quota it counts on.
         """
         pending = self._publishing.get(key)
         if not self.catalog.is_newer(key, version) or (pending is not None and pending >= version):
@@ -76,18 +88,18 @@ class Holdings:
             self.store.delete(key)
             return False
         held = self.catalog.get(key)
-        self.catalog.set(key, Entry(version, writer.written))
+        self.catalog.set(key, Entry(version, writer.written, proof=proof, sender=sender))
         if held is not None and held.deleted:
             self.store.remove_tombstone(key)
         return True
 
-    def bury(self, tomb: Tombstone) -> bool:
+    def bury(self, tomb: Tombstone, sender: str) -> bool:
         """Record a verified tombstone if it is newer than what is held; True if it was."""
         key = BlobKey(tomb.owner, tomb.blob)
         if not self.catalog.is_newer(key, tomb.version):
             return False
         self.store.put_tombstone(key, tomb.to_bytes())
-        self.catalog.set(key, Entry(tomb.version, 0, deleted=True))
+        self.catalog.set(key, _buried(tomb, sender))
         return True
 
     def tombstone(self, key: BlobKey) -> Tombstone | None:
@@ -126,8 +138,25 @@ class Holdings:
         return f
 
 
+def _buried(tomb: Tombstone, sender: str) -> Entry:
+    return Entry(tomb.version, 0, deleted=True, proof=tomb.signature, sender=sender)
+
+
+def stored_proof(f: BinaryIO, header: BlobHeader, size: int) -> bytes:
+    """The record of a stored blob, read from its last chunk (none for the old format)."""
+    if header.format == LEGACY_FORMAT:
+        return b""
+    offset, _ = last_chunk(header, size)
+    f.seek(offset)
+    return stored_record(header, size, f.read(size - offset)).to_bytes()
+
+
 def index_store(store: BlobStore) -> Catalog:
-    """Build the catalog from what is on disk (once, at start-up)."""
+    """Build the catalog from what is on disk (once, at start-up).
+
+    Who sent another org's blob is not on disk: it is charged to its owner until
+    a newer version arrives.
+    """
     catalog = Catalog()
     for owner in store.owners():
         for blob in store.tombstones(owner):
@@ -140,7 +169,7 @@ def index_store(store: BlobStore) -> Catalog:
             except CryptoError as e:
                 log.warn("ignoring a bad tombstone {blob}: {error}", blob=blob, error=str(e))
                 continue
-            catalog.set(key, Entry(tomb.version, 0, deleted=True))
+            catalog.set(key, _buried(tomb, owner))
         for blob in store.blobs(owner):
             key = BlobKey(owner, blob)
             f = store.open(key)
@@ -148,14 +177,15 @@ def index_store(store: BlobStore) -> Catalog:
                 continue
             try:
                 with f:
-                    version = read_header(f).version
+                    header = read_header(f)
                     size = os.fstat(f.fileno()).st_size
+                    proof = stored_proof(f, header, size)
             except CryptoError as e:
                 # Left for scrub and get to find and replace; not listed meanwhile.
                 log.warn("unreadable blob {blob}: {error}", blob=blob, error=str(e))
                 continue
-            if catalog.is_newer(key, version):
-                catalog.set(key, Entry(version, size))
+            if catalog.is_newer(key, header.version):
+                catalog.set(key, Entry(header.version, size, proof=proof, sender=owner))
             else:
                 store.delete(key)  # deleted before a crash finished removing it
     return catalog

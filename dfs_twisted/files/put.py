@@ -124,7 +124,11 @@ class Upload:
         replies = [stream.finish() for _, stream in self._peers]
         try:
             # False when an rm of this name came in meanwhile: the later change wins.
-            await self._holdings.publish(self.key, self.version, self._local)
+            record = self._encryptor.record
+            assert record is not None  # finalized
+            await self._holdings.publish(
+                self.key, self.version, self._local, record.to_bytes(), self.key.owner
+            )
         except BaseException:
             self.abort("local write failed")
             raise

@@ -160,7 +160,9 @@ class Recovery:
             if not self._holdings.catalog.is_newer(key, entry.version):
                 continue
             if entry.deleted:
-                self._holdings.bury(Tombstone.sign(owner.signer, blob, entry.version))
+                self._holdings.bury(
+                    Tombstone.sign(owner.signer, blob, entry.version), owner.node_id
+                )
                 continue
             for session in sessions:
                 try:

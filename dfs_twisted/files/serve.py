@@ -15,12 +15,13 @@ from twisted.logger import Logger
 
 from .. import wire
 from ..catalog import BLOCK, Entry, charge
-from ..crypto import CryptoError, SealCheck, Tombstone
+from ..crypto import LEGACY_FORMAT, BlobHeader, CryptoError, SealCheck, Tombstone, audit_digest
 from ..identity import KnownOrgs
 from ..protocol import RequestRefused
 from ..session import PeerSession
 from ..space import NoSpace, SpaceAccount
 from ..store import BlobKey
+from ..wire import Code
 from .holdings import Holdings, read_header
 from .sync import Sync
 
@@ -138,7 +139,11 @@ class IncomingReplica:
 
     async def _publish(self) -> None:
         try:
-            published = await self._holdings.publish(self.key, self.version, self._writer)
+            record = self._seal.record
+            proof = b"" if record is None else record.to_bytes()
+            published = await self._holdings.publish(
+                self.key, self.version, self._writer, proof, self.session.info.node_id
+            )
         finally:
             self._done(self)
         if not published:
@@ -227,14 +232,34 @@ class Server:
     def _stored(self, incoming: IncomingReplica) -> None:
         key = incoming.key
         log.info("stored replica {blob} for {owner}", blob=key.blob, owner=key.owner)
-        self._sync.relay_change(incoming.session, key, Entry(incoming.version, incoming.written))
+        entry = self._holdings.catalog.get(key)
+        if entry is not None:
+            self._sync.relay_change(incoming.session, key, entry)
+
+    def _open(self, key: BlobKey, version: int | None) -> tuple[BinaryIO, BlobHeader, int]:
+        """A stored blob (of ``version``, if given), its header and its length."""
+        f = self._holdings.open(key)
+        if f is None:
+            raise RequestRefused(Code.NOT_FOUND, "no such blob")
+        try:
+            header = read_header(f)
+            size = os.fstat(f.fileno()).st_size
+        except CryptoError:
+            f.close()
+            raise RequestRefused(Code.NOT_FOUND, "no readable blob") from None
+        if version is not None and header.version != version:
+            f.close()
+            raise RequestRefused(Code.NOT_FOUND, f"holds version {header.version}, not {version}")
+        return f, header, size
 
     def open_fetch(self, session: PeerSession, request: wire.Fetch) -> FileSource:
         key = BlobKey(request.owner, request.blob)
-        f = self._holdings.store.open(key)
-        if f is None:
-            raise RequestRefused("not_found", "no such blob")
-        return FileSource(f, self._holdings.store.size(key) or 0)
+        f, _, size = self._open(key, request.version)
+        if request.offset > size:
+            f.close()
+            raise RequestRefused(Code.BAD_REQUEST, "offset beyond the end of the blob")
+        f.seek(request.offset)
+        return FileSource(f, size)
 
     def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
         if isinstance(request, wire.Delete):
@@ -244,19 +269,27 @@ class Server:
             return succeed(wire.DigestReply(digest, count))
         if isinstance(request, wire.Head):
             return succeed(self._head(BlobKey(request.owner, request.blob)))
+        if isinstance(request, wire.Audit):
+            return succeed(self._audit(request))
         return succeed(self._listing(request.owner, request.after, request.limit))
 
     def _head(self, key: BlobKey) -> wire.HeadReply:
-        f = self._holdings.store.open(key)
-        if f is None:
-            raise RequestRefused("not_found", "no such blob")
-        try:
-            with f:
-                header = read_header(f)
-                size = os.fstat(f.fileno()).st_size
-        except CryptoError:
-            raise RequestRefused("not_found", "no readable blob") from None
-        return wire.HeadReply(size, header.raw.hex())
+        f, header, size = self._open(key, None)
+        with f:
+            held = self._holdings.catalog.get(key)
+            proof = held.proof if held is not None and held.version == header.version else b""
+            return wire.HeadReply(size, header.raw.hex(), proof.hex())
+
+    def _audit(self, request: wire.Audit) -> wire.AuditReply:
+        """Prove this node holds a chunk: hash it, keyed by the auditor's fresh nonce."""
+        f, header, size = self._open(BlobKey(request.owner, request.blob), request.version)
+        with f:
+            start = header.chunk_offset(request.index)
+            if header.format == LEGACY_FORMAT or start >= size:
+                raise RequestRefused(Code.NOT_FOUND, "no such chunk")
+            f.seek(start)
+            chunk = f.read(min(header.span, size - start))
+        return wire.AuditReply(audit_digest(bytes.fromhex(request.nonce), chunk).hex())
 
     def _listing(self, owner: str, after: str | None, limit: int) -> wire.ListReply:
         """A page of what is held, checked against the disk: a listing never claims
@@ -268,7 +301,9 @@ class Server:
             for blob, entry in page:
                 if self._holdings.held(BlobKey(owner, blob)) is None:
                     continue
-                entries.append(wire.ListEntry(blob, entry.version, entry.deleted))
+                entries.append(
+                    wire.ListEntry(blob, entry.version, entry.deleted, entry.proof.hex())
+                )
             if page:
                 after = page[-1][0]
         return wire.ListReply(tuple(entries), more)
@@ -294,7 +329,7 @@ class Server:
             except NoSpace as e:
                 raise RequestRefused(e.code, e.message) from None
         # Without news (this deletion or a newer change is here already) it is still done.
-        if self._holdings.bury(tomb):
+        if self._holdings.bury(tomb, session.info.node_id):
             log.info("deleted replica {blob} for {owner}", blob=key.blob, owner=key.owner)
             self._sync.relay_change(session, key, Entry(tomb.version, 0, deleted=True))
         return wire.Ack()
