@@ -32,6 +32,7 @@ from .files import (
     Download,
     FileNotFound,
     Files,
+    NewestUnavailable,
     PutInProgress,
     UnknownPeer,
     Upload,
@@ -303,6 +304,8 @@ class Api(Resource):
             raise ApiError(400, str(e)) from e
         except FileNotFound:
             raise ApiError(404, "no such file on this node or any connected peer") from None
+        except NewestUnavailable as e:
+            raise ApiError(503, str(e)) from None
         except DamagedBlob as e:
             if reader is None:
                 raise

@@ -21,6 +21,7 @@ from .crypto import OrgKey
 from .diskqueue import DiskQueue
 from .files import Files, Owner
 from .files.holdings import Holdings, index_store
+from .files.migrate import unrecorded
 from .identity import (
     TOKEN_FILE,
     KnownOrgs,
@@ -32,6 +33,7 @@ from .identity import (
     write_secret,
 )
 from .keys import Keyring
+from .ledger import LEDGER_FILE, Ledger
 from .metrics import NodeMetrics
 from .options import PeerAddress
 from .peers import PeerRegistry
@@ -132,9 +134,14 @@ class NodeService(MultiService):
         self.disk = DiskQueue(self.reactor)
         catalog = index_store(self.store)
         store_root = self.store.root
+        owner = Owner(self.identity.node_id, self.org_key, self.identity.key, self.identity.box)
+        holdings = Holdings(self.store, catalog, self.disk)
+        self.ledger = Ledger(self.private / LEDGER_FILE, self.disk.run)
+        self.ledger.seed(unrecorded(owner, holdings, self.ledger))
         self.files = Files(
-            Owner(self.identity.node_id, self.org_key, self.identity.key, self.identity.box),
-            Holdings(self.store, catalog, self.disk),
+            owner,
+            holdings,
+            self.ledger,
             self.registry,
             self.reactor,
             SpaceAccount(
@@ -233,6 +240,7 @@ class NodeService(MultiService):
         d.addCallback(lambda _: super(NodeService, self).stopService())
         # Last: queued writes (and aborts of cut transfers) finish before the thread ends.
         d.addCallback(lambda _: self.disk.stop())
+        d.addCallback(lambda _: self.ledger.close())
         return d
 
 

@@ -384,6 +384,9 @@ class HostileTestCase(SharedFixture, SynchronousTestCase):
         got = net.honest.dfs("get", name)
         self.assertEqual(got.stdout, data)
         self.assertIn(f"from peer node-{net.victim.port}", got.stderr.decode())
+        # The get restores H's copy once the stream verified: wait, or the next round
+        # would count it as a new file.
+        wait_until(blob.exists, "H to restore its copy")
         self.assert_honest_connected()
 
     def assert_honest_connected(self) -> None:

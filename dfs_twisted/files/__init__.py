@@ -18,11 +18,12 @@ from ..catalog import Catalog
 from ..crypto import file_key
 from ..grants import Grant
 from ..identity import KnownOrg, KnownOrgs
+from ..ledger import Ledger
 from ..peers import PeerRegistry
 from ..space import SpaceAccount
 from ..store import BlobKey, BlobStore
 from .delete import Remover
-from .errors import DamagedBlob, FileNotFound, PutInProgress, UnknownPeer
+from .errors import DamagedBlob, FileNotFound, NewestUnavailable, PutInProgress, UnknownPeer
 from .fetch import Clock, Fetcher
 from .get import Download, Reader
 from .holdings import Holdings, read_header
@@ -38,6 +39,7 @@ __all__ = [
     "FileEntry",
     "FileNotFound",
     "Files",
+    "NewestUnavailable",
     "Owner",
     "PeerOutcome",
     "PutInProgress",
@@ -54,6 +56,7 @@ class Files:
         self,
         owner: Owner,
         holdings: Holdings,
+        ledger: Ledger,
         peers: PeerRegistry,
         clock: Clock,
         space: SpaceAccount,
@@ -62,6 +65,7 @@ class Files:
     ) -> None:
         self.owner = owner
         self.holdings = holdings
+        self.ledger = ledger
         self.peers = peers
         self.space = space
         self._known = known
@@ -69,9 +73,9 @@ class Files:
         self.fetcher = Fetcher(holdings, peers.live, clock)
         self.sync = Sync(owner.node_id, holdings, peers.live, relay)
         self.server = Server(owner.node_id, holdings, space, known, self.sync)
-        self._reader = Reader(owner, holdings, self.fetcher)
-        self._remover = Remover(owner, holdings, peers.live)
-        self._recovery = Recovery(owner, holdings, peers.live, self.fetcher, self.sync)
+        self._reader = Reader(owner, holdings, ledger, self.fetcher)
+        self._remover = Remover(owner, holdings, ledger, peers.live)
+        self._recovery = Recovery(owner, holdings, ledger, peers.live, self.fetcher, self.sync)
         self.open_download = self._reader.open_download
         self.open_granted = self._reader.open_granted
         self.delete = self._remover.delete
@@ -107,7 +111,14 @@ class Files:
             # Two versions racing to the disk could leave the older one there.
             raise PutInProgress(f"a put of {name!r} is in progress already")
         upload = Upload(
-            self.owner, self.holdings, self.peers.live(), name, size, upstream, self._put_ended
+            self.owner,
+            self.holdings,
+            self.ledger,
+            self.peers.live(),
+            name,
+            size,
+            upstream,
+            self._put_ended,
         )
         self._uploads[key] = upload
         return upload

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from twisted.logger import Logger
 
 from ..crypto import Tombstone
+from ..ledger import Ledger, LedgerEntry
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from .errors import FileNotFound
 from .holdings import Holdings
@@ -19,10 +20,15 @@ log = Logger()
 
 class Remover:
     def __init__(
-        self, owner: Owner, holdings: Holdings, peers: Callable[[], Sequence[PeerSession]]
+        self,
+        owner: Owner,
+        holdings: Holdings,
+        ledger: Ledger,
+        peers: Callable[[], Sequence[PeerSession]],
     ) -> None:
         self._owner = owner
         self._holdings = holdings
+        self._ledger = ledger
         self._peers = peers
 
     async def delete(self, name: str) -> tuple[bool, list[PeerOutcome]]:
@@ -35,10 +41,14 @@ class Remover:
         key = self._owner.key_for(name)
         held = self._holdings.catalog.get(key)
         here = held is not None and not held.deleted
-        if not here and not await self._held_by_a_peer(name):
+        written = self._ledger.get(key.blob)
+        live = written is not None and not written.deleted
+        if not here and not live and not await self._held_by_a_peer(name):
             raise FileNotFound(name)
-        tomb = Tombstone.sign(self._owner.signer, key.blob, self._holdings.next_version(key.owner))
+        version = self._holdings.next_version(key.owner, self._ledger.newest)
+        tomb = Tombstone.sign(self._owner.signer, key.blob, version)
         self._holdings.bury(tomb, key.owner)
+        await self._ledger.record(LedgerEntry(key.blob, version, True, tomb.signature))
         outcomes = []
         for session in self._peers():
             peer = session.info

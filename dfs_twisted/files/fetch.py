@@ -65,14 +65,16 @@ class PeerFetch:
         key: BlobKey,
         org_key: OrgKey | FileKey | None,
         keep: bool,
+        version: int | None = None,
     ) -> None:
         self.key = key
         self._holdings = holdings
         self._sender = session.info.node_id
+        self._version = version
         self._check = (
             SealCheck(owner=key.owner, blob=key.blob)
             if org_key is None
-            else Decryptor(org_key, owner=key.owner, blob=key.blob)
+            else Decryptor(org_key, owner=key.owner, blob=key.blob, version=version)
         )
         # Another org's file read with its key is not kept: it is not ours to hold.
         self._writer: QueuedBlob | _NotKept = (
@@ -104,8 +106,12 @@ class PeerFetch:
         except CryptoError as e:
             self.fail(DamagedBlob(str(e)))
             return
-        if self._check.header is not None and not self.header.called:
-            self.header.callback(self._check.header)
+        header = self._check.header
+        if header is not None and not self.header.called:
+            if self._version is not None and header.version != self._version:
+                self.fail(DamagedBlob(f"sent version {header.version}, not {self._version}"))
+                return
+            self.header.callback(header)
         if plain:
             if self._consumer is None:
                 self._held.append(plain)
@@ -189,11 +195,17 @@ class Fetcher:
         return sorted(self._peers(), key=lambda s: (s.info.node_id, key) in self._suspects)
 
     async def start(
-        self, session: PeerSession, key: BlobKey, org_key: OrgKey | FileKey | None, keep: bool
+        self,
+        session: PeerSession,
+        key: BlobKey,
+        org_key: OrgKey | FileKey | None,
+        keep: bool,
+        version: int | None = None,
     ) -> tuple[PeerFetch, Deferred[wire.Message], BlobHeader]:
-        """Ask ``session`` for a blob; return once its header arrived (and opened)."""
-        fetch = PeerFetch(self._holdings, session, key, org_key, keep)
-        reply = session.fetch(wire.Fetch(key.owner, key.blob), fetch)
+        """Ask ``session`` for a blob (that ``version`` only, if given); return once its
+        header arrived (and opened)."""
+        fetch = PeerFetch(self._holdings, session, key, org_key, keep, version)
+        reply = session.fetch(wire.Fetch(key.owner, key.blob, version), fetch)
         reply.addBoth(fetch.ended)
         timer = self._clock.callLater(FETCH_TIMEOUT, reply.cancel)
         try:
@@ -211,10 +223,14 @@ class Fetcher:
         return fetch, reply, header
 
     async def into_store(
-        self, session: PeerSession, key: BlobKey, org_key: OrgKey | None
+        self,
+        session: PeerSession,
+        key: BlobKey,
+        org_key: OrgKey | None,
+        version: int | None = None,
     ) -> BlobHeader:
         """Fetch a blob into the store, verifying all of it; return its header."""
-        fetch, reply, header = await self.start(session, key, org_key, keep=True)
+        fetch, reply, header = await self.start(session, key, org_key, True, version)
         try:
             await reply
             await fetch.complete()
@@ -236,7 +252,7 @@ class Fetcher:
             if not self._holdings.catalog.is_newer(key, theirs.version):
                 return None  # it arrived meanwhile
             try:
-                await self.into_store(session, key, None)
+                await self.into_store(session, key, None, theirs.version)
             except (RemoteError, SessionClosed, DamagedBlob, TimeoutError) as e:
                 log.info(
                     "{org} could not supply {blob}: {error}",

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .. import wire
+from ..catalog import Entry
 from ..crypto import (
     BlobHeader,
     CryptoError,
@@ -23,9 +24,10 @@ from ..crypto import (
 )
 from ..grants import Grant
 from ..keys import ReadKey
-from ..session import PeerSession, RemoteError, SessionClosed
+from ..ledger import Ledger
+from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
-from .errors import DamagedBlob, FileNotFound
+from .errors import DamagedBlob, FileNotFound, NewestUnavailable
 from .fetch import Fetcher, PeerFetch
 from .holdings import Holdings, read_header
 from .owner import Owner
@@ -168,11 +170,18 @@ class _PeerDownload(Download):
 
 
 class Reader:
-    """Opens downloads: this org's files, another org's with its read key, granted ones."""
+    """Opens downloads: this org's files, another org's with its read key, granted ones.
 
-    def __init__(self, owner: Owner, holdings: Holdings, fetcher: Fetcher) -> None:
+    This org's files are served only at their newest version: the one the ledger
+    recorded (or, if this node knows nothing of the file, the newest one a peer
+    proves with this org's signature). When no copy of it can be had, the reader
+    is told so; an older version is never served in its place.
+    """
+
+    def __init__(self, owner: Owner, holdings: Holdings, ledger: Ledger, fetcher: Fetcher) -> None:
         self._owner = owner
         self._holdings = holdings
+        self._ledger = ledger
         self._fetcher = fetcher
 
     async def open_download(self, name: str, reader: ReadKey | None = None) -> Download:
@@ -180,19 +189,41 @@ class Reader:
 
         ``reader``: another org's read key, to read that org's file instead.
         """
-        org = reader or self._owner.read_key
-        key = self._owner.key_for(name, reader)
-        held = self._holdings.catalog.get(key)
-        if held is not None and held.deleted:
+        if reader is not None:
+            key = self._owner.key_for(name, reader)
+            held = self._holdings.catalog.get(key)
+            if held is not None and held.deleted:
+                raise FileNotFound(name)
+            return await self._download(key, name, reader.key, False, None)
+        key = self._owner.key_for(name)
+        newest = await self.newest(key)
+        if newest is None or newest.deleted:
             raise FileNotFound(name)
-        return await self._download(key, name, org.key, own=reader is None)
+        try:
+            return await self._download(key, name, self._owner.key, True, newest.version)
+        except FileNotFound:
+            raise NewestUnavailable(name, newest.version) from None
+
+    async def newest(self, key: BlobKey) -> Entry | None:
+        """This org's newest version of a blob: as written here, else as proven by peers."""
+        known = [
+            Entry(e.version, 0, e.deleted)
+            for e in (self._ledger.get(key.blob), self._holdings.catalog.get(key))
+            if e is not None
+        ]
+        if not known:
+            for session in self._fetcher.sources(key):
+                claim = await PeerClient(session).entry(key)
+                if claim is not None and self._owner.proves(key.blob, claim, self._ledger.newest):
+                    known.append(Entry(claim.version, 0, claim.deleted))
+        return max(known, key=lambda e: e.version, default=None)
 
     async def open_granted(self, grant: Grant) -> Download:
         """The one file version a grant to this node opens (GrantError, FileNotFound)."""
         file = grant.open(self._owner.box, self._owner.node_id)
         key = BlobKey(grant.owner, grant.blob)
         try:
-            return await self._download(key, grant.name, file, own=False)
+            return await self._download(key, grant.name, file, False, grant.version)
         except FileNotFound:
             raise FileNotFound(
                 f"{grant.name} of {grant.owner_org}: not on this node or its connected peers, "
@@ -200,14 +231,15 @@ class Reader:
             ) from None
 
     async def _download(
-        self, key: BlobKey, name: str, org_key: OrgKey | FileKey, own: bool
+        self, key: BlobKey, name: str, org_key: OrgKey | FileKey, own: bool, version: int | None
     ) -> Download:
-        local = self._open_local(key, name, org_key, own)
+        """The local copy, else a peer's; only of ``version``, when given."""
+        local = self._open_local(key, name, org_key, own, version)
         if local is not None:
             return local
         for session in self._fetcher.sources(key):
             try:
-                return await self._open_from_peer(session, key, name, org_key, own)
+                return await self._open_from_peer(session, key, name, org_key, own, version)
             except (RemoteError, SessionClosed, DamagedBlob, TimeoutError) as e:
                 level = (
                     log.info if isinstance(e, RemoteError) and e.code == "not_found" else log.warn
@@ -221,7 +253,7 @@ class Reader:
         raise FileNotFound(name)
 
     def _open_local(
-        self, key: BlobKey, name: str, org_key: OrgKey | FileKey, own: bool
+        self, key: BlobKey, name: str, org_key: OrgKey | FileKey, own: bool, version: int | None
     ) -> Download | None:
         # A blob gone behind the node's back is forgotten: a peer's copy may come.
         f = self._holdings.open(key)
@@ -229,6 +261,9 @@ class Reader:
             return None
         try:
             header = read_header(f)
+            if version is not None and header.version != version:
+                f.close()
+                return None  # an older copy (or another version a grant does not open)
             meta = open_metadata(org_key, header)
             if meta.name != name:
                 raise DamagedBlob("blob names another file")
@@ -241,9 +276,15 @@ class Reader:
         return _LocalDownload(self._holdings.damaged, key, org_key, f, header, name, size)
 
     async def _open_from_peer(
-        self, session: PeerSession, key: BlobKey, name: str, org_key: OrgKey | FileKey, keep: bool
+        self,
+        session: PeerSession,
+        key: BlobKey,
+        name: str,
+        org_key: OrgKey | FileKey,
+        keep: bool,
+        version: int | None,
     ) -> Download:
-        fetch, reply, header = await self._fetcher.start(session, key, org_key, keep)
+        fetch, reply, header = await self._fetcher.start(session, key, org_key, keep, version)
         try:
             if fetch.size is None:
                 raise DamagedBlob("no size announced")

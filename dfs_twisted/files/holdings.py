@@ -60,9 +60,10 @@ class Holdings:
         `publish` commits it."""
         return self.disk.blob(self.store.begin(key), pause=pause, resume=resume)
 
-    def next_version(self, owner: str) -> int:
-        """A version above every one ``owner`` has used: time-based, never going back."""
-        return max(time.time_ns(), self.catalog.newest(owner) + 1)
+    def next_version(self, owner: str, above: int = 0) -> int:
+        """A version above every one ``owner`` has used (and ``above``): time-based,
+        never going back."""
+        return max(time.time_ns(), self.catalog.newest(owner) + 1, above + 1)
 
     async def publish(
         self, key: BlobKey, version: int, writer: QueuedBlob, proof: bytes, sender: str

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from .. import wire
 from ..crypto import CHUNK_SIZE, Encryptor, ciphertext_size
+from ..ledger import Ledger, LedgerEntry
 from ..session import BlobStream, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
 from .holdings import Holdings
@@ -52,6 +53,7 @@ class Upload:
         self,
         owner: Owner,
         holdings: Holdings,
+        ledger: Ledger,
         sessions: Sequence[PeerSession],
         name: str,
         size: int | None,
@@ -59,14 +61,15 @@ class Upload:
         ended: Callable[[Upload], None],
     ) -> None:
         self._holdings = holdings
+        self._ledger = ledger
+        self._name = name
         self._upstream = upstream
         self._ended = ended
         # Why the uploader is paused: slow peers, a full disk queue.
         self._holds: set[object] = set()
-        self.version = holdings.next_version(owner.node_id)
-        self._encryptor = Encryptor(
-            owner.key, owner.signer, name, self.version, mtime=int(time.time())
-        )
+        self.version = holdings.next_version(owner.node_id, ledger.newest)
+        self._mtime = int(time.time())
+        self._encryptor = Encryptor(owner.key, owner.signer, name, self.version, mtime=self._mtime)
         self.blob = self._encryptor.blob
         self.key = BlobKey(owner.node_id, self.blob)
         self._started = time.monotonic()
@@ -123,12 +126,23 @@ class Upload:
         streamed = time.monotonic() - self._started
         replies = [stream.finish() for _, stream in self._peers]
         try:
-            # False when an rm of this name came in meanwhile: the later change wins.
             record = self._encryptor.record
             assert record is not None  # finalized
-            await self._holdings.publish(
+            # False when an rm of this name came in meanwhile: the later change wins.
+            if await self._holdings.publish(
                 self.key, self.version, self._local, record.to_bytes(), self.key.owner
-            )
+            ):
+                await self._ledger.record(
+                    LedgerEntry(
+                        self.blob,
+                        self.version,
+                        False,
+                        record.to_bytes(),
+                        self._name,
+                        record.size,
+                        self._mtime,
+                    )
+                )
         except BaseException:
             self.abort("local write failed")
             raise

@@ -1,15 +1,30 @@
-"""Listing across peers (`ls`, files only peers hold) and `recover` after a loss."""
+"""Listing across peers (`ls`, files only peers hold) and `recover` after a loss.
+
+What peers say they hold of this org's namespace is a claim. It counts only when
+it carries this org's signature: a blob's record, or a tombstone. Recovery never
+signs anything because a peer claims it, takes no version older than the ledger's,
+and says so when the newest version of a file cannot be had.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from blake3 import blake3
 from twisted.logger import Logger
 
 from .. import wire
-from ..crypto import CryptoError, OrgKey, Tombstone, open_metadata, parse_header, plaintext_size
+from ..crypto import (
+    BlobRecord,
+    CryptoError,
+    OrgKey,
+    open_metadata,
+    parse_header,
+    plaintext_size,
+)
 from ..keys import ReadKey
+from ..ledger import Ledger, LedgerEntry
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
 from .errors import DamagedBlob
@@ -19,6 +34,8 @@ from .owner import Owner
 from .sync import Sync
 
 log = Logger()
+
+Listings = dict[str, dict[str, wire.ListEntry]]  # peer node id -> blob -> what it claims
 
 
 @dataclass(frozen=True)
@@ -36,25 +53,45 @@ class Recovery:
         self,
         owner: Owner,
         holdings: Holdings,
+        ledger: Ledger,
         peers: Callable[[], Sequence[PeerSession]],
         fetcher: Fetcher,
         sync: Sync,
     ) -> None:
         self._owner = owner
         self._holdings = holdings
+        self._ledger = ledger
         self._peers = peers
         self._fetcher = fetcher
         self._sync = sync
 
-    async def peer_listings(self, owner: str) -> dict[str, dict[str, wire.ListEntry]]:
+    async def peer_listings(self, owner: str) -> Listings:
         """What each live peer holds of ``owner``'s namespace, keyed by peer node id."""
-        listings: dict[str, dict[str, wire.ListEntry]] = {}
+        listings: Listings = {}
         for session in self._peers():
             try:
                 listings[session.info.node_id] = await PeerClient(session).list_all(owner)
             except (RemoteError, SessionClosed) as e:
                 log.warn("could not list {org}: {error}", org=session.info.org, error=str(e))
         return listings
+
+    def _proven(self, listings: Listings) -> dict[str, list[tuple[str, wire.ListEntry]]]:
+        """Per blob of this org, the (peer, claim) pairs this org's signature proves."""
+        proven: dict[str, list[tuple[str, wire.ListEntry]]] = {}
+        newest = self._ledger.newest
+        for peer, listing in listings.items():
+            for blob, claim in listing.items():
+                if self._owner.proves(blob, claim, newest):
+                    proven.setdefault(blob, []).append((peer, claim))
+                elif claim.proof:
+                    log.warn(
+                        "peer {peer} claims version {version} of {blob} with a proof that "
+                        "does not verify: ignored",
+                        peer=peer,
+                        version=claim.version,
+                        blob=blob,
+                    )
+        return proven
 
     async def list_files(self, reader: ReadKey | None = None) -> list[FileEntry]:
         """This org's files held here (or, with ``reader``, another org's)."""
@@ -77,37 +114,83 @@ class Recovery:
             except CryptoError as e:
                 log.warn("skipping unreadable blob {blob}: {error}", blob=blob, error=str(e))
                 continue
-            replicas = 1 + sum(
-                (theirs := listing.get(blob)) is not None
-                and not theirs.deleted
-                and theirs.version == held.version
-                for listing in listings.values()
-            )
+            replicas = 1 + _holders(listings, blob, held.version)
             entries.append(FileEntry(meta.name, size, blob, meta.mtime, replicas))
-        entries += await self._held_elsewhere(org, listings)
+        if reader is None:
+            entries += await self._own_held_elsewhere(listings)
+        else:
+            entries += await self._held_elsewhere(org, listings)
         return sorted(entries, key=lambda e: e.name)
 
-    async def _held_elsewhere(
-        self, org: ReadKey, listings: dict[str, dict[str, wire.ListEntry]]
-    ) -> list[FileEntry]:
-        """Files whose newest version only peers hold (this node lost it, or never had it)."""
-        newest: dict[str, list[wire.ListEntry]] = {}
+    async def _own_held_elsewhere(self, listings: Listings) -> list[FileEntry]:
+        """This org's files whose newest version this node does not hold: from the
+        ledger, and from what peers prove (for files the ledger does not know)."""
+        catalog = self._holdings.catalog
+        found = []
+        known: set[str] = set()
+        for written in self._ledger.live():
+            known.add(written.blob)
+            key = BlobKey(self._owner.node_id, written.blob)
+            if not catalog.is_newer(key, written.version) or written.name is None:
+                continue  # held here: listed already
+            found.append(
+                FileEntry(
+                    written.name,
+                    written.size or 0,
+                    written.blob,
+                    written.mtime or 0,
+                    _holders(listings, written.blob, written.version),
+                    here=False,
+                )
+            )
+        sessions = {s.info.node_id: s for s in self._peers()}
+        for blob, claims in sorted(self._proven(listings).items()):
+            newest = max(claims, key=lambda c: c[1].version)[1]
+            key = BlobKey(self._owner.node_id, blob)
+            if blob in known or newest.deleted or not catalog.is_newer(key, newest.version):
+                continue
+            holders = [sessions[p] for p, c in claims if c == newest and p in sessions]
+            file = await self._proven_file(holders, key, newest)
+            if file is not None:
+                found.append(file)
+        return found
+
+    async def _proven_file(
+        self, holders: list[PeerSession], key: BlobKey, claim: wire.ListEntry
+    ) -> FileEntry | None:
+        """A file's entry from a header a peer holds, checked against the proven record."""
+        record = BlobRecord.from_bytes(
+            key.owner, key.blob, claim.version, bytes.fromhex(claim.proof)
+        )
+        for session in holders:
+            try:
+                reply = await PeerClient(session).head(key)
+                raw = bytes.fromhex(reply.header)
+                if blake3(raw).digest() != record.header_digest:
+                    continue  # not the header the owner signed
+                meta = open_metadata(self._owner.key, parse_header(raw))
+                return FileEntry(meta.name, record.size, key.blob, meta.mtime, len(holders), False)
+            except (RemoteError, SessionClosed, CryptoError):
+                continue
+        return None
+
+    async def _held_elsewhere(self, org: ReadKey, listings: Listings) -> list[FileEntry]:
+        """Another org's files whose newest version only peers hold (this node has no
+        key to check their claims with: a name is shown only if its header opens)."""
+        newest: dict[str, wire.ListEntry] = {}
         for listing in listings.values():
             for entry in listing.values():
-                same = newest.setdefault(entry.blob, [entry])
-                if entry.version > same[0].version:
-                    newest[entry.blob] = [entry]
-                elif entry is not same[0] and entry.version == same[0].version:
-                    same.append(entry)
+                if entry.blob not in newest or entry.version > newest[entry.blob].version:
+                    newest[entry.blob] = entry
         sessions = {s.info.node_id: s for s in self._peers()}
         found = []
-        for blob, versions in sorted(newest.items()):
+        for blob, entry in sorted(newest.items()):
             key = BlobKey(org.org_id, blob)
-            if versions[0].deleted or not self._holdings.catalog.is_newer(key, versions[0].version):
+            if entry.deleted or not self._holdings.catalog.is_newer(key, entry.version):
                 continue  # deleted, or held here (listed already)
-            holders = [p for p, listing in listings.items() if listing.get(blob) in versions]
+            holders = [p for p, listing in listings.items() if listing.get(blob) == entry]
             file = await self._peer_file(
-                [sessions[p] for p in holders if p in sessions], key, org.key, versions[0].version
+                [sessions[p] for p in holders if p in sessions], key, org.key, entry.version
             )
             if file is not None:
                 found.append(replace(file, replicas=len(holders)))
@@ -134,43 +217,56 @@ class Recovery:
     async def recover(self) -> tuple[list[str], list[str]]:
         """Fetch back the newest version of every file of this org that peers hold.
 
-        A file whose newest version on any peer is a deletion stays deleted (its
-        tombstone is signed again here), and peers holding older versions are
-        then brought up to date. Returns (names recovered, errors).
+        The newest version of a file is the ledger's, or a newer one a peer proves
+        with this org's signature. A file whose newest version is a deletion stays
+        deleted (the proven tombstone is kept here), and peers holding older
+        versions are then brought up to date. Returns (names recovered, errors).
         """
         owner = self._owner
         recovered: list[str] = []
         errors: list[str] = []
-        newest: dict[str, tuple[wire.ListEntry, list[PeerSession]]] = {}
-        for session in self._peers():
+        listings: Listings = {}
+        sessions = {s.info.node_id: s for s in self._peers()}
+        for peer, session in sessions.items():
             try:
-                listing = await PeerClient(session).list_all(owner.node_id)
+                listings[peer] = await PeerClient(session).list_all(owner.node_id)
             except (RemoteError, SessionClosed) as e:
                 errors.append(f"{session.info.org}: {e}")
-                continue
-            for entry in listing.values():
-                best = newest.get(entry.blob)
-                if best is None or entry.version > best[0].version:
-                    newest[entry.blob] = (entry, [session])
-                elif entry.version == best[0].version:
-                    best[1].append(session)
-        for blob, (entry, sessions) in sorted(newest.items()):
+        proven = self._proven(listings)
+        for blob in sorted({*proven, *(e.blob for e in self._ledger.live())}):
             key = BlobKey(owner.node_id, blob)
-            self._holdings.held(key)
-            if not self._holdings.catalog.is_newer(key, entry.version):
+            self._holdings.held(key)  # forgets a blob that went missing on disk
+            written = self._ledger.get(blob)
+            claims = proven.get(blob, [])
+            best = max((c for _, c in claims), key=lambda c: c.version, default=None)
+            if written is not None and (best is None or written.version >= best.version):
+                if not self._holdings.catalog.is_newer(key, written.version):
+                    continue  # the newest is here
+                if written.deleted:
+                    self._holdings.bury(owner.tombstone(blob, _claim(written)), owner.node_id)
+                    continue
+                holders = [p for p, c in claims if c.version == written.version]
+                version, name = written.version, written.name or blob[:16]
+            elif best is not None:
+                if not self._holdings.catalog.is_newer(key, best.version):
+                    continue
+                if best.deleted:
+                    tomb = owner.tombstone(blob, best)
+                    self._holdings.bury(tomb, owner.node_id)
+                    await self._ledger.record(LedgerEntry(blob, best.version, True, tomb.signature))
+                    continue
+                holders = [p for p, c in claims if c.version == best.version]
+                version, name = best.version, blob[:16]
+            else:
                 continue
-            if entry.deleted:
-                self._holdings.bury(
-                    Tombstone.sign(owner.signer, blob, entry.version), owner.node_id
+            restored = await self._restore(key, version, [sessions[p] for p in holders], errors)
+            if restored is not None:
+                recovered.append(restored)
+            else:
+                errors.append(
+                    f"{name}: its newest version is not on any connected peer "
+                    "(older versions are not restored in its place)"
                 )
-                continue
-            for session in sessions:
-                try:
-                    header = await self._fetcher.into_store(session, key, owner.key)
-                    recovered.append(open_metadata(owner.key, header).name)
-                    break
-                except (RemoteError, SessionClosed, DamagedBlob, CryptoError) as e:
-                    errors.append(f"{blob[:16]} from {session.info.org}: {e}")
         log.info(
             "recovered {count} files ({errors} errors)", count=len(recovered), errors=len(errors)
         )
@@ -181,3 +277,40 @@ class Recovery:
             except (RemoteError, SessionClosed) as e:
                 errors.append(f"catching up {session.info.org}: {e}")
         return recovered, errors
+
+    async def _restore(
+        self, key: BlobKey, version: int, holders: list[PeerSession], errors: list[str]
+    ) -> str | None:
+        """Fetch ``version`` of one of this org's blobs from the first holder that has
+        it; record it in the ledger; return the file's name."""
+        for session in holders:
+            try:
+                header = await self._fetcher.into_store(session, key, self._owner.key, version)
+            except (RemoteError, SessionClosed, DamagedBlob, CryptoError, TimeoutError) as e:
+                errors.append(f"{key.blob[:16]} from {session.info.org}: {e}")
+                continue
+            held = self._holdings.catalog.get(key)
+            meta = open_metadata(self._owner.key, header)
+            if held is not None and held.version == version:
+                record = BlobRecord.from_bytes(key.owner, key.blob, version, held.proof)
+                await self._ledger.record(
+                    LedgerEntry(
+                        key.blob, version, False, held.proof, meta.name, record.size, meta.mtime
+                    )
+                )
+            return meta.name
+        return None
+
+
+def _holders(listings: Listings, blob: str, version: int) -> int:
+    """How many peers claim to hold exactly this version."""
+    return sum(
+        (theirs := listing.get(blob)) is not None
+        and not theirs.deleted
+        and theirs.version == version
+        for listing in listings.values()
+    )
+
+
+def _claim(written: LedgerEntry) -> wire.ListEntry:
+    return wire.ListEntry(written.blob, written.version, written.deleted, written.proof.hex())
