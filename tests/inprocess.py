@@ -165,3 +165,20 @@ class BytesConsumer:
 
 def blob_path(node: NodeService, owner: str, blob: str) -> Path:
     return node.store.path_for(BlobKey(owner, blob))
+
+
+async def put(node: NodeService, name: str, data: bytes) -> tuple[str, int]:
+    """Store ``data`` as ``name`` through the file server; return (blob, replicas)."""
+    upload = node.files.begin_put(name, len(data), None)
+    for start in range(0, len(data), 100_000):
+        upload.write(data[start : start + 100_000])
+    result = await upload.finish()
+    return result.blob, result.replicas
+
+
+async def get(node: NodeService, name: str) -> tuple[bytes, str]:
+    """A file's bytes through the file server, and where they came from."""
+    download = await node.files.open_download(name)
+    consumer: Any = BytesConsumer()  # an IConsumer, which mypy cannot see
+    await download.stream_to(consumer)
+    return consumer.value, download.source

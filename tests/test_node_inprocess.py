@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred
@@ -20,26 +19,18 @@ from dfs_twisted.session import delete_message
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
-from .inprocess import BytesConsumer, NodeTestCase, blob_path, eventually, free_port, reactor
+from .inprocess import (
+    NodeTestCase,
+    blob_path,
+    eventually,
+    free_port,
+    get,
+    put,
+    reactor,
+)
 
 # More than one encryption chunk and many DATA frames, still quick on loopback.
 DATA = os.urandom(3 * 1024 * 1024 + 12345)
-
-
-async def put(node: NodeService, name: str, data: bytes) -> tuple[str, int]:
-    """Store ``data`` as ``name`` through the file server; return (blob, replicas)."""
-    upload = node.files.begin_put(name, len(data), None)
-    for start in range(0, len(data), 100_000):
-        upload.write(data[start : start + 100_000])
-    result = await upload.finish()
-    return result.blob, result.replicas
-
-
-async def get(node: NodeService, name: str) -> tuple[bytes, str]:
-    download = await node.files.open_download(name)
-    consumer: Any = BytesConsumer()  # an IConsumer, which mypy cannot see
-    await download.stream_to(consumer)
-    return consumer.value, download.source
 
 
 async def two_nodes(test: NodeTestCase) -> tuple[NodeService, NodeService]:

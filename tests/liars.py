@@ -1,0 +1,77 @@
+"""A peer that speaks the real protocol but lies: a node's own file server, a few
+answers changed.
+
+`Liar` wraps a started node's `files.server` and is installed as the handler of
+the node's peer factory, so every connection that node accepts is answered by it:
+real TLS, real frames, real blobs, only the chosen answers forged. Liars only
+accept (the victim dials them): the factories a node dials with are copied before
+the liar is installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+
+from dfs_twisted import wire
+from dfs_twisted.files.serve import FileSource, IncomingReplica
+from dfs_twisted.node import NodeService
+from dfs_twisted.protocol import RequestRefused
+from dfs_twisted.session import PeerSession
+
+MAX_VERSION = 2**64 - 1
+
+Forgery = Callable[[wire.ListReply], wire.ListReply]
+
+
+class Liar:
+    """The node's own answers, except those overridden by the attributes below."""
+
+    def __init__(self, node: NodeService) -> None:
+        self.real = node.files.server
+        self.forge_listing: Forgery | None = None  # rewrites every LIST answer
+        self.refuse_fetch = False  # answers every FETCH "not_found"
+        node.factory.handler = self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def open_store(self, session: PeerSession, request: wire.Store) -> IncomingReplica:
+        return self.real.open_store(session, request)
+
+    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> FileSource:
+        if self.refuse_fetch:
+            raise RequestRefused(wire.Code.NOT_FOUND, "no such blob")
+        return self.real.open_fetch(session, request)
+
+    def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
+        if isinstance(request, wire.List) and self.forge_listing is not None:
+            real = self.real.answer(session, request)
+            forge = self.forge_listing
+            return real.addCallback(
+                lambda reply: forge(reply) if isinstance(reply, wire.ListReply) else reply
+            )
+        return self.real.answer(session, request)
+
+
+def deleted_at_max(reply: wire.ListReply) -> wire.ListReply:
+    """Every blob claimed deleted at the highest version, with a made-up proof."""
+    return wire.ListReply(
+        tuple(wire.ListEntry(e.blob, MAX_VERSION, True, "ab" * 64) for e in reply.entries),
+        reply.more,
+    )
+
+
+def newer_with_replayed_proof(reply: wire.ListReply) -> wire.ListReply:
+    """Every blob claimed at a far newer version, showing its real (older) record."""
+    return wire.ListReply(
+        tuple(
+            wire.ListEntry(e.blob, e.version + 10**15, e.deleted, e.proof) for e in reply.entries
+        ),
+        reply.more,
+    )
+
+
+__all__ = ["Liar", "deleted_at_max", "newer_with_replayed_proof", "succeed"]

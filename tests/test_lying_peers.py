@@ -1,0 +1,120 @@
+"""Members of the federation that lie, through the real protocol (tests/liars.py).
+
+Each test states one promise of docs/security.md: what a peer claims about this
+org's files counts only when this org's signature proves it, and a node never
+rolls a file back to an older version because a peer holds only that one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from dfs_twisted.files import FileNotFound, NewestUnavailable
+from dfs_twisted.node import NodeService
+from dfs_twisted.space import SpaceLimits
+from dfs_twisted.store import BlobKey
+
+from .inprocess import NodeTestCase, blob_path, eventually, free_port, get, put
+from .liars import Liar, deleted_at_max, newer_with_replayed_proof
+
+REPORT = os.urandom(200_000)
+NOTES = os.urandom(5_000)
+
+
+class LyingListingTests(NodeTestCase):
+    """V (the victim) dials H (honest) and L (which forges its listings)."""
+
+    async def network(self, liar_only: bool = False) -> tuple[NodeService, NodeService, Liar]:
+        h_port, l_port = free_port(), free_port()
+        liar_node = self.make_node(l_port, org="liar")
+        peers = [l_port] if liar_only else [h_port, l_port]
+        nodes = [liar_node]
+        if not liar_only:
+            nodes.append(self.make_node(h_port, org="honest"))
+        victim = self.make_node(peers=peers, org="victim")
+        await self.start(victim, *nodes)
+        await eventually(lambda: len(victim.registry.live()) == len(nodes), "V's sessions")
+        await put(victim, "report.bin", REPORT)
+        await put(victim, "notes.txt", NOTES)
+        await eventually(
+            lambda: len(liar_node.files.catalog.live(victim.node_id)) == 2, "L to hold both"
+        )
+        return victim, nodes[-1], Liar(liar_node)
+
+    def live(self, node: NodeService, owner: str) -> set[str]:
+        return set(node.files.catalog.live(owner))
+
+    async def test_forged_deletions_delete_nothing_and_break_nothing(self) -> None:
+        victim, honest, liar = await self.network()
+        before = self.live(victim, victim.node_id)
+        liar.forge_listing = deleted_at_max
+        recovered, _ = await victim.files.recover()
+        self.assertEqual(recovered, [])
+        self.assertEqual(self.live(victim, victim.node_id), before)
+        self.assertEqual(self.live(honest, victim.node_id), before)
+        self.assertLess(victim.ledger.newest, 2**63)
+        # Puts and deletes go on: no version was pushed to the end of the range.
+        await put(victim, "notes.txt", b"edited")
+        self.assertEqual(await get(victim, "notes.txt"), (b"edited", "local"))
+        await victim.files.delete("report.bin")
+        with self.assertRaises(FileNotFound):
+            await victim.files.open_download("report.bin")
+
+    async def test_a_replayed_proof_does_not_prove_a_newer_version(self) -> None:
+        victim, _, liar = await self.network()
+        liar.forge_listing = newer_with_replayed_proof
+        for name in ("report.bin", "notes.txt"):
+            blob_path(victim, victim.node_id, victim.files.owner.key_for(name).blob).unlink()
+        recovered, _ = await victim.files.recover()
+        self.assertEqual(sorted(recovered), ["notes.txt", "report.bin"])
+        self.assertEqual(await get(victim, "report.bin"), (REPORT, "local"))
+        self.assertLess(victim.ledger.newest, 2**63)
+
+    async def test_recover_after_a_loss_ignores_the_liar(self) -> None:
+        victim, _, liar = await self.network()
+        liar.forge_listing = deleted_at_max
+        for name in ("report.bin", "notes.txt"):
+            blob_path(victim, victim.node_id, victim.files.owner.key_for(name).blob).unlink()
+        recovered, _ = await victim.files.recover()
+        self.assertEqual(sorted(recovered), ["notes.txt", "report.bin"])
+        self.assertEqual(await get(victim, "notes.txt"), (NOTES, "local"))
+
+    async def test_a_liar_that_withholds_cannot_hide_files(self) -> None:
+        # L is the only peer: it claims every file deleted and serves none of them.
+        victim, _, liar = await self.network(liar_only=True)
+        liar.forge_listing = deleted_at_max
+        liar.refuse_fetch = True
+        for name in ("report.bin", "notes.txt"):
+            blob_path(victim, victim.node_id, victim.files.owner.key_for(name).blob).unlink()
+        recovered, errors = await victim.files.recover()
+        self.assertEqual(recovered, [])
+        self.assertEqual(len(errors), 2)
+        for error in errors:
+            self.assertIn("newest version is not on any connected peer", error)
+        # Still listed (held by peers only), and said to be unavailable, not missing.
+        listed = {(e.name, e.here) for e in await victim.files.list_files()}
+        self.assertEqual(listed, {("report.bin", False), ("notes.txt", False)})
+        with self.assertRaises(NewestUnavailable):
+            await victim.files.open_download("notes.txt")
+
+
+class RollbackTests(NodeTestCase):
+    async def test_get_never_serves_an_older_version(self) -> None:
+        # No malice needed: H keeps version 1 and refuses version 2 for its quota.
+        h_port = free_port()
+        honest = self.make_node(h_port, org="honest", space=SpaceLimits(quota=100_000))
+        victim = self.make_node(peers=[h_port], org="victim")
+        await self.connected(victim, honest)
+        await put(victim, "f", b"version one")
+        _, replicas = await put(victim, "f", os.urandom(300_000))
+        self.assertEqual(replicas, 1)  # H refused it
+        key = BlobKey(victim.node_id, victim.files.owner.key_for("f").blob)
+        self.assertEqual(len(honest.files.catalog.live(victim.node_id)), 1)
+        blob_path(victim, key.owner, key.blob).unlink()
+        with self.assertRaises(NewestUnavailable) as caught:
+            await victim.files.open_download("f")
+        self.assertIn("older versions are not served", str(caught.exception))
+        recovered, errors = await victim.files.recover()
+        self.assertEqual(recovered, [])
+        self.assertFalse(victim.store.exists(key))  # version one was not brought back
+        self.assertTrue(any("newest version is not on any connected peer" in e for e in errors))
