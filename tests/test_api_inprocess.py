@@ -10,8 +10,10 @@ from urllib.parse import quote
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 
@@ -48,7 +50,9 @@ def read_body(response: Any) -> Deferred[bytes]:
     return body.done
 
 
-class ApiTests(NodeTestCase):
+class ApiTestCase(NodeTestCase):
+    """One real node in this process, called over loopback."""
+
     async def node(self) -> NodeService:
         node = self.make_node(org="alpha")
         self.url = (await node.ready).rstrip("/")
@@ -79,6 +83,8 @@ class ApiTests(NodeTestCase):
         self.assertEqual(content_type, b"application/json")
         return json.loads(body)
 
+
+class ApiTests(ApiTestCase):
     async def test_api_url_written(self) -> None:
         node = await self.node()
         self.assertEqual(node.api_url_file.read_text(), self.url + "/\n")
@@ -204,3 +210,59 @@ class ApiTests(NodeTestCase):
         response, body = await self.call("GET", "/v1/files", token=None)
         self.assertEqual(response.code, 401)
         self.assertEqual(self.json(response, body), {"error": "missing or wrong API token"})
+
+
+class RequestHeadTests(SynchronousTestCase):
+    """`apiserver.request_head` reads Twisted's private request line: pinned here."""
+
+    def test_method_and_path_are_known_when_the_headers_are(self) -> None:
+        from twisted.internet.testing import StringTransport
+        from twisted.web.http import HTTPChannel, Request
+
+        from dfs_twisted.apiserver import request_head
+
+        seen: list[tuple[bytes, bytes, bytes]] = []
+
+        class Probe(Request):
+            def gotLength(self, length: int | None) -> None:
+                method, path = request_head(self)
+                seen.append((method, path, self.method))
+                super().gotLength(length)
+
+        channel = HTTPChannel()
+        channel.requestFactory = Probe
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(
+            b"PUT /v1/files/a%20b?org=x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"
+        )
+        # Headers in, body not: the request object itself does not know its method yet.
+        self.assertEqual(seen, [(b"PUT", b"/v1/files/a%20b?org=x", b"(no method yet)")])
+        channel.connectionLost(Failure(ConnectionDone()))
+
+
+class ErrorMapTests(SynchronousTestCase):
+    """One place turns exceptions into statuses; its table, end to end."""
+
+    def test_each_exception_type_has_its_status(self) -> None:
+        from dfs_twisted.api import ApiError, http_error
+        from dfs_twisted.fileserver import DamagedBlob, FileNotFound, PutInProgress, UnknownPeer
+        from dfs_twisted.grants import GrantError
+        from dfs_twisted.keys import ReadKeyError
+
+        cases: list[tuple[BaseException, int, str]] = [
+            (ApiError(413, "too big"), 413, "too big"),
+            (ValueError("name must not be empty"), 400, "name must not be empty"),
+            (GrantError("forged"), 400, "forged"),
+            (FileNotFound("x.txt"), 404, "x.txt"),
+            (UnknownPeer("no org 'z'"), 404, "no org 'z'"),
+            (ReadKeyError("no read key"), 404, "no read key"),
+            (PutInProgress("busy"), 409, "busy"),
+            (DamagedBlob("bad chunk"), 502, "damaged data: bad chunk"),
+        ]
+        for error, status, message in cases:
+            known = http_error(error, None)
+            assert known is not None, error
+            self.assertEqual((known.status, known.message), (status, message))
+        # Anything else is the node's own failure: a 500, logged, with no detail.
+        self.assertIsNone(http_error(KeyError("x"), None))
+        self.assertIsNone(http_error(RuntimeError("x"), None))
