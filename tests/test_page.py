@@ -19,9 +19,12 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import tempfile
 import urllib.request
+import zipfile
 from html.parser import HTMLParser
+from importlib.resources import files
 from pathlib import Path
 from urllib.parse import quote
 
@@ -129,6 +132,75 @@ class PageHtmlTests(SynchronousTestCase):
         self.assertIn("default-src 'none'", csp)
         self.assertIn("connect-src 'self'", csp)
         self.assertIn("form-action 'none'", csp)
+
+
+class PackageDataTests(SynchronousTestCase):
+    """The page's HTML, CSS and JS are files of the package, found wherever it is installed."""
+
+    def test_the_page_is_made_of_the_package_files(self) -> None:
+        static = files("dfs_twisted") / "static"
+        page = status_page("acme")
+        for name, tag in (("page.js", "script"), ("page.css", "style")):
+            source = (static / name).read_text("utf-8")
+            block = re.search(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+            assert block is not None
+            self.assertEqual(block[1], source, name)
+        template = (static / "page.html").read_text("utf-8")
+        self.assertIn('<h1 id="org">${org}</h1>', template)
+        self.assertIn('<h1 id="org">acme</h1>', page)
+
+    def test_a_built_wheel_carries_the_page(self) -> None:
+        """Build the wheel (not the editable install the tests run from) and use it."""
+        root = Path(__file__).resolve().parent.parent
+        work = Path(tempfile.mkdtemp(prefix="dfs-wheel-"))
+        self.addCleanup(shutil.rmtree, work, True)
+        source = work / "source"
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(root / name, source / name)
+        for tree in ("dfs_twisted", "twisted"):
+            shutil.copytree(
+                root / tree, source / tree, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        built = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "--quiet",
+                "-w",
+                str(work / "dist"),
+                str(source),
+            ],
+            capture_output=True,
+            timeout=300,
+        )
+        self.assertEqual(built.returncode, 0, built.stderr.decode(errors="replace")[-2000:])
+        [wheel] = (work / "dist").glob("dfs_twisted-*.whl")
+        with zipfile.ZipFile(wheel) as archive:
+            names = set(archive.namelist())
+            archive.extractall(work / "installed")
+        for name in ("page.html", "page.css", "page.js"):
+            self.assertIn(f"dfs_twisted/static/{name}", names)
+        # Only the unpacked wheel on the path (-S: no site-packages, no editable install).
+        script = (
+            "import dfs_twisted.page as p; print(p.__file__); "
+            "print(len(p.status_page('from-the-wheel')))"
+        )
+        ran = subprocess.run(
+            [sys.executable, "-S", "-c", script],
+            capture_output=True,
+            timeout=60,
+            cwd=work,
+            env={**os.environ, "PYTHONPATH": str(work / "installed")},
+        )
+        self.assertEqual(ran.returncode, 0, ran.stderr.decode(errors="replace")[-2000:])
+        where, length = ran.stdout.decode().split()
+        self.assertTrue(where.startswith(str(work / "installed")), where)
+        self.assertEqual(int(length), len(status_page("from-the-wheel")))
 
 
 class PageNetwork(SeedNetwork):
