@@ -3,12 +3,14 @@
 twisted.web reads a request's whole body before it hands the request to a resource.
 An upload must not wait for that: `ApiRequest` routes the body of
 ``PUT /v1/files/{name}`` into the put pipeline as it arrives, and bounds every other
-body. `ApiSite` serves `api.Api`.
+body. `ApiSite` serves `api.Api` over `apigate.ApiChannel` connections, which hold
+back the ones that have not shown the token.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -18,6 +20,8 @@ from twisted.web import http
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from .apigate import HEAD_TIMEOUT, WAITING_LIFETIME, ApiChannel, DropLog, WaitingConnections
+from .crypto import CHUNK_SIZE, MAX_CHUNK_INDEX
 from .fileserver import Upload
 
 if TYPE_CHECKING:
@@ -25,6 +29,9 @@ if TYPE_CHECKING:
 
 FILES = b"/v1/files/"
 MAX_CONTROL_BODY = 64 * 1024
+# The most plaintext one blob can hold (its chunk index is a u32, the last one
+# reserved). A Content-Length beyond it is refused before anything is opened.
+MAX_FILE_SIZE = MAX_CHUNK_INDEX * CHUNK_SIZE
 
 
 class ApiError(Exception):
@@ -74,6 +81,8 @@ class ApiRequest(Request):
         channel: Any = self.channel
         api: Api = channel.site.api
         headers = self.requestHeaders.getRawHeaders(b"authorization", [])
+        if api.authorized(headers) and isinstance(channel, ApiChannel):
+            channel.trust()
         method, raw_path = request_head(self)
         path = raw_path.split(b"?", 1)[0]
         if method == b"PUT" and b"?" in raw_path:
@@ -91,9 +100,30 @@ class ApiRequest(Request):
         channel.transport.bufferSize = 1 << 20
         try:
             api.authorize(headers)
+            if length is not None and length > MAX_FILE_SIZE:
+                # No client will ever send that body: answer now, then hang up.
+                api.metrics.operation("put", "too_large")
+                self._answer_now(ApiError(413, f"file too large: at most {MAX_FILE_SIZE} bytes"))
+                return
             self.upload = api.files.begin_put(file_name(path), length, channel.transport)
         except Exception as e:
             self.head_error = e
+
+    def _answer_now(self, error: ApiError) -> None:
+        """Answer before the body came, and close the connection.
+
+        twisted.web can only answer a request once its body is in, so the response
+        is written as bytes here; what arrives of the body meanwhile is dropped.
+        """
+        self._refuse(error)
+        body = json.dumps({"error": error.message}).encode() + b"\n"
+        channel: Any = self.channel
+        channel.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (error.status, http.RESPONSES.get(error.status, b""), len(body), body)
+        )
+        channel.loseConnection()
 
     def _refuse(self, error: ApiError) -> None:
         self.head_error = error
@@ -138,13 +168,27 @@ class DownloadConsumer:
 
 
 class ApiSite(Site):
-    """The API's HTTP server."""
+    """The API's HTTP server: its channels hold back connections that show no token."""
 
     requestFactory = ApiRequest
+    protocol = ApiChannel  # type: ignore[assignment]
 
-    def __init__(self, api: Api) -> None:
-        super().__init__(api)
+    def __init__(
+        self,
+        api: Api,
+        reactor: Any = None,
+        waiting: WaitingConnections[ApiChannel] | None = None,
+        head_timeout: float = HEAD_TIMEOUT,
+        waiting_lifetime: float = WAITING_LIFETIME,
+    ) -> None:
+        super().__init__(api, reactor=reactor)
         self.api = api
+        self.waiting: WaitingConnections[ApiChannel] = (
+            WaitingConnections() if waiting is None else waiting
+        )
+        self.drops = DropLog()
+        self.head_timeout = head_timeout
+        self.waiting_lifetime = waiting_lifetime
         self.displayTracebacks = False
         self.noisy = False
 
@@ -156,6 +200,7 @@ class ApiSite(Site):
 __all__ = [
     "FILES",
     "MAX_CONTROL_BODY",
+    "MAX_FILE_SIZE",
     "ApiError",
     "ApiRequest",
     "ApiSite",

@@ -212,6 +212,91 @@ class ApiTests(ApiTestCase):
         self.assertEqual(self.json(response, body), {"error": "missing or wrong API token"})
 
 
+class _RawClient(Protocol):
+    """A bare HTTP/1.1 connection: send bytes, read back whole responses."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed.callback(None)
+
+    def response(self) -> tuple[int, dict[bytes, bytes], bytes] | None:
+        """The first complete response received, taken off the buffer (None: not yet)."""
+        head, sep, rest = self.received.partition(b"\r\n\r\n")
+        if not sep:
+            return None
+        lines = head.split(b"\r\n")
+        headers = dict(
+            (k.strip().lower(), v.strip()) for k, v in (line.split(b":", 1) for line in lines[1:])
+        )
+        length = int(headers.get(b"content-length", b"0"))
+        if len(rest) < length:
+            return None
+        self.received = rest[length:]
+        return int(lines[0].split()[1]), headers, rest[:length]
+
+
+class RawHttpTestCase(ApiTestCase):
+    """Requests written byte by byte on a connection the test keeps."""
+
+    async def raw(self) -> _RawClient:
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        port = int(self.url.rsplit(":", 1)[1])
+        client = _RawClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        return client
+
+    async def hang_up(self, client: _RawClient) -> None:
+        if client.transport is not None and not client.closed.called:
+            client.transport.loseConnection()
+        await client.closed
+
+    async def ask(
+        self, client: _RawClient, request: bytes
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
+        from .inprocess import eventually
+
+        assert client.transport is not None
+        client.transport.write(request)
+        answers: list[tuple[int, dict[bytes, bytes], bytes]] = []
+
+        def answered() -> bool:
+            got = client.response()
+            if got is not None:
+                answers.append(got)
+            return bool(answers)
+
+        await eventually(answered, "an HTTP response")
+        return answers[0]
+
+
+class LimitTests(RawHttpTestCase):
+    async def test_absurd_content_length_is_refused_before_the_upload(self) -> None:
+        node = await self.node()
+        client = await self.raw()
+        self.addCleanup(self.hang_up, client)
+        status, _, body = await self.ask(
+            client,
+            b"PUT /v1/files/huge HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + b"9" * 30
+            + b"\r\nAuthorization: Bearer "
+            + self.token.encode()
+            + b"\r\n\r\n",
+        )
+        self.assertEqual(status, 413)
+        self.assertIn(b"file too large", body)
+        # Nothing was begun: no temp file, and the same name can be put at once.
+        self.assertEqual(list((node.data_dir / "store" / "tmp").iterdir()), [])
+        response, _ = await self.call("PUT", "/v1/files/huge", b"small")
+        self.assertEqual(response.code, 201)
+
+
 class RequestHeadTests(SynchronousTestCase):
     """`apiserver.request_head` reads Twisted's private request line: pinned here."""
 
