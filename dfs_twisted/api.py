@@ -8,7 +8,7 @@ failure means to the client (status and one line of text) is decided in one plac
 Uploads stream (`apiserver.ApiRequest` hands the body to the put as it arrives);
 downloads stream through a producer. Everything under /v1/ needs the bearer token,
 and so does ``GET /metrics`` (peers' ids, orgs and addresses are not for anyone who
-can reach the port); ``GET /`` (the status page) does not.
+can reach the port); ``GET /`` (the status page) and ``GET /health`` do not.
 """
 
 from __future__ import annotations
@@ -188,6 +188,8 @@ class Api(Resource):
         self.metrics = metrics or NodeMetrics(server)
         self.keyring = keyring
         self.org = org
+        # True while the API port listens (set by ApiSite): the node is up and not stopping.
+        self.listening = False
         self._token = token.encode()
         self._started = time.time()
 
@@ -267,6 +269,12 @@ class Api(Resource):
 
     async def page(self, call: Call) -> Answer:
         return Reply(200, status_page(self.org).encode(), b"text/html; charset=utf-8")
+
+    async def health(self, call: Call) -> Answer:
+        # Nothing but up or down: no version, id or count for whoever can reach the port.
+        if self.listening:
+            return Reply(200, b"ok\n", b"text/plain; charset=utf-8")
+        return Reply(503, b"unavailable\n", b"text/plain; charset=utf-8")
 
     async def metrics_text(self, call: Call) -> Answer:
         return Reply(200, self.metrics.exposition(), CONTENT_TYPE.encode())
@@ -357,7 +365,7 @@ class Api(Resource):
             raise _Interrupted(str(e)) from e
         seconds = time.monotonic() - started
         if call.route.operation == "get":
-            self.metrics.get_done(download.size)
+            self.metrics.get_done(seconds, download.size)
         log.info(
             "get {blob}: {size} bytes in {seconds:.2f}s from {source}",
             blob=download.blob,
@@ -395,6 +403,7 @@ UPLOAD = Route(
 
 ROUTES: tuple[Route, ...] = (
     Route(b"GET", (b"/",), Api.page, public=True),
+    Route(b"GET", (b"/health",), Api.health, public=True, other_methods=405),
     Route(b"GET", (b"/metrics",), Api.metrics_text, other_methods=405),
     UPLOAD,
     Route(b"GET", (FILES,), Api.get, named=True, operation="get", missing=NO_SUCH_FILE),

@@ -109,6 +109,11 @@ class ApiRequest(Request):
         except Exception as e:
             self.head_error = e
 
+    def render(self, resrc: Any) -> None:
+        # Whoever can reach the port learns nothing here, not even the server's version.
+        self.responseHeaders.removeHeader(b"server")
+        super().render(resrc)
+
     def _answer_now(self, error: ApiError) -> None:
         """Answer before the body came, and close the connection.
 
@@ -191,6 +196,14 @@ class ApiSite(Site):
         self.waiting_lifetime = waiting_lifetime
         self.displayTracebacks = False
         self.noisy = False
+
+    def startFactory(self) -> None:
+        super().startFactory()
+        self.api.listening = True
+
+    def stopFactory(self) -> None:
+        self.api.listening = False
+        super().stopFactory()
 
     def log(self, request: http.Request) -> None:
         # The access log would record file names (URL paths); they must not leave private/.

@@ -297,6 +297,30 @@ class LimitTests(RawHttpTestCase):
         self.assertEqual(response.code, 201)
 
 
+class HealthTests(RawHttpTestCase):
+    async def test_health_needs_no_token_and_says_nothing_else(self) -> None:
+        node = await self.node()
+        response, body = await self.call("GET", "/health", token=None)
+        self.assertEqual((response.code, body), (200, b"ok\n"))
+        self.assertFalse(response.headers.hasHeader(b"server"))
+        for secret in (node.node_id.encode(), b"alpha", b"0.1"):
+            self.assertNotIn(secret, body)
+        response, body = await self.call("POST", "/health", token=None)
+        self.assertEqual(response.code, 405)
+
+    async def test_health_is_503_once_the_node_stops(self) -> None:
+        node = await self.node()
+        client = await self.raw()
+        self.addCleanup(self.hang_up, client)
+        ask = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        status, _, body = await self.ask(client, ask)
+        self.assertEqual((status, body), (200, b"ok\n"))
+        # A connection opened before the stop still reaches the API, which now says so.
+        await node.stopService()
+        status, _, body = await self.ask(client, ask)
+        self.assertEqual((status, body), (503, b"unavailable\n"))
+
+
 class RequestHeadTests(SynchronousTestCase):
     """`apiserver.request_head` reads Twisted's private request line: pinned here."""
 
