@@ -54,6 +54,7 @@ from .schema import (
     PeerRow,
     PutAnswer,
     RecoverAnswer,
+    ScrubAnswer,
     ScrubStatus,
     Status,
 )
@@ -344,7 +345,17 @@ class Api(Resource):
         answer: RecoverAnswer = {"recovered": recovered, "errors": errors}
         return Reply.json(200, answer)
 
-    # ------------------------------------------------------------------ helpers
+    async def scrub(self, call: Call) -> Answer:
+        if self.scrubber is None:
+            raise ApiError(404, "this node does not scrub")
+        started = self.scrubber.start_now()
+        answer: ScrubAnswer = {
+            "started": started,
+            "scrub": cast(ScrubStatus, self.scrubber.status()),
+        }
+        return Reply.json(202, answer)
+
+    # ----------------------------------------------------- streaming and status
 
     async def _stream_download(self, call: Call, download: Download, started: float) -> None:
         """Stream a download as the response body."""
@@ -418,6 +429,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(b"POST", (b"/v1/grants/read",), Api.read_granted),
     Route(b"POST", (b"/v1/recover",), Api.recover, operation="recover"),
+    Route(b"POST", (b"/v1/scrub",), Api.scrub),
 )
 
 

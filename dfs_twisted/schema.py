@@ -112,6 +112,13 @@ class RecoverAnswer(TypedDict):
     errors: list[str]
 
 
+class ScrubAnswer(TypedDict):
+    """``POST /v1/scrub``: whether this call started a pass, and the scrub's status."""
+
+    started: bool
+    scrub: ScrubStatus
+
+
 class ShareRequest(TypedDict):
     """``POST /v1/shares`` body (its answer is the grant itself)."""
 
@@ -133,6 +140,7 @@ __all__ = [
     "PeerRow",
     "PutAnswer",
     "RecoverAnswer",
+    "ScrubAnswer",
     "ScrubReportJson",
     "ScrubStatus",
     "ShareRequest",

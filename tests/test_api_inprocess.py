@@ -321,6 +321,25 @@ class HealthTests(RawHttpTestCase):
         self.assertEqual((status, body), (503, b"unavailable\n"))
 
 
+class ScrubNowTests(ApiTestCase):
+    async def test_scrub_now_needs_the_token_and_starts_a_pass(self) -> None:
+        from .inprocess import eventually
+
+        node = await self.node()
+        await eventually(lambda: node.scrubber.last is not None, "the start-up scrub")
+        assert node.scrubber.last is not None
+        first = node.scrubber.last
+        response, body = await self.call("POST", "/v1/scrub", token=None)
+        self.assertEqual(response.code, 401)
+        self.assertIs(node.scrubber.last, first)
+        response, body = await self.call("POST", "/v1/scrub")
+        self.assertEqual(response.code, 202)
+        answer = self.json(response, body)
+        self.assertTrue(answer["started"])
+        self.assertIn("running", answer["scrub"])
+        await eventually(lambda: node.scrubber.last is not first, "the second pass")
+
+
 class RequestHeadTests(SynchronousTestCase):
     """`apiserver.request_head` reads Twisted's private request line: pinned here."""
 
