@@ -1,32 +1,40 @@
-"""The HTTP API (what `dfs` uses), on twisted.web.
+"""The HTTP API (what `dfs` uses), on twisted.web: a route table and one error map.
 
-Uploads stream: `ApiRequest` routes the body of `PUT /v1/files/{name}` into the
-put pipeline as it arrives instead of letting twisted.web spool it to a temp file.
-Downloads stream through a producer. Every /v1/ call needs the bearer token, and
-so does ``GET /metrics`` (Prometheus text format): peers' ids, orgs and addresses
-are not for anyone who can reach the port.
+Each route names its method, path, handler and whether it needs the token; each
+handler returns an answer (or a download to stream) and raises on failure. What a
+failure means to the client (status and one line of text) is decided in one place,
+`http_error`, never in a handler.
+
+Uploads stream (`apiserver.ApiRequest` hands the body to the put as it arrives);
+downloads stream through a producer. Everything under /v1/ needs the bearer token,
+and so does ``GET /metrics`` (peers' ids, orgs and addresses are not for anyone who
+can reach the port); ``GET /`` (the status page) and ``GET /health`` do not.
 """
 
 from __future__ import annotations
 
 import hmac
-import io
 import json
 import time
-from collections.abc import Sequence
-from typing import Any
-from urllib.parse import unquote_to_bytes
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
-from zope.interface import implementer
+from twisted.web.server import NOT_DONE_YET, Request
 
 from . import __version__
+from .apiserver import (
+    FILES,
+    ApiError,
+    ApiRequest,
+    ApiSite,
+    DownloadConsumer,
+    file_name,
+)
 from .files import (
     DamagedBlob,
     Download,
@@ -35,127 +43,132 @@ from .files import (
     NewestUnavailable,
     PutInProgress,
     UnknownPeer,
-    Upload,
 )
 from .grants import Grant, GrantError
 from .keys import Keyring, ReadKey, ReadKeyError
 from .metrics import CONTENT_TYPE, NodeMetrics, outcome_of
 from .page import status_page
+from .schema import (
+    DeleteAnswer,
+    FileRow,
+    PeerOutcomeJson,
+    PeerRow,
+    PutAnswer,
+    RecoverAnswer,
+    ScrubAnswer,
+    ScrubStatus,
+    Status,
+)
 from .scrub import Scrubber
 
 log = Logger()
-
-FILES = b"/v1/files/"
-MAX_CONTROL_BODY = 64 * 1024
 
 
 class _Interrupted(Exception):
     """A download cut short after its headers were sent (the connection is aborted)."""
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+# -------------------------------------------------------------------- the routes
 
 
-def _json_body(request: Request) -> dict[str, Any]:
-    assert request.content is not None
-    try:
-        body = json.loads(request.content.getvalue() or b"{}")
-    except ValueError:
-        raise ApiError(400, "body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "body must be a JSON object")
-    return body
+@dataclass(frozen=True)
+class Reply:
+    """A whole response body."""
+
+    status: int
+    body: bytes
+    content_type: bytes
+
+    @classmethod
+    def json(cls, status: int, value: object) -> Reply:
+        return cls(status, json.dumps(value).encode() + b"\n", b"application/json")
 
 
-def file_name(path: bytes) -> str:
-    """The file name in /v1/files/{name} (percent-encoded UTF-8)."""
-    try:
-        return unquote_to_bytes(path[len(FILES) :]).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "file name is not valid UTF-8") from None
+Answer = Reply | Download
 
 
-class ApiRequest(Request):
-    """A request that streams a PUT body into an Upload as it arrives."""
+@dataclass
+class Call:
+    """One request as its handler sees it."""
 
-    upload: Upload | None = None
-    upload_error: ApiError | None = None
-    body_size = 0
-    site: ApiSite
+    request: ApiRequest
+    route: Route
+    name: str = ""  # the file name, for the /v1/files/{name} routes
+    reader: ReadKey | None = None  # the imported key ``?org=`` chose, once looked up
 
-    def gotLength(self, length: int | None) -> None:
-        channel: Any = self.channel
-        # twisted.web hands the method and path to the request only after the
-        # body; the channel already knows them when the headers are in.
-        method: bytes = channel._command
-        path: bytes = channel._path.split(b"?", 1)[0]
-        if method == b"PUT" and b"?" in channel._path:
-            # Writes go to this org's namespace only; a read key cannot write.
-            self.upload_error = ApiError(400, "PUT takes no query parameters")
-            self.content = io.BytesIO()
-            return
-        if method != b"PUT" or not path.startswith(FILES):
-            if length is not None and length > MAX_CONTROL_BODY:
-                self.upload_error = ApiError(413, "request body too large")
-                self.content = io.BytesIO()
-                return
-            super().gotLength(length)
-            return
-        # The body goes to the upload, never here; read it in big pieces.
-        self.content = io.BytesIO()
-        channel.transport.bufferSize = 1 << 20
-        api: Api = channel.site.api
-        try:
-            api.authorize(self.requestHeaders.getRawHeaders(b"authorization", []))
-            self.upload = api.files.begin_put(file_name(path), length, channel.transport)
-        except ApiError as e:
-            self.upload_error = e
-        except ValueError as e:
-            self.upload_error = ApiError(400, str(e))
-        except PutInProgress as e:
-            self.upload_error = ApiError(409, str(e))
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if self.upload is not None:
-            self.upload.write(data)
-            return
-        # Bounded whether or not a Content-Length announced it (chunked bodies).
-        self.body_size += len(data)
-        if self.body_size > MAX_CONTROL_BODY and self.upload_error is None:
-            self.upload_error = ApiError(413, "request body too large")
-            self.content = io.BytesIO()
-        if self.upload_error is None and self.content is not None:
-            self.content.write(data)
-
-    def connectionLost(self, reason: Failure) -> None:
-        if self.upload is not None and not self.finished:
-            self.upload.abort("client went away")
-            self.upload = None
-        super().connectionLost(reason)
+    def reader_for(self, api: Api) -> ReadKey | None:
+        """The imported read key that ``?org=ORG`` names (None: this org)."""
+        args = self.request.args or {}
+        if set(args) - {b"org"} or len(args.get(b"org", [])) > 1:
+            raise ApiError(400, "unsupported query parameter")
+        if not args:
+            return None
+        spec = args[b"org"][0].decode("utf-8", "replace")
+        if spec in (api.org, api.files.node_id):
+            return None
+        self.reader = api.keyring.find(spec)
+        return self.reader
 
 
-@implementer(IConsumer)
-class _Response:
-    """A download's consumer: the request, minus the errors of a client that left."""
+Handler = Callable[["Api", Call], Awaitable[Answer]]
 
-    def __init__(self, request: Request) -> None:
-        self._request = request
 
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
-        if self._request.channel is not None:
-            self._request.registerProducer(producer, streaming)
+@dataclass(frozen=True)
+class Route:
+    method: bytes
+    paths: tuple[bytes, ...]  # exact paths, or with `named` the prefix before a file name
+    handler: Handler
+    named: bool = False
+    public: bool = False  # no token needed
+    operation: str | None = None  # counted in dfs_operations_total under this name
+    missing: str | None = None  # what FileNotFound means here (None: the exception's text)
+    # Another method on this path: 405, or 404 where the path says nothing by itself.
+    other_methods: int = 404
 
-    def unregisterProducer(self) -> None:
-        if self._request.channel is not None:
-            self._request.unregisterProducer()
+    def matches(self, path: bytes) -> bool:
+        if self.named:
+            return any(path.startswith(p) and len(path) > len(p) for p in self.paths)
+        return path in self.paths
 
-    def write(self, data: bytes) -> None:
-        if self._request.channel is not None:
-            self._request.write(data)
+
+NO_SUCH_FILE = "no such file on this node or any connected peer"
+
+
+# ------------------------------------------------------------- the one error map
+
+
+# Exception type -> status; the text is the exception's own (each is one line).
+# ValueError is what the file server raises for a name it cannot store.
+ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (ValueError, 400),
+    (GrantError, 400),
+    (UnknownPeer, 404),
+    (ReadKeyError, 404),
+    (PutInProgress, 409),
+    (NewestUnavailable, 503),
+)
+
+
+def http_error(error: BaseException, call: Call | None) -> ApiError | None:
+    """What ``error`` means to the client; None for a failure of the node itself."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, FileNotFound):
+        missing = call.route.missing if call is not None else None
+        return ApiError(404, missing or str(error))
+    if isinstance(error, DamagedBlob):
+        if call is not None and call.reader is not None:
+            return ApiError(
+                502, f"cannot read {call.reader.org}'s file: wrong key or damaged data ({error})"
+            )
+        return ApiError(502, f"damaged data: {error}")
+    for kind, status in ERROR_STATUS:
+        if isinstance(error, kind):
+            return ApiError(status, str(error))
+    return None
+
+
+# ---------------------------------------------------------------------- the API
 
 
 class Api(Resource):
@@ -177,181 +190,184 @@ class Api(Resource):
         self.scrubber = scrubber
         self.metrics = metrics or NodeMetrics(server)
         self.keyring = keyring
+        self.org = org
+        # True while the API port listens (set by ApiSite): the node is up and not stopping.
+        self.listening = False
         self._token = token.encode()
-        self._org = org
         self._started = time.time()
 
-    def authorize(self, headers: Sequence[bytes]) -> None:
+    def authorized(self, headers: Sequence[bytes]) -> bool:
         given = headers[0] if headers else b""
-        if not hmac.compare_digest(given, b"Bearer " + self._token):
+        return hmac.compare_digest(given, b"Bearer " + self._token)
+
+    def authorize(self, headers: Sequence[bytes]) -> None:
+        if not self.authorized(headers):
             raise ApiError(401, "missing or wrong API token")
 
     def render(self, request: Request) -> bytes | int:
-        d = Deferred.fromCoroutine(self._route(request))
+        assert isinstance(request, ApiRequest)
+        d = Deferred.fromCoroutine(self._serve(request))
         d.addErrback(self._failed, request)
         return NOT_DONE_YET
 
-    async def _route(self, request: Request) -> None:
-        """Dispatch, counting file operations by outcome."""
-        operation = _operation(request.method, request.path)
+    async def _serve(self, request: ApiRequest) -> None:
+        """Route, run the handler, send its answer; count file operations by outcome."""
+        started = time.monotonic()
+        method, path = request.method, request.path
+        candidates = [r for r in ROUTES if r.matches(path)]
+        route = next((r for r in candidates if r.method == method), None)
+        call = None if route is None else Call(request, route)
         try:
-            await self._dispatch(request)
-        except BaseException as e:
-            if operation is not None:
-                status = e.status if isinstance(e, ApiError) else None
-                if isinstance(e, DamagedBlob):
-                    status = 502
-                outcome = "interrupted" if isinstance(e, _Interrupted) else outcome_of(status)
-                self.metrics.operation(operation, outcome)
-            raise
-        if operation is not None:
-            self.metrics.operation(operation, "ok")
-
-    async def _dispatch(self, request: Request) -> None:
-        assert isinstance(request, ApiRequest)
-        method = request.method
-        path = request.path
-        if request.upload_error is not None:
-            raise request.upload_error
-        if path == b"/" and method == b"GET":
-            _send(request, 200, self._page().encode(), b"text/html; charset=utf-8")
-            return
-        if path == b"/metrics":
-            if method != b"GET":
-                raise ApiError(405, "method not allowed")
-            self.authorize(request.requestHeaders.getRawHeaders(b"authorization", []))
-            _send(request, 200, self.metrics.exposition(), CONTENT_TYPE.encode())
-            return
-        if not path.startswith(b"/v1/"):
-            raise ApiError(404, "not found")
-        self.authorize(request.requestHeaders.getRawHeaders(b"authorization", []))
-        if path.startswith(FILES) and len(path) > len(FILES):
-            if method == b"PUT":
-                await self._put(request)
-            elif method == b"GET":
-                await self._get(request, file_name(path))
-            elif method == b"DELETE":
-                await self._delete(request, file_name(path))
+            # Refusals found when the headers came in go first, as they did then.
+            if request.head_error is not None:
+                raise request.head_error
+            headers = request.requestHeaders.getRawHeaders(b"authorization", [])
+            if path.startswith(b"/v1/") or (route is not None and not route.public):
+                # Nothing under /v1/, not even which paths exist, without the token.
+                self.authorize(headers)
+            if call is None:
+                if any(r.other_methods == 405 for r in candidates):
+                    raise ApiError(405, "method not allowed")
+                raise ApiError(404, "not found")
+            if call.route.named:
+                call.name = file_name(path)
+            answer = await call.route.handler(self, call)
+            if isinstance(answer, Reply):
+                _send(request, answer)
             else:
-                raise ApiError(405, "method not allowed")
-        elif path in (b"/v1/files", b"/v1/files/") and method == b"GET":
-            entries = await self.files.list_files(self._reader(request))
-            _json(
-                request,
-                200,
-                [
-                    {
-                        "name": e.name,
-                        "size": e.size,
-                        "replicas": e.replicas,
-                        "here": e.here,
-                        "blob": e.blob,
-                        "mtime": e.mtime,
-                    }
-                    for e in entries
-                ],
-            )
-        elif path == b"/v1/status" and method == b"GET":
-            _json(request, 200, self.status())
-        elif path == b"/v1/shares" and method == b"POST":
-            await self._share(request)
-        elif path == b"/v1/grants/read" and method == b"POST":
-            await self._read_granted(request)
-        elif path == b"/v1/recover" and method == b"POST":
-            recovered, errors = await self.files.recover()
-            _json(request, 200, {"recovered": recovered, "errors": errors})
-        else:
-            raise ApiError(404, "not found")
+                await self._stream_download(call, answer, started)
+        except Exception as e:
+            self._count(call, e)
+            self._answer_error(request, call, Failure())
+            return
+        self._count(call, None)
 
-    async def _put(self, request: ApiRequest) -> None:
-        upload = request.upload
+    def _count(self, call: Call | None, error: Exception | None) -> None:
+        if call is None or call.route.operation is None:
+            return
+        if error is None:
+            outcome = "ok"
+        elif isinstance(error, _Interrupted):
+            outcome = "interrupted"
+        else:
+            known = http_error(error, call)
+            outcome = outcome_of(known.status if known is not None else None)
+        self.metrics.operation(call.route.operation, outcome)
+
+    def _answer_error(self, request: Request, call: Call | None, failure: Failure) -> None:
+        if request.finished or request.channel is None or failure.check(_Interrupted):
+            return
+        known = None if failure.value is None else http_error(failure.value, call)
+        if known is not None:
+            _send(request, Reply.json(known.status, {"error": known.message}))
+        else:
+            log.failure("API request failed", failure)
+            _send(request, Reply.json(500, {"error": "internal error (see the node's log)"}))
+
+    def _failed(self, failure: Failure, request: Request) -> None:
+        """Whatever escaped _serve (a bug in it): logged, answered 500 if still possible."""
+        self._answer_error(request, None, failure)
+
+    # ---------------------------------------------------------------- handlers
+
+    async def page(self, call: Call) -> Answer:
+        return Reply(200, status_page(self.org).encode(), b"text/html; charset=utf-8")
+
+    async def health(self, call: Call) -> Answer:
+        # Nothing but up or down: no version, id or count for whoever can reach the port.
+        if self.listening:
+            return Reply(200, b"ok\n", b"text/plain; charset=utf-8")
+        return Reply(503, b"unavailable\n", b"text/plain; charset=utf-8")
+
+    async def metrics_text(self, call: Call) -> Answer:
+        return Reply(200, self.metrics.exposition(), CONTENT_TYPE.encode())
+
+    async def put(self, call: Call) -> Answer:
+        upload = call.request.upload
         if upload is None:
             raise ApiError(400, "upload did not start")
-        request.upload = None
+        call.request.upload = None
         result = await upload.finish()
         self.metrics.put_done(result.seconds, result.size)
-        _json(
-            request,
-            201,
+        answer: PutAnswer = {
+            "blob": result.blob,
+            "size": result.size,
+            "replicas": result.replicas,
+            "peers": [cast(PeerOutcomeJson, p.as_json()) for p in result.peers],
+        }
+        return Reply.json(201, answer)
+
+    async def get(self, call: Call) -> Answer:
+        return await self.files.open_download(call.name, call.reader_for(self))
+
+    async def delete(self, call: Call) -> Answer:
+        if call.request.args:
+            raise ApiError(400, "DELETE takes no query parameters")
+        here, peers = await self.files.delete(call.name)
+        answer: DeleteAnswer = {
+            "deleted_here": here,
+            "peers": [cast(PeerOutcomeJson, p.as_json()) for p in peers],
+        }
+        return Reply.json(200, answer)
+
+    async def list_files(self, call: Call) -> Answer:
+        entries = await self.files.list_files(call.reader_for(self))
+        rows: list[FileRow] = [
             {
-                "blob": result.blob,
-                "size": result.size,
-                "replicas": result.replicas,
-                "peers": [p.as_json() for p in result.peers],
-            },
-        )
+                "name": e.name,
+                "size": e.size,
+                "replicas": e.replicas,
+                "here": e.here,
+                "blob": e.blob,
+                "mtime": e.mtime,
+            }
+            for e in entries
+        ]
+        return Reply.json(200, rows)
 
-    def _reader(self, request: Request) -> ReadKey | None:
-        """The imported read key that ``?org=ORG`` names (None: this org)."""
-        args = request.args or {}
-        if set(args) - {b"org"} or len(args.get(b"org", [])) > 1:
-            raise ApiError(400, "unsupported query parameter")
-        if not args:
-            return None
-        spec = args[b"org"][0].decode("utf-8", "replace")
-        if spec in (self._org, self.files.node_id):
-            return None
-        try:
-            return self.keyring.find(spec)
-        except ReadKeyError as e:
-            raise ApiError(404, str(e)) from None
+    async def status_answer(self, call: Call) -> Answer:
+        return Reply.json(200, self.status())
 
-    async def _get(self, request: Request, name: str) -> None:
-        reader = self._reader(request)
-        try:
-            download: Download = await self.files.open_download(name, reader)
-        except ValueError as e:
-            raise ApiError(400, str(e)) from e
-        except FileNotFound:
-            raise ApiError(404, "no such file on this node or any connected peer") from None
-        except NewestUnavailable as e:
-            raise ApiError(503, str(e)) from None
-        except DamagedBlob as e:
-            if reader is None:
-                raise
-            raise ApiError(
-                502, f"cannot read {reader.org}'s file: wrong key or damaged data ({e})"
-            ) from e
-        await self._stream_download(request, download)
-
-    async def _share(self, request: Request) -> None:
-        body = _json_body(request)
+    async def share(self, call: Call) -> Answer:
+        body = _json_body(call.request)
         name, to = body.get("name"), body.get("to")
         if not isinstance(name, str) or not isinstance(to, str):
             raise ApiError(400, 'body must be {"name": NAME, "to": ORG}')
-        try:
-            grant = await self.files.share(name, to, self._org)
-        except ValueError as e:
-            raise ApiError(400, str(e)) from e
-        except FileNotFound:
-            raise ApiError(
-                404, "no such file on this node: share it from a node holding it"
-            ) from None
-        except UnknownPeer as e:
-            raise ApiError(404, str(e)) from None
+        grant = await self.files.share(name, to, self.org)
         log.info("shared {blob} with {org}", blob=grant.blob, org=grant.recipient)
-        _json(request, 201, grant.as_json())
+        return Reply.json(201, grant.as_json())
 
-    async def _read_granted(self, request: Request) -> None:
-        assert request.content is not None
-        try:
-            grant = Grant.from_bytes(request.content.getvalue())
-            download = await self.files.open_granted(grant)
-        except GrantError as e:
-            raise ApiError(400, str(e)) from None
-        except FileNotFound as e:
-            raise ApiError(404, str(e)) from None
-        await self._stream_download(request, download)
+    async def read_granted(self, call: Call) -> Answer:
+        assert call.request.content is not None
+        grant = Grant.from_bytes(call.request.content.getvalue())
+        return await self.files.open_granted(grant)
 
-    async def _stream_download(self, request: Request, download: Download) -> None:
+    async def recover(self, call: Call) -> Answer:
+        recovered, errors = await self.files.recover()
+        answer: RecoverAnswer = {"recovered": recovered, "errors": errors}
+        return Reply.json(200, answer)
+
+    async def scrub(self, call: Call) -> Answer:
+        if self.scrubber is None:
+            raise ApiError(404, "this node does not scrub")
+        started = self.scrubber.start_now()
+        answer: ScrubAnswer = {
+            "started": started,
+            "scrub": cast(ScrubStatus, self.scrubber.status()),
+        }
+        return Reply.json(202, answer)
+
+    # ----------------------------------------------------- streaming and status
+
+    async def _stream_download(self, call: Call, download: Download, started: float) -> None:
         """Stream a download as the response body."""
+        request = call.request
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", str(download.size).encode())
         request.setHeader(b"x-dfs-source", download.source.encode("utf-8", "replace"))
-        started = time.monotonic()
         try:
-            await download.stream_to(_Response(request))
+            await download.stream_to(DownloadConsumer(request))
         except Exception as e:
             # Headers are gone: all we can do is cut the body short so the
             # client sees an incomplete transfer, never wrong bytes.
@@ -360,44 +376,28 @@ class Api(Resource):
             if channel is not None:
                 channel.transport.abortConnection()
             raise _Interrupted(str(e)) from e
-        self.metrics.get_done(download.size)
+        seconds = time.monotonic() - started
+        if call.route.operation == "get":
+            self.metrics.get_done(seconds, download.size)
         log.info(
             "get {blob}: {size} bytes in {seconds:.2f}s from {source}",
             blob=download.blob,
             size=download.size,
-            seconds=time.monotonic() - started,
+            seconds=seconds,
             source=download.source,
         )
         if not request.finished and request.channel is not None:
             request.finish()
 
-    async def _delete(self, request: Request, name: str) -> None:
-        if request.args:
-            raise ApiError(400, "DELETE takes no query parameters")
-        try:
-            here, peers = await self.files.delete(name)
-        except ValueError as e:
-            raise ApiError(400, str(e)) from e
-        except FileNotFound:
-            raise ApiError(404, "no such file on this node or any connected peer") from None
-        _json(
-            request,
-            200,
-            {
-                "deleted_here": here,
-                "peers": [p.as_json() for p in peers],
-            },
-        )
-
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         server = self.files
         usage = server.usage()
         return {
             "node_id": server.node_id,
-            "org": self._org,
+            "org": self.org,
             "version": __version__,
             "uptime": round(time.time() - self._started, 1),
-            "peers": server.peers.status(),
+            "peers": cast(list[PeerRow], server.peers.status()),
             "storage": {
                 "own_bytes": usage.get(server.node_id, 0),
                 "held_for_others": {o: b for o, b in usage.items() if o != server.node_id},
@@ -405,59 +405,53 @@ class Api(Resource):
                 "quota_bytes": server.space.limits.quota,
                 "reserve_bytes": server.space.limits.reserve,
             },
-            "scrub": None if self.scrubber is None else self.scrubber.status(),
+            "scrub": None if self.scrubber is None else cast(ScrubStatus, self.scrubber.status()),
             "sync": {"period_seconds": self.sync_period, "relay": server.relay},
         }
 
-    def _page(self) -> str:
-        return status_page(self._org)
 
-    def _failed(self, failure: Failure, request: Request) -> None:
-        if request.finished or request.channel is None or failure.check(_Interrupted):
-            return
-        if failure.check(ApiError):
-            error: ApiError = failure.value  # type: ignore[assignment]
-            _json(request, error.status, {"error": error.message})
-        elif failure.check(DamagedBlob):
-            _json(request, 502, {"error": f"damaged data: {failure.getErrorMessage()}"})
-        else:
-            log.failure("API request failed", failure)
-            _json(request, 500, {"error": "internal error (see the node's log)"})
+UPLOAD = Route(
+    b"PUT", (FILES,), Api.put, named=True, operation="put", missing=NO_SUCH_FILE, other_methods=405
+)
+
+ROUTES: tuple[Route, ...] = (
+    Route(b"GET", (b"/",), Api.page, public=True),
+    Route(b"GET", (b"/health",), Api.health, public=True, other_methods=405),
+    Route(b"GET", (b"/metrics",), Api.metrics_text, other_methods=405),
+    UPLOAD,
+    Route(b"GET", (FILES,), Api.get, named=True, operation="get", missing=NO_SUCH_FILE),
+    Route(b"DELETE", (FILES,), Api.delete, named=True, operation="delete", missing=NO_SUCH_FILE),
+    Route(b"GET", (b"/v1/files", FILES), Api.list_files),
+    Route(b"GET", (b"/v1/status",), Api.status_answer),
+    Route(
+        b"POST",
+        (b"/v1/shares",),
+        Api.share,
+        missing="no such file on this node: share it from a node holding it",
+    ),
+    Route(b"POST", (b"/v1/grants/read",), Api.read_granted),
+    Route(b"POST", (b"/v1/recover",), Api.recover, operation="recover"),
+    Route(b"POST", (b"/v1/scrub",), Api.scrub),
+)
 
 
-def _operation(method: bytes | None, path: bytes | None) -> str | None:
-    """The file operation a request is, for the metrics (None: not one)."""
-    if path is not None and path.startswith(FILES) and len(path) > len(FILES):
-        return {b"PUT": "put", b"GET": "get", b"DELETE": "delete"}.get(method or b"")
-    if path == b"/v1/recover" and method == b"POST":
-        return "recover"
-    return None
+def _json_body(request: Request) -> dict[str, Any]:
+    assert request.content is not None
+    try:
+        body = json.loads(request.content.getvalue() or b"{}")
+    except ValueError:
+        raise ApiError(400, "body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
 
 
-def _send(request: Request, status: int, body: bytes, content_type: bytes) -> None:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", content_type)
-    request.setHeader(b"content-length", str(len(body)).encode())
-    request.write(body)
+def _send(request: Request, reply: Reply) -> None:
+    request.setResponseCode(reply.status)
+    request.setHeader(b"content-type", reply.content_type)
+    request.setHeader(b"content-length", str(len(reply.body)).encode())
+    request.write(reply.body)
     request.finish()
 
 
-def _json(request: Request, status: int, value: object) -> None:
-    _send(request, status, json.dumps(value).encode() + b"\n", b"application/json")
-
-
-class ApiSite(Site):
-    requestFactory = ApiRequest
-
-    def __init__(self, api: Api) -> None:
-        super().__init__(api)
-        self.api = api
-        self.displayTracebacks = False
-        self.noisy = False
-
-    def log(self, request: http.Request) -> None:
-        # The access log would record file names (URL paths); they must not leave private/.
-        pass
-
-
-__all__ = ["Api", "ApiSite", "http"]
+__all__ = ["Api", "ApiError", "ApiSite", "http_error"]

@@ -3,30 +3,36 @@
 Each node owns its own `CollectorRegistry` (never prometheus_client's global one):
 several nodes may run in one process (``tac/three_nodes.tac``, in-process tests).
 
-Two kinds of metrics:
+Three kinds of metrics:
 
-- counters and a histogram the API updates as operations finish
-  (``dfs_operations_total``, ``dfs_put_duration_seconds``, ``dfs_put_bytes_total``,
-  ``dfs_get_bytes_total``);
+- counters and histograms the API updates as operations finish
+  (``dfs_operations_total``, ``dfs_put_duration_seconds``, ``dfs_get_duration_seconds``,
+  ``dfs_put_bytes_total``, ``dfs_get_bytes_total``);
 - gauges and counters read from the node's live state at scrape time by
-  `NodeCollector` (stored bytes per owner, peers, byte counters of the peer
-  sessions, quota, free disk): nothing on the hot path.
+  `NodeCollector` (stored bytes, bytes held per org, peers, their round-trip times
+  and byte counters, quota, free disk): nothing on the hot path;
+- ``dfs_build_info`` and prometheus_client's ``process_*`` metrics of the process.
 
 No label or value ever holds a file name, a blob id or key material. The labels
 are node ids (public: the SHA-256 of a certificate's public key), org names and
-peer addresses, which every peer already sees.
+peer addresses, which every peer already sees. A node id is always labelled
+``peer_id``, so that any two series about one org join on it.
 """
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable
+from typing import cast
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import __version__
 from .files import Files
+from .schema import PeerRow
 from .scrub import Scrubber
 
 # generate_latest writes the classic text format (all our names are plain ASCII);
@@ -47,7 +53,7 @@ OUTCOMES = {
 }
 
 # 1 ms .. 10 min: a small file on loopback to a large one on a slow link.
-PUT_BUCKETS = (
+DURATION_BUCKETS = (
     0.001,
     0.0025,
     0.005,
@@ -94,7 +100,14 @@ class NodeMetrics:
             "dfs_put_duration_seconds",
             "Successful puts: seconds from the request until durable here and on every "
             "connected peer.",
-            buckets=PUT_BUCKETS,
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.get_duration = Histogram(
+            "dfs_get_duration_seconds",
+            "Completed gets: seconds from the request until the last byte was handed to "
+            "the connection.",
+            buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
         self.put_bytes = Counter(
@@ -103,6 +116,14 @@ class NodeMetrics:
         self.get_bytes = Counter(
             "dfs_get_bytes", "Plaintext bytes of completed gets.", registry=self.registry
         )
+        build = Gauge(
+            "dfs_build_info",
+            "Always 1: the versions this node runs, as labels.",
+            ["version", "python", "twisted"],
+            registry=self.registry,
+        )
+        build.labels(__version__, platform.python_version(), _twisted_version()).set(1)
+        ProcessCollector(registry=self.registry)
         if files is not None:
             self.registry.register(NodeCollector(files, pinned))
         if scrubber is not None:
@@ -115,12 +136,19 @@ class NodeMetrics:
         self.put_duration.observe(seconds)
         self.put_bytes.inc(size)
 
-    def get_done(self, size: int) -> None:
+    def get_done(self, seconds: float, size: int) -> None:
+        self.get_duration.observe(seconds)
         self.get_bytes.inc(size)
 
     def exposition(self) -> bytes:
         """The scrape: every metric in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+def _twisted_version() -> str:
+    from twisted import __version__ as twisted_version
+
+    return twisted_version
 
 
 def outcome_of(status: int | None) -> str:
@@ -163,17 +191,21 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         files = self._files
-        stored = GaugeMetricFamily(
-            "dfs_stored_bytes",
-            'Bytes of blobs in the store, by owner ("self" for this org, else its node id).',
-            labels=["owner"],
-        )
         usage = files.usage()
-        stored.add_metric(["self"], usage.get(files.node_id, 0))
+        own = GaugeMetricFamily(
+            "dfs_own_stored_bytes", "Bytes of this org's own blobs in the store."
+        )
+        own.add_metric([], usage.get(files.node_id, 0))
+        yield own
+        held = GaugeMetricFamily(
+            "dfs_held_bytes",
+            "Bytes of blobs held here for another org, by that org's node id.",
+            labels=["peer_id"],
+        )
         for owner, size in sorted(usage.items()):
             if owner != files.node_id:
-                stored.add_metric([owner], size)
-        yield stored
+                held.add_metric([owner], size)
+        yield held
 
         yield self._peer_up()
 
@@ -192,6 +224,16 @@ class NodeCollector(Collector):
             "Bytes sent to a peer over its current sessions (resets on reconnect).",
             labels=["peer_id"],
         )
+        rtt = GaugeMetricFamily(
+            "dfs_peer_rtt_seconds",
+            "Round-trip time of the last answered ping to a connected peer.",
+            labels=["peer_id"],
+        )
+        for session in live:
+            if session.info is not None and session.rtt is not None:
+                rtt.add_metric([session.info.node_id], session.rtt)
+        yield rtt
+
         totals: dict[str, tuple[int, int]] = {}
         for session in files.peers.sessions():
             if session.info is not None:
@@ -229,8 +271,8 @@ class NodeCollector(Collector):
         )
         reported: set[str] = set()
         emitted: set[tuple[str, str, str]] = set()
-        for row in self._files.peers.status():
-            address = str(row["address"])
+        for row in cast(list[PeerRow], self._files.peers.status()):
+            address = row["address"]
             peer_id = row["node_id"] or self._pinned(address) or ""
             connected = row["state"] == "connected"
             org = row["org"] or self._seen.get(peer_id, ("", ""))[0]

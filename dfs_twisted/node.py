@@ -19,6 +19,7 @@ from .admission import Admission
 from .api import Api, ApiSite
 from .crypto import OrgKey
 from .diskqueue import DiskQueue
+from .fdlimit import raise_fd_limit
 from .files import Files, Owner
 from .files.holdings import Holdings, index_store
 from .files.migrate import unrecorded
@@ -189,6 +190,7 @@ class NodeService(MultiService):
 
     def startService(self) -> None:
         tune_malloc()
+        raise_fd_limit()
         self.disk.start()
         super().startService()
         for address in self.peer_addresses:

@@ -110,8 +110,15 @@ class Scrubber(Service):
         last = self.last.finished if self.last and self.last.finished else None
         if last is not None and time.time() - last < self.period:
             return
+        self.start_now()
+
+    def start_now(self) -> bool:
+        """Start a pass now unless one is running (True: this call started it)."""
+        if self._pass is not None:
+            return False
         self._pass = Deferred.fromCoroutine(self.run())
         self._pass.addErrback(self._failed).addBoth(self._done)
+        return True
 
     def _failed(self, failure: Failure) -> None:
         if not failure.check(CancelledError):

@@ -10,8 +10,10 @@ from urllib.parse import quote
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 
@@ -48,7 +50,9 @@ def read_body(response: Any) -> Deferred[bytes]:
     return body.done
 
 
-class ApiTests(NodeTestCase):
+class ApiTestCase(NodeTestCase):
+    """One real node in this process, called over loopback."""
+
     async def node(self) -> NodeService:
         node = self.make_node(org="alpha")
         self.url = (await node.ready).rstrip("/")
@@ -79,6 +83,8 @@ class ApiTests(NodeTestCase):
         self.assertEqual(content_type, b"application/json")
         return json.loads(body)
 
+
+class ApiTests(ApiTestCase):
     async def test_api_url_written(self) -> None:
         node = await self.node()
         self.assertEqual(node.api_url_file.read_text(), self.url + "/\n")
@@ -204,3 +210,187 @@ class ApiTests(NodeTestCase):
         response, body = await self.call("GET", "/v1/files", token=None)
         self.assertEqual(response.code, 401)
         self.assertEqual(self.json(response, body), {"error": "missing or wrong API token"})
+
+
+class _RawClient(Protocol):
+    """A bare HTTP/1.1 connection: send bytes, read back whole responses."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed.callback(None)
+
+    def response(self) -> tuple[int, dict[bytes, bytes], bytes] | None:
+        """The first complete response received, taken off the buffer (None: not yet)."""
+        head, sep, rest = self.received.partition(b"\r\n\r\n")
+        if not sep:
+            return None
+        lines = head.split(b"\r\n")
+        headers = dict(
+            (k.strip().lower(), v.strip()) for k, v in (line.split(b":", 1) for line in lines[1:])
+        )
+        length = int(headers.get(b"content-length", b"0"))
+        if len(rest) < length:
+            return None
+        self.received = rest[length:]
+        return int(lines[0].split()[1]), headers, rest[:length]
+
+
+class RawHttpTestCase(ApiTestCase):
+    """Requests written byte by byte on a connection the test keeps."""
+
+    async def raw(self) -> _RawClient:
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        port = int(self.url.rsplit(":", 1)[1])
+        client = _RawClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        return client
+
+    async def hang_up(self, client: _RawClient) -> None:
+        if client.transport is not None and not client.closed.called:
+            client.transport.loseConnection()
+        await client.closed
+
+    async def ask(
+        self, client: _RawClient, request: bytes
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
+        from .inprocess import eventually
+
+        assert client.transport is not None
+        client.transport.write(request)
+        answers: list[tuple[int, dict[bytes, bytes], bytes]] = []
+
+        def answered() -> bool:
+            got = client.response()
+            if got is not None:
+                answers.append(got)
+            return bool(answers)
+
+        await eventually(answered, "an HTTP response")
+        return answers[0]
+
+
+class LimitTests(RawHttpTestCase):
+    async def test_absurd_content_length_is_refused_before_the_upload(self) -> None:
+        node = await self.node()
+        client = await self.raw()
+        self.addCleanup(self.hang_up, client)
+        status, _, body = await self.ask(
+            client,
+            b"PUT /v1/files/huge HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + b"9" * 30
+            + b"\r\nAuthorization: Bearer "
+            + self.token.encode()
+            + b"\r\n\r\n",
+        )
+        self.assertEqual(status, 413)
+        self.assertIn(b"file too large", body)
+        # Nothing was begun: no temp file, and the same name can be put at once.
+        self.assertEqual(list((node.data_dir / "store" / "tmp").iterdir()), [])
+        response, _ = await self.call("PUT", "/v1/files/huge", b"small")
+        self.assertEqual(response.code, 201)
+
+
+class HealthTests(RawHttpTestCase):
+    async def test_health_needs_no_token_and_says_nothing_else(self) -> None:
+        node = await self.node()
+        response, body = await self.call("GET", "/health", token=None)
+        self.assertEqual((response.code, body), (200, b"ok\n"))
+        self.assertFalse(response.headers.hasHeader(b"server"))
+        for secret in (node.node_id.encode(), b"alpha", b"0.1"):
+            self.assertNotIn(secret, body)
+        response, body = await self.call("POST", "/health", token=None)
+        self.assertEqual(response.code, 405)
+
+    async def test_health_is_503_once_the_node_stops(self) -> None:
+        node = await self.node()
+        client = await self.raw()
+        self.addCleanup(self.hang_up, client)
+        ask = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        status, _, body = await self.ask(client, ask)
+        self.assertEqual((status, body), (200, b"ok\n"))
+        # A connection opened before the stop still reaches the API, which now says so.
+        await node.stopService()
+        status, _, body = await self.ask(client, ask)
+        self.assertEqual((status, body), (503, b"unavailable\n"))
+
+
+class ScrubNowTests(ApiTestCase):
+    async def test_scrub_now_needs_the_token_and_starts_a_pass(self) -> None:
+        from .inprocess import eventually
+
+        node = await self.node()
+        await eventually(lambda: node.scrubber.last is not None, "the start-up scrub")
+        assert node.scrubber.last is not None
+        first = node.scrubber.last
+        response, body = await self.call("POST", "/v1/scrub", token=None)
+        self.assertEqual(response.code, 401)
+        self.assertIs(node.scrubber.last, first)
+        response, body = await self.call("POST", "/v1/scrub")
+        self.assertEqual(response.code, 202)
+        answer = self.json(response, body)
+        self.assertTrue(answer["started"])
+        self.assertIn("running", answer["scrub"])
+        await eventually(lambda: node.scrubber.last is not first, "the second pass")
+
+
+class RequestHeadTests(SynchronousTestCase):
+    """`apiserver.request_head` reads Twisted's private request line: pinned here."""
+
+    def test_method_and_path_are_known_when_the_headers_are(self) -> None:
+        from twisted.internet.testing import StringTransport
+        from twisted.web.http import HTTPChannel, Request
+
+        from dfs_twisted.apiserver import request_head
+
+        seen: list[tuple[bytes, bytes, bytes]] = []
+
+        class Probe(Request):
+            def gotLength(self, length: int | None) -> None:
+                method, path = request_head(self)
+                seen.append((method, path, self.method))
+                super().gotLength(length)
+
+        channel = HTTPChannel()
+        channel.requestFactory = Probe
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(
+            b"PUT /v1/files/a%20b?org=x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n"
+        )
+        # Headers in, body not: the request object itself does not know its method yet.
+        self.assertEqual(seen, [(b"PUT", b"/v1/files/a%20b?org=x", b"(no method yet)")])
+        channel.connectionLost(Failure(ConnectionDone()))
+
+
+class ErrorMapTests(SynchronousTestCase):
+    """One place turns exceptions into statuses; its table, end to end."""
+
+    def test_each_exception_type_has_its_status(self) -> None:
+        from dfs_twisted.api import ApiError, http_error
+        from dfs_twisted.files import DamagedBlob, FileNotFound, PutInProgress, UnknownPeer
+        from dfs_twisted.grants import GrantError
+        from dfs_twisted.keys import ReadKeyError
+
+        cases: list[tuple[BaseException, int, str]] = [
+            (ApiError(413, "too big"), 413, "too big"),
+            (ValueError("name must not be empty"), 400, "name must not be empty"),
+            (GrantError("forged"), 400, "forged"),
+            (FileNotFound("x.txt"), 404, "x.txt"),
+            (UnknownPeer("no org 'z'"), 404, "no org 'z'"),
+            (ReadKeyError("no read key"), 404, "no read key"),
+            (PutInProgress("busy"), 409, "busy"),
+            (DamagedBlob("bad chunk"), 502, "damaged data: bad chunk"),
+        ]
+        for error, status, message in cases:
+            known = http_error(error, None)
+            assert known is not None, error
+            self.assertEqual((known.status, known.message), (status, message))
+        # Anything else is the node's own failure: a 500, logged, with no detail.
+        self.assertIsNone(http_error(KeyError("x"), None))
+        self.assertIsNone(http_error(RuntimeError("x"), None))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -12,11 +14,13 @@ from typing import Any, cast
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
+from dfs_twisted import __version__
 from dfs_twisted.launcher import NodeProcess
 from dfs_twisted.metrics import NodeCollector, NodeMetrics
 from dfs_twisted.space import SpaceLimits
+from twisted import __version__ as twisted_version
 
-from .shared import seed_network
+from .shared import seed_network, wait_until
 
 NAME = "reports/metrics-canary-7f3a9c.bin"
 
@@ -73,6 +77,18 @@ class MetricsNetworkTests(SynchronousTestCase):
             self.assertNotIn(key_hex, text)
             self.assertNotIn(key_hex[:32], text)
 
+    def assert_one_label_for_node_ids(self, samples: Samples) -> None:
+        """Whatever the metric, a node id is always the value of a `peer_id` label."""
+        seen = set()
+        for name, series in samples.items():
+            for labels in series:
+                for label, text in labels:
+                    if re.fullmatch(r"[0-9a-f]{64}", text):
+                        self.assertEqual(label, "peer_id", f"{name}{{{label}=...}}")
+                        seen.add(name)
+        self.assertIn("dfs_peer_up", seen)
+        self.assertIn("dfs_peer_sent_bytes_total", seen)
+
     def test_operations_storage_and_peers(self) -> None:
         ids = {n: n.status()["node_id"] for n in (self.a, self.b, self.c)}
         data = os.urandom(200_000)
@@ -103,7 +119,9 @@ class MetricsNetworkTests(SynchronousTestCase):
         self.assertGreater(value(m, "dfs_put_duration_seconds_sum"), 0)
         self.assertEqual(value(m, "dfs_put_bytes_total"), len(data))
         self.assertEqual(value(m, "dfs_get_bytes_total"), len(data))
-        self.assertGreater(value(m, "dfs_stored_bytes", owner="self"), len(data))
+        self.assertEqual(value(m, "dfs_get_duration_seconds_count"), 1)
+        self.assertGreater(value(m, "dfs_get_duration_seconds_sum"), 0)
+        self.assertGreater(value(m, "dfs_own_stored_bytes"), len(data))
         self.assertEqual(value(m, "dfs_peers_connected"), 2)
         up = {dict(labels)["peer_id"]: v for labels, v in m["dfs_peer_up"].items()}
         self.assertEqual(up, {ids[self.a]: 1, ids[self.b]: 1})
@@ -112,12 +130,39 @@ class MetricsNetworkTests(SynchronousTestCase):
             self.assertGreater(value(m, "dfs_peer_received_bytes_total", peer_id=ids[peer]), 0)
         self.assertEqual(value(m, "dfs_quota_bytes"), SpaceLimits().quota)
         self.assertGreater(value(m, "dfs_free_disk_bytes"), 0)
+        self.assertEqual(
+            value(
+                m,
+                "dfs_build_info",
+                version=__version__,
+                python=platform.python_version(),
+                twisted=twisted_version,
+            ),
+            1,
+        )
+        # The process, as prometheus_client reads it from /proc.
+        self.assertGreater(value(m, "process_resident_memory_bytes"), 0)
+        self.assertGreater(value(m, "process_open_fds"), 0)
+        self.assertGreater(value(m, "process_max_fds"), value(m, "process_open_fds"))
+        self.assertGreater(value(m, "process_start_time_seconds"), 0)
+        self.assert_one_label_for_node_ids(m)
+
+        # Round-trip times, once a ping was answered (the status shows it first).
+        wait_until(
+            lambda: all(p["rtt_ms"] is not None for p in self.c.status()["peers"]),
+            "a ping answered by each peer",
+        )
+        m = parse(scrape(self.c))
+        rtt = {dict(labels)["peer_id"]: v for labels, v in m["dfs_peer_rtt_seconds"].items()}
+        self.assertEqual(set(rtt), {ids[self.a], ids[self.b]})
+        self.assertTrue(all(0 < v < 30 for v in rtt.values()), rtt)
 
         # The peers hold C's replica and count it under C's id; their own share is empty.
         for peer in (self.a, self.b):
             held = parse(scrape(peer))
-            self.assertGreater(value(held, "dfs_stored_bytes", owner=ids[self.c]), len(data))
-            self.assertEqual(value(held, "dfs_stored_bytes", owner="self"), 0)
+            self.assertGreater(value(held, "dfs_held_bytes", peer_id=ids[self.c]), len(data))
+            self.assert_one_label_for_node_ids(held)
+            self.assertEqual(value(held, "dfs_own_stored_bytes"), 0)
             self.assertEqual(value(held, "dfs_operations_total", operation="put", outcome="ok"), 0)
             self.assertGreater(
                 value(held, "dfs_peer_received_bytes_total", peer_id=ids[self.c]), len(data)
@@ -131,7 +176,7 @@ class MetricsNetworkTests(SynchronousTestCase):
         self.assertEqual(value(m, ops, operation="delete", outcome="ok"), 1)
         self.assertEqual(value(m, ops, operation="delete", outcome="not_found"), 1)
         self.assertEqual(value(m, ops, operation="put", outcome="ok"), 1)
-        self.assertEqual(value(m, "dfs_stored_bytes", owner="self"), 0)
+        self.assertEqual(value(m, "dfs_own_stored_bytes"), 0)
 
 
 @dataclass
@@ -145,6 +190,7 @@ class _Session:
     info: _Info
     bytes_in: int
     bytes_out: int
+    rtt: float | None = None
 
 
 @dataclass
@@ -191,7 +237,7 @@ class NodeMetricsUnitTests(SynchronousTestCase):
         one.operation("put", "ok")
         one.operation("get", "not_found")
         one.put_done(0.5, 1000)
-        one.get_done(7)
+        one.get_done(0.25, 7)
         first, second = parse(one.exposition().decode()), parse(two.exposition().decode())
         self.assertEqual(value(first, "dfs_operations_total", operation="put", outcome="ok"), 1)
         self.assertEqual(value(second, "dfs_operations_total", operation="put", outcome="ok"), 0)
@@ -204,6 +250,8 @@ class NodeMetricsUnitTests(SynchronousTestCase):
         self.assertEqual(value(first, "dfs_put_bytes_total"), 1000)
         self.assertEqual(value(second, "dfs_put_bytes_total"), 0)
         self.assertEqual(value(first, "dfs_get_bytes_total"), 7)
+        self.assertEqual(value(first, "dfs_get_duration_seconds_count"), 1)
+        self.assertEqual(value(second, "dfs_get_duration_seconds_count"), 0)
         # A third node in the same process registers the same names without a clash.
         NodeMetrics()
 
@@ -217,11 +265,15 @@ class NodeMetricsUnitTests(SynchronousTestCase):
             {"address": "127.0.0.1:5000", "node_id": None, "org": None, "state": "connecting"},
             {"address": "127.0.0.1:6000", "node_id": P2, "org": "two", "state": "connected"},
         ]
-        peers.live_sessions = [_Session(_Info(P1, "one"), 5, 6), _Session(_Info(P2, "two"), 7, 8)]
+        peers.live_sessions = [
+            _Session(_Info(P1, "one"), 5, 6, rtt=0.002),
+            _Session(_Info(P2, "two"), 7, 8),
+        ]
         m = parse(metrics.exposition().decode())
-        self.assertEqual(value(m, "dfs_stored_bytes", owner="self"), 10)
-        self.assertEqual(value(m, "dfs_stored_bytes", owner=P1), 20)
-        self.assertNotIn((("owner", ME),), m["dfs_stored_bytes"])
+        self.assertEqual(value(m, "dfs_own_stored_bytes"), 10)
+        self.assertEqual(m["dfs_held_bytes"], {(("peer_id", P1),): 20})
+        # Measured once a ping was answered; a session without one has no sample yet.
+        self.assertEqual(m["dfs_peer_rtt_seconds"], {(("peer_id", P1),): 0.002})
         self.assertEqual(value(m, "dfs_peers_connected"), 2)
         self.assertEqual(
             value(m, "dfs_peer_up", peer_id=P1, org="one", address="127.0.0.1:4000"), 1
@@ -252,5 +304,7 @@ class NodeMetricsUnitTests(SynchronousTestCase):
     def test_collector_is_a_collector(self) -> None:
         collector = NodeCollector(cast(Any, _Files(ME, _Peers())), None)
         names = {family.name for family in collector.collect()}
-        self.assertIn("dfs_stored_bytes", names)
+        self.assertIn("dfs_own_stored_bytes", names)
+        self.assertIn("dfs_held_bytes", names)
+        self.assertIn("dfs_peer_rtt_seconds", names)
         self.assertIn("dfs_peer_up", names)
