@@ -39,6 +39,7 @@ from .fileserver import (
 from .grants import Grant, GrantError
 from .keys import Keyring, ReadKey, ReadKeyError
 from .metrics import CONTENT_TYPE, NodeMetrics, outcome_of
+from .names import check_new_name
 from .page import status_page
 from .scrub import Scrubber
 
@@ -110,7 +111,9 @@ class ApiRequest(Request):
         api: Api = channel.site.api
         try:
             api.authorize(self.requestHeaders.getRawHeaders(b"authorization", []))
-            self.upload = api.files.begin_put(file_name(path), length, channel.transport)
+            name = file_name(path)
+            check_new_name(name)
+            self.upload = api.files.begin_put(name, length, channel.transport)
         except ApiError as e:
             self.upload_error = e
         except ValueError as e:
@@ -288,12 +291,15 @@ class Api(Resource):
         if not args:
             return None
         spec = args[b"org"][0].decode("utf-8", "replace")
-        if spec in (self._org, self.files.node_id):
+        if spec in (self._org, self.files.node_id, "id:" + self.files.node_id):
             return None
         try:
-            return self.keyring.find(spec)
+            key = self.keyring.find(spec)
         except ReadKeyError as e:
             raise ApiError(404, str(e)) from None
+        # Whatever ORG was given, the client can say which org it reads.
+        request.setHeader(b"x-dfs-org", key.org_id.encode())
+        return key
 
     async def _get(self, request: Request, name: str) -> None:
         reader = self._reader(request)
