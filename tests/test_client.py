@@ -503,3 +503,35 @@ class TokenTests(CliTestCase):
         self.one_line(
             dfs("--api", "https://127.0.0.1:1/", "--token-file", str(access), "ls"), "chmod 600"
         )
+
+
+class NamesDoNotShadowIdsTests(CliTestCase):
+    def test_a_peer_named_after_an_id_does_not_get_that_orgs_grant(self) -> None:
+        root = self.tempdir()
+        owner_port = free_port()
+        owner = NodeProcess(owner_port, root / "owner")
+        self.addCleanup(owner.stop)
+        owner.start().wait_ready()
+        victim = NodeProcess(free_port(), root / "victim", [owner_port])
+        self.addCleanup(victim.stop)
+        victim.start().wait_ready()
+        victim_id = victim.status()["node_id"]
+        # A member names its org after the first 16 characters of the victim's id.
+        shadow = NodeProcess(free_port(), root / "shadow", [owner_port], org=victim_id[:16])
+        self.addCleanup(shadow.stop)
+        shadow.start().wait_ready()
+        owner.wait_peers(2)
+        owner.dfs("put", "-", "--name", "payroll.csv", input=b"salaries\n")
+
+        grant = root / "payroll.grant"
+        out = owner.dfs("share", "payroll.csv", "--to", f"id:{victim_id[:16]}", "-o", str(grant))
+        self.assertIn(f"id:{victim_id}", out.stdout.decode())  # the full id, printed
+        self.assertEqual(json.loads(grant.read_text())["recipient"], victim_id)
+        self.assertEqual(victim.dfs("get", "--grant", str(grant)).stdout, b"salaries\n")
+        refused = shadow.dfs("get", "--grant", str(grant), check=False)
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertEqual(refused.stdout, b"")
+        # Given as a bare name, the prefix is the shadow's name, and says so by its id.
+        named = owner.dfs("share", "payroll.csv", "--to", victim_id[:16], "-o", str(root / "g2"))
+        shadow_id = shadow.status()["node_id"]
+        self.assertIn(f"id:{shadow_id}", named.stdout.decode())
