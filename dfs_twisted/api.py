@@ -104,9 +104,11 @@ class Call:
         if not args:
             return None
         spec = args[b"org"][0].decode("utf-8", "replace")
-        if spec in (api.org, api.files.node_id):
+        if spec in (api.org, api.files.node_id, "id:" + api.files.node_id):
             return None
         self.reader = api.keyring.find(spec)
+        # Whatever ORG was given, the client can say which org it reads.
+        self.request.setHeader(b"x-dfs-org", self.reader.org_id.encode())
         return self.reader
 
 

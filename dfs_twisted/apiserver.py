@@ -23,6 +23,7 @@ from zope.interface import implementer
 from .apigate import HEAD_TIMEOUT, WAITING_LIFETIME, ApiChannel, DropLog, WaitingConnections
 from .crypto import CHUNK_SIZE, MAX_CHUNK_INDEX
 from .files import Upload
+from .names import check_new_name
 
 if TYPE_CHECKING:
     from .api import Api
@@ -105,7 +106,9 @@ class ApiRequest(Request):
                 api.metrics.operation("put", "too_large")
                 self._answer_now(ApiError(413, f"file too large: at most {MAX_FILE_SIZE} bytes"))
                 return
-            self.upload = api.files.begin_put(file_name(path), length, channel.transport)
+            name = file_name(path)
+            check_new_name(name)
+            self.upload = api.files.begin_put(name, length, channel.transport)
         except Exception as e:
             self.head_error = e
 

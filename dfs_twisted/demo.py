@@ -83,7 +83,7 @@ def run(root: Path) -> None:
 
         step(f"node {c} asks its peers for everything of its org and decrypts it")
         show(node_c.dfs("recover").stdout)
-        show(node_c.dfs("ls").stdout)
+        show(node_c.dfs("ls", "-l").stdout)
         got = node_c.dfs("get", name).stdout
         print(f"   recovered {len(got)} bytes, identical: {got == STORY}")
         print(f"   sha256 {hashlib.sha256(got).hexdigest()}")

@@ -260,13 +260,48 @@ class NamedOrg(Protocol):
 AnOrg = TypeVar("AnOrg", bound=NamedOrg)
 
 
+MIN_ID_PREFIX = 8  # hex characters of a node id, after "id:"
+
+
+class OrgSpecError(ValueError):
+    """ORG as given cannot name one org (malformed, ambiguous): a one-line reason."""
+
+
 def match_org(spec: str, orgs: Iterable[AnOrg]) -> list[AnOrg]:
-    """ORG as a user gives it: its name or id exactly, else an id prefix of 4+ characters."""
-    candidates = list(orgs)
-    exact = [o for o in candidates if spec in (o.org_id, o.org)]
-    if exact or len(spec) < 4:
-        return exact
-    return [o for o in candidates if o.org_id.startswith(spec.lower())]
+    """ORG as a user gives it: an org name, or ``id:`` and a node id or a prefix of one.
+
+    A name is only ever compared with names and an id only with ids: names are
+    not authenticated, so a peer naming itself after another org's id must not
+    shadow it. A name matching several nodes, and an id prefix shorter than
+    MIN_ID_PREFIX, raise OrgSpecError; an id prefix matching several nodes
+    returns them all (the caller names them).
+    """
+    candidates = {o.org_id: o for o in orgs}
+    if spec.startswith("id:"):
+        prefix = spec[3:].strip().lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            raise OrgSpecError(f"{spec!r}: after id: comes a node id in hex")
+        if len(prefix) < MIN_ID_PREFIX:
+            raise OrgSpecError(
+                f"{spec!r}: an id prefix needs at least {MIN_ID_PREFIX} hex characters"
+            )
+        return [o for org_id, o in candidates.items() if org_id.startswith(prefix)]
+    named = [o for o in candidates.values() if o.org == spec]
+    if len(named) > 1:
+        ids = ", ".join(f"id:{o.org_id}" for o in named)
+        raise OrgSpecError(f"org name {spec!r} matches {len(named)} nodes: {ids}; give one id")
+    return named
+
+
+def id_hint(spec: str) -> str:
+    """A hint for a name that looks like a node id given without ``id:``."""
+    if (
+        not spec.startswith("id:")
+        and len(spec) >= MIN_ID_PREFIX
+        and all(c in "0123456789abcdefABCDEF" for c in spec)
+    ):
+        return f" (for a node id write id:{spec})"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -303,4 +338,13 @@ class KnownOrgs:
         write_secret(self._path, json.dumps(rows, indent=1).encode())
 
     def find(self, spec: str) -> list[KnownOrg]:
-        return match_org(spec, self._orgs.values())
+        """The one org ``spec`` names among those met, or none.
+
+        Raises OrgSpecError (a ValueError) for a malformed spec and for one that
+        matches several orgs, naming their ids.
+        """
+        matches = match_org(spec, self._orgs.values())
+        if len(matches) > 1:
+            ids = ", ".join(f"id:{k.org_id}" for k in matches)
+            raise OrgSpecError(f"{spec!r} matches {len(matches)} orgs: {ids}; give more of the id")
+        return matches

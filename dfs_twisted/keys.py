@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .crypto import FormatError, OrgKey
-from .identity import SecretFileError, create_secret, match_org
+from .identity import OrgSpecError, SecretFileError, create_secret, id_hint, match_org
 from .store import InvalidId, parse_id
 
 _MAGIC = "dfs-read-key"
@@ -87,10 +87,16 @@ class Keyring:
         return path
 
     def find(self, spec: str) -> ReadKey:
-        """The key for ORG given as its name, its id, or an unambiguous id prefix."""
-        matches = match_org(spec, self.all())
+        """The key for ORG: its name, or id: and its id or an unambiguous 8+ hex prefix."""
+        try:
+            matches = match_org(spec, self.all())
+        except OrgSpecError as e:
+            raise ReadKeyError(str(e)) from None
         if not matches:
-            raise ReadKeyError(f"no read key for org {spec!r}: import one with `dfs key import`")
-        if len({k.org_id for k in matches}) > 1:
-            raise ReadKeyError(f"org {spec!r} is ambiguous: give more of its id")
+            raise ReadKeyError(
+                f"no read key for org {spec!r}{id_hint(spec)}: import one with `dfs key import`"
+            )
+        if len(matches) > 1:
+            ids = ", ".join(f"id:{k.org_id}" for k in matches)
+            raise ReadKeyError(f"{spec!r} matches {len(matches)} orgs: {ids}; give more of the id")
         return matches[0]

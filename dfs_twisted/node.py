@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import os
 import secrets
 import shutil
+import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +16,18 @@ from twisted.application.service import MultiService
 from twisted.internet import task
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python import usage
+from twisted.python.failure import Failure
 
+from . import readiness
+from .access import API_SOCKET, ApiTLS
 from .admission import Admission
 from .api import Api, ApiSite
+from .config import CONFIG_FILE, render_config
 from .crypto import OrgKey
 from .diskqueue import DiskQueue
 from .fdlimit import raise_fd_limit
@@ -24,17 +35,20 @@ from .files import Files, Owner
 from .files.holdings import Holdings, index_store
 from .files.migrate import unrecorded
 from .identity import (
+    KEY_FILE,
     TOKEN_FILE,
     KnownOrgs,
     MutualTLS,
     NodeIdentity,
     PeerPins,
+    PrivateDirError,
     ensure_private_dir,
     load_or_create_secret,
     write_secret,
 )
 from .keys import Keyring
 from .ledger import LEDGER_FILE, Ledger
+from .logs import node_tags
 from .metrics import NodeMetrics
 from .options import PeerAddress
 from .peers import PeerRegistry
@@ -47,6 +61,40 @@ from .transport import BulkTLSFactory
 log = Logger()
 
 ORG_KEY_FILE = "org.key"
+PEERS_SEEN_FILE = "peers_seen.json"
+# sun_path is 108 bytes on Linux, the terminating NUL included.
+MAX_SOCKET_PATH = 107
+
+
+class StartupError(Exception):
+    """Why a node cannot start, in one line."""
+
+
+def has_identity(data_dir: Path) -> bool:
+    return (data_dir / "private" / KEY_FILE).exists()
+
+
+def create_keys(private: Path) -> tuple[NodeIdentity, OrgKey, str]:
+    """Load the node's identity, org key and API token, creating what is missing."""
+    ensure_private_dir(private)
+    identity = NodeIdentity.load_or_create(private)
+    org_key = OrgKey.from_bytes(
+        load_or_create_secret(private / ORG_KEY_FILE, OrgKey.generate().to_bytes())
+    )
+    token = (
+        load_or_create_secret(private / TOKEN_FILE, secrets.token_urlsafe(32).encode())
+        .decode()
+        .strip()
+    )
+    return identity, org_key, token
+
+
+def write_config(data_dir: Path, settings: dict[str, Any], comment: str) -> None:
+    """Write DIR/dfs.toml (not a secret: mode 0644)."""
+    path = data_dir / CONFIG_FILE
+    write_secret(path, render_config(settings, comment).encode())
+    path.chmod(0o644)
+
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -78,6 +126,7 @@ class NodeService(MultiService):
         peers: list[PeerAddress],
         listen: str = "127.0.0.1",
         api: str = "tcp:0:interface=127.0.0.1",
+        api_tls: str | None = None,
         org: str | None = None,
         admission: Admission | None = None,
         limits: Limits | None = None,
@@ -86,6 +135,7 @@ class NodeService(MultiService):
         scrub_period: float = 86400.0,
         scrub_rate: int = 50 << 20,
         sync_period: float = 60.0,
+        create: bool = True,
         reactor: Any = None,
     ) -> None:
         super().__init__()
@@ -99,6 +149,7 @@ class NodeService(MultiService):
         self.peer_addresses = peers
         self.listen = listen
         self.api_endpoint = api
+        self.api_tls_endpoint = api_tls
         self.org = org or f"node-{port}"
         self.admission = admission or Admission()
         self.limits = limits or Limits()
@@ -107,30 +158,46 @@ class NodeService(MultiService):
         self.scrub_period = scrub_period
         self.scrub_rate = scrub_rate
         self.sync_period = sync_period
+        self.create = create
         self.private = self.data_dir / "private"
         self.api_url_file = self.data_dir / "api.url"
+        self.api_socket = self.private / API_SOCKET
+        self.label = f"node:{port}"
         self.peer_port: IListeningPort | None = None
         self.api_port: IListeningPort | None = None
-        # Fires with the API URL once both listeners are up.
+        self.api_tls_port: IListeningPort | None = None
+        self.socket_port: IListeningPort | None = None
+        # Under twistd a failure to start ends the process with status 1.
+        self.exit_on_failure = False
+        # Fires with the API URL once every listener is up.
         self.ready: Deferred[str] = Deferred()
+        self._listening: Deferred[None] | None = None
         self._sync: task.LoopingCall | None = None
+        node_tags.register(self.label, self)
         self._load()
 
     def _load(self) -> None:
         """Create or load everything on disk; fails early with a clear error."""
+        if not self.create and not has_identity(self.data_dir):
+            raise StartupError(
+                f"{self.data_dir} holds no node (no private/{KEY_FILE}): create one with "
+                f"`dfs init {self.data_dir} --port {self.port}`, or start without --no-create"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        ensure_private_dir(self.private)
-        self.identity = NodeIdentity.load_or_create(self.private)
-        self.org_key = OrgKey.from_bytes(
-            load_or_create_secret(self.private / ORG_KEY_FILE, OrgKey.generate().to_bytes())
-        )
-        self.token = (
-            load_or_create_secret(self.private / TOKEN_FILE, secrets.token_urlsafe(32).encode())
-            .decode()
-            .strip()
-        )
+        self.identity, self.org_key, self.token = create_keys(self.private)
+        if not (self.data_dir / CONFIG_FILE).exists():
+            # The org name belongs to the node, not to one command line.
+            write_config(
+                self.data_dir,
+                {"org": self.org},
+                "dfs node settings: the keys are the long names of the node's flags,\n"
+                "and a flag given on the command line overrides the value here.",
+            )
         self.store = BlobStore(self.data_dir / "store")
-        self.registry = PeerRegistry(self.reactor)
+        pins = PeerPins(self.private / "known_peers.json")
+        self.registry = PeerRegistry(
+            self.reactor, pinned=pins.get, seen_file=self.private / PEERS_SEEN_FILE
+        )
         self.registry.setServiceParent(self)
         self.disk = DiskQueue(self.reactor)
         catalog = index_store(self.store)
@@ -154,7 +221,7 @@ class NodeService(MultiService):
         self.tls = MutualTLS(self.identity)
         self.factory = PeerFactory(
             self.identity,
-            PeerPins(self.private / "known_peers.json"),
+            pins,
             self.files.server,
             self.org,
             f"{self.listen}:{self.port}",
@@ -172,7 +239,6 @@ class NodeService(MultiService):
             self.reactor,
         )
         self.scrubber.setServiceParent(self)
-        pins = self.factory.pins
         self.metrics = NodeMetrics(self.files, pinned=pins.get, scrubber=self.scrubber)
         self.api = Api(
             self.files,
@@ -183,10 +249,91 @@ class NodeService(MultiService):
             scrubber=self.scrubber,
             sync_period=self.sync_period,
         )
+        node_tags.register(
+            self.label,
+            self.files,
+            self.files.server,
+            self.files.sync,
+            self.files.fetcher,
+            self.files.holdings,
+            self.files.owner,
+            self.ledger,
+            self.registry,
+            self.factory,
+            self.api,
+            self.scrubber,
+            self.disk,
+            self.store,
+        )
 
     @property
     def node_id(self) -> str:
         return self.identity.node_id
+
+    def bind(self) -> None:
+        """Listen now, before the reactor runs: raise StartupError if a port is taken.
+
+        twistd calls this (through the plugin or a .tac file) before it writes its
+        pidfile and starts logging, so the reason reaches the terminal and the
+        process ends with status 1.
+        """
+        d = self._listening = Deferred.fromCoroutine(self._open_listeners())
+        if d.called:
+            failures: list[Failure] = []
+            d.addErrback(failures.append)
+            if failures:
+                self._close_listeners()
+                raise StartupError(_reason(failures[0])) from None
+
+    async def _open_listeners(self) -> None:
+        endpoint_type = TCP6ServerEndpoint if ":" in self.listen else TCP4ServerEndpoint
+        self.peer_port = await _listen(
+            endpoint_type(self.reactor, self.port, interface=self.listen),
+            BulkTLSFactory(self.tls, False, self.factory),
+            f"the peer port {self.listen}:{self.port}",
+        )
+        self.api_port = await _listen(
+            _endpoint(self.reactor, self.api_endpoint, "--api"),
+            self._site(),
+            f"the API ({self.api_endpoint})",
+        )
+        if self.api_tls_endpoint is not None:
+            self.api_tls_port = await _listen(
+                _endpoint(self.reactor, self.api_tls_endpoint, "--api-tls"),
+                TLSMemoryBIOFactory(ApiTLS(self.identity), False, self._site()),
+                f"the TLS API ({self.api_tls_endpoint})",
+            )
+        self.socket_port = self._listen_socket()
+
+    def _site(self) -> ApiSite:
+        site = ApiSite(self.api)
+        node_tags.register(self.label, site)
+        return site
+
+    def _listen_socket(self) -> IListeningPort | None:
+        """The API on private/api.sock, for the dfs command on this machine."""
+        path = str(self.api_socket)
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            log.warn(
+                "no API socket: {path} is longer than a Unix socket path may be; "
+                "the dfs command cannot reach this node locally (use a shorter --data-dir)",
+                path=path,
+            )
+            return None
+        if os.path.lexists(path):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(2)
+                try:
+                    probe.connect(path)
+                except OSError:
+                    os.unlink(path)  # left by a node that was killed
+                else:
+                    raise StartupError(f"another node is running on {self.data_dir}")
+        try:
+            port: IListeningPort = self.reactor.listenUNIX(path, self._site(), mode=0o600)
+        except CannotListenError as e:
+            raise StartupError(f"cannot listen on {path}: {_socket_error(e)}") from None
+        return port
 
     def startService(self) -> None:
         tune_malloc()
@@ -199,14 +346,12 @@ class NodeService(MultiService):
             self._sync = task.LoopingCall(self.files.sync_all)
             self._sync.clock = self.reactor
             self._sync.start(self.sync_period, now=False)
-        Deferred.fromCoroutine(self._listen()).addErrback(self._failed)
+        if self._listening is None:
+            self._listening = Deferred.fromCoroutine(self._open_listeners())
+        self._listening.addCallback(lambda _: self._announce()).addErrback(self._failed)
 
-    async def _listen(self) -> None:
-        endpoint_type = TCP6ServerEndpoint if ":" in self.listen else TCP4ServerEndpoint
-        peer_endpoint = endpoint_type(self.reactor, self.port, interface=self.listen)
-        self.peer_port = await peer_endpoint.listen(BulkTLSFactory(self.tls, False, self.factory))
-        api_endpoint = serverFromString(self.reactor, self.api_endpoint)
-        self.api_port = await api_endpoint.listen(ApiSite(self.api))
+    def _announce(self) -> None:
+        assert self.api_port is not None
         address = self.api_port.getHost()
         url = f"http://{getattr(address, 'host', '127.0.0.1')}:{getattr(address, 'port', 0)}/"
         # Written only now, so a client that finds it can connect.
@@ -220,22 +365,43 @@ class NodeService(MultiService):
             port=self.port,
             url=url,
         )
+        if self.api_tls_port is not None:
+            tls = self.api_tls_port.getHost()
+            log.info(
+                "API over TLS on {host}:{tls_port} (certificate of node {node_id})",
+                host=getattr(tls, "host", "?"),
+                tls_port=getattr(tls, "port", 0),
+                node_id=self.node_id,
+            )
+        readiness.notify("READY=1")
         self.ready.callback(url)
 
-    def _failed(self, failure: Any) -> None:
-        log.failure("node failed to start", failure)
+    def _failed(self, failure: Failure) -> None:
+        reason = _reason(failure)
+        log.critical("node failed to start: {reason}", reason=reason)
         if not self.ready.called:
             self.ready.errback(failure)
-        if self.reactor.running:
-            self.reactor.stop()
+        if self.exit_on_failure:
+            os.write(2, f"dfs: cannot start node: {reason}\n".encode())
+            atexit.register(_exit_status_1)
+            if self.reactor.running:
+                self.reactor.stop()
+
+    def _close_listeners(self) -> list[Deferred[Any]]:
+        stopping: list[Deferred[Any]] = []
+        for port in (self.socket_port, self.api_tls_port, self.api_port, self.peer_port):
+            if port is not None:
+                stopping.append(maybeDeferred(port.stopListening))
+        self.socket_port = self.api_tls_port = self.api_port = self.peer_port = None
+        return stopping
 
     async def _close(self) -> None:
+        readiness.notify("STOPPING=1")
         if self._sync is not None and self._sync.running:
             self._sync.stop()
         self.api_url_file.unlink(missing_ok=True)
-        for port in (self.api_port, self.peer_port):
-            if port is not None:
-                await maybeDeferred(port.stopListening)
+        for stopping in self._close_listeners():
+            await stopping
 
     def stopService(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._close())
@@ -246,14 +412,49 @@ class NodeService(MultiService):
         return d
 
 
+def _exit_status_1() -> None:
+    # twistd has no way to end with a status: this runs after its clean-up.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def _endpoint(reactor: Any, description: str, flag: str) -> IStreamServerEndpoint:
+    try:
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise StartupError(f"{flag} {description!r} is not a Twisted endpoint: {e}") from None
+    return endpoint
+
+
+async def _listen(endpoint: IStreamServerEndpoint, factory: Any, what: str) -> IListeningPort:
+    try:
+        port: IListeningPort = await endpoint.listen(factory)
+    except CannotListenError as e:
+        raise StartupError(f"cannot listen on {what}: {_socket_error(e)}") from None
+    return port
+
+
+def _socket_error(error: CannotListenError) -> str:
+    cause = error.socketError
+    return str(getattr(cause, "strerror", None) or cause)
+
+
+def _reason(failure: Failure) -> str:
+    if failure.check(StartupError):
+        return str(failure.value)
+    return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+
+
 def node_from_options(options: Any) -> NodeService:
-    """The service for parsed `NodeOptions` (used by the twistd plugin and .tac files)."""
+    """The service for parsed `NodeOptions`, not yet listening."""
     return NodeService(
         port=options["port"],
         data_dir=options["data-dir"],
         peers=options["peers"],
         listen=options["listen"],
         api=options["api"],
+        api_tls=options["api-tls"],
         org=options["org"],
         admission=options["admission"],
         limits=Limits(
@@ -265,13 +466,43 @@ def node_from_options(options: Any) -> NodeService:
         scrub_period=options["scrub-period"],
         scrub_rate=options["scrub-rate"],
         sync_period=options["sync-period"],
+        create=not options["no-create"],
     )
 
 
+def node_for_twistd(options: Any) -> NodeService:
+    """A node built and listening, for twistd (the plugin, or a .tac file).
+
+    Whatever stops it from starting ends the process here with status 1 and one
+    line on stderr: twistd has not written its pidfile nor redirected output yet.
+    """
+    try:
+        node = node_from_options(options)
+        node.bind()
+    except StartupError as e:
+        raise SystemExit(f"dfs: cannot start node: {e}") from None
+    except PrivateDirError as e:
+        raise SystemExit(f"dfs: cannot start node: {e}") from None
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        raise SystemExit(f"dfs: cannot start node: {where}{e.strerror or e}") from None
+    except ValueError as e:
+        raise SystemExit(f"dfs: cannot start node: {e}") from None
+    node.exit_on_failure = True
+    return node
+
+
 def node_from_args(args: list[str]) -> NodeService:
-    """Parse twistd-style arguments (``--port 3000 --peers 4000``) into a node."""
+    """Parse twistd-style arguments (``--port 3000 --peers 4000``) into a listening node.
+
+    For .tac files: a bad argument, like any start-up failure, ends the process
+    with one line on stderr.
+    """
     from .options import NodeOptions
 
     options = NodeOptions()
-    options.parseOptions(args)
-    return node_from_options(options)
+    try:
+        options.parseOptions(args)
+    except usage.UsageError as e:
+        raise SystemExit(f"dfs: {e}") from None
+    return node_for_twistd(options)

@@ -1,15 +1,21 @@
-"""Command-line options of a node, shared by the twistd plugin and the .tac files."""
+"""Command-line options of a node, shared by the twistd plugin and the .tac files.
+
+A flag given on the command line wins over the same setting in the data dir's
+dfs.toml (config.py), which wins over the built-in default.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from twisted.python import usage
 
 from . import logs
 from .admission import Admission, AdmissionError, NetworkKey, load_allow_list
+from .config import CONFIG_FILE, ConfigError, Setting, parse_config, resolve_paths
 from .space import parse_size
 
 
@@ -77,17 +83,76 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def endpoint_interface(description: str) -> tuple[str, str | None]:
+    """The type of a Twisted server endpoint string and, for tcp/tcp6, its interface.
+
+    ``tcp:0:interface=127.0.0.1`` -> ("tcp", "127.0.0.1"); ``tcp:9300`` -> ("tcp", "")
+    (every interface). A backslash escapes a colon, as in ``interface=\\:\\:1``.
+    """
+    parts: list[str] = [""]
+    escaped = False
+    for char in description:
+        if escaped:
+            parts[-1] += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append("")
+        else:
+            parts[-1] += char
+    kind = parts[0].lower()
+    if kind not in ("tcp", "tcp6"):
+        return kind, None
+    positional = [p for p in parts[1:] if "=" not in p]
+    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    # Twisted's tcp server endpoint: tcp:PORT[:INTERFACE][:BACKLOG], or keywords.
+    interface = keywords.get("interface", positional[1] if len(positional) > 1 else "")
+    return kind, interface
+
+
+DEFAULTS: dict[str, Setting] = {
+    "listen": "127.0.0.1",
+    "api": "tcp:0:interface=127.0.0.1",
+    "quota": "10G",
+    "reserve": "1G",
+    "scrub-period": "1d",
+    "scrub-rate": "50M",
+    "sync-period": "1m",
+    "handshake-timeout": "30",
+    "stall-timeout": "120",
+    "log-format": "text",
+    "log-level": "info",
+    "no-relay": False,
+}
+
+
 class NodeOptions(usage.Options):
     """twistd -n dfs --port 3000 --peers 4000,5000 --data-dir ./nodes/3000"""
 
     optFlags = [  # noqa: RUF012
         ["no-relay", None, "neither pass other orgs' replicas on nor take them from a third node"],
+        ["no-create", None, "refuse a data dir that holds no node identity (see dfs init)"],
     ]
+    # Defaults are applied after dfs.toml is read (see DEFAULTS): None here means
+    # "not given on the command line".
     optParameters = [  # noqa: RUF012
-        ["port", None, None, "TCP port of the peer protocol (TLS). Required."],
+        ["port", None, None, "TCP port of the peer protocol (TLS). Required, or in dfs.toml."],
         ["data-dir", None, None, "the node's directory (default ./dfs-<port>)"],
-        ["listen", None, "127.0.0.1", "interface for the peer port"],
-        ["api", None, "tcp:0:interface=127.0.0.1", "Twisted endpoint for the HTTP API"],
+        ["listen", None, None, "interface for the peer port (default 127.0.0.1)"],
+        [
+            "api",
+            None,
+            None,
+            "Twisted endpoint for the HTTP API, on loopback (default tcp:0:interface=127.0.0.1)",
+        ],
+        [
+            "api-tls",
+            None,
+            None,
+            "also serve the API over TLS with the node's certificate here, for remote "
+            "clients (dfs --api https://HOST:PORT/), e.g. tcp:7443",
+        ],
         ["org", None, None, "a human name for this organization (default node-<port>)"],
         [
             "network-key",
@@ -96,33 +161,105 @@ class NodeOptions(usage.Options):
             "admit only nodes proving this network key (dfs network-key create)",
         ],
         ["allow", None, None, "admit only these node ids (a file: one id per line, # comments)"],
-        ["quota", None, "10G", "most bytes held for any one other org (500M, 20G)"],
-        ["reserve", None, "1G", "free disk never given to other orgs' replicas"],
-        ["scrub-period", None, "1d", "how often to re-check every blob held (0: never)"],
-        ["scrub-rate", None, "50M", "most bytes per second the scrub reads"],
+        ["quota", None, None, "most bytes held for any one other org (default 10G; 500M, 20G)"],
+        ["reserve", None, None, "free disk never given to other orgs' replicas (default 1G)"],
+        ["scrub-period", None, None, "how often to re-check every blob held (default 1d; 0 never)"],
+        ["scrub-rate", None, None, "most bytes per second the scrub reads (default 50M)"],
         [
             "sync-period",
             None,
-            "1m",
-            "how often to compare with connected peers (0: on connect only)",
+            None,
+            "how often to compare with connected peers (default 1m; 0: on connect only)",
         ],
-        ["handshake-timeout", None, 30.0, "seconds a peer has for TLS and HELLO", float],
-        ["stall-timeout", None, 120.0, "seconds a transfer may receive nothing", float],
-        ["log-format", None, "text", "text (twistd's) or json (one JSON object per line)"],
+        ["handshake-timeout", None, None, "seconds a peer has for TLS and HELLO (default 30)"],
+        ["stall-timeout", None, None, "seconds a transfer may receive nothing (default 120)"],
+        ["log-format", None, None, "text (default) or json (one JSON object per line)"],
+        [
+            "log-level",
+            None,
+            None,
+            "the least level logged: debug, info (default), warn, error or critical",
+        ],
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, check_admission: bool = True) -> None:
         super().__init__()
         self["peers"] = []
+        self._peers_given = False
+        # `dfs init` checks the settings but not the admission files: the node
+        # may be given its network key only when it starts (a service credential).
+        self._check_admission = check_admission
 
     def opt_peers(self, value: str) -> None:
         """peers to dial: comma-separated PORT or HOST:PORT; may repeat"""
         self["peers"].extend(parse_peers(value))
+        self._peers_given = True
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            # Under twistd: one line on stderr and a non-zero exit, instead of
+            # twistd's whole usage text on stdout.
+            raise SystemExit(f"dfs: {e} (see: twistd dfs --help)") from None
+
+    def _given(self) -> dict[str, Setting]:
+        """What the command line set, in dfs.toml's terms."""
+        names: list[str] = [str(row[0]) for row in self.optParameters]
+        given: dict[str, Setting] = {
+            name: self[name] for name in names if name != "data-dir" and self[name] is not None
+        }
+        if self["no-relay"]:
+            given["no-relay"] = True
+        if self._peers_given:
+            given["peers"] = [str(p) for p in self["peers"]]
+        return given
 
     def postOptions(self) -> None:
-        if self["port"] is None:
-            raise usage.UsageError("--port is required")
-        self["port"] = parse_port(self["port"])
+        given = self._given()
+        if self["data-dir"] is not None:
+            data_dir = Path(self["data-dir"]).absolute()
+        elif "port" in given:
+            data_dir = Path(f"dfs-{parse_port(str(given['port']))}").absolute()
+        else:
+            raise usage.UsageError(
+                "--port is required (or --data-dir DIR of a node made by dfs init)"
+            )
+        self["data-dir"] = data_dir
+        stored = self._read_config(data_dir / CONFIG_FILE)
+        settings = {**DEFAULTS, **resolve_paths(stored, data_dir), **given}
+        self["config"] = stored
+        self._apply(settings)
+
+    @staticmethod
+    def _read_config(path: Path) -> dict[str, Setting]:
+        try:
+            text = path.read_text("utf-8")
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise usage.UsageError(f"cannot read {path}: {e}") from None
+        try:
+            return parse_config(text, str(path))
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def _apply(self, settings: dict[str, Setting]) -> None:
+        """Check every setting and store it parsed, as the node takes it."""
+        text: dict[str, str] = {k: v for k, v in settings.items() if isinstance(v, str)}
+        if "port" not in text:
+            config = self["data-dir"] / CONFIG_FILE
+            where = f"{config} gives none" if self["config"] else f"there is no {config}"
+            raise usage.UsageError(f"--port is required: {where} (see dfs init)")
+        self["port"] = parse_port(text["port"])
+        peers = settings.get("peers", [])
+        assert isinstance(peers, list)
+        self["peers"] = [parse_peer(p) for p in peers]
+        self["no-relay"] = bool(settings["no-relay"])
+        for name in ("listen", "api", "api-tls", "network-key", "allow"):
+            self[name] = text.get(name)
         for name, parse in (
             ("quota", parse_size),
             ("reserve", parse_size),
@@ -131,32 +268,62 @@ class NodeOptions(usage.Options):
             ("sync-period", parse_duration),
         ):
             try:
-                self[name] = parse(self[name])
+                self[name] = parse(text[name])
             except ValueError as e:
                 raise usage.UsageError(f"--{name}: {e}") from None
         if self["scrub-rate"] <= 0:
             raise usage.UsageError("--scrub-rate must be more than 0")
         for name in ("handshake-timeout", "stall-timeout"):
+            try:
+                self[name] = float(text[name])
+            except ValueError:
+                self[name] = 0.0
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
-        if self["data-dir"] is None:
-            self["data-dir"] = f"dfs-{self['port']}"
-        self["data-dir"] = Path(self["data-dir"]).absolute()
-        parent = getattr(self, "parent", None)
-        if parent is not None and parent.get("pidfile") == "twistd.pid":
-            # One pidfile per node, in its own directory: several nodes can start
-            # from one working directory, and two never share one data dir.
-            parent["pidfile"] = str(self["data-dir"] / "twistd.pid")
-        if self["log-format"] not in ("text", "json"):
-            raise usage.UsageError("--log-format must be text or json")
-        if self["log-format"] == "json" and parent is not None:
-            logs.logfile = parent.get("logfile")
-            parent["logger"] = logs.JSON_OBSERVER
-        if self["org"] is None:
-            self["org"] = f"node-{self['port']}"
+        self._apply_logging(text["log-format"], text["log-level"])
+        self._apply_api()
+        self["org"] = text.get("org") or f"node-{self['port']}"
         org = self["org"]
         if not 1 <= len(org) <= 128 or any(ord(c) < 32 or ord(c) == 127 for c in org):
             raise usage.UsageError("--org must be 1-128 printable characters")
+        self._apply_admission()
+
+    def _apply_logging(self, log_format: str, log_level: str) -> None:
+        if log_format not in ("text", "json"):
+            raise usage.UsageError("--log-format must be text or json")
+        try:
+            level = logs.parse_level(log_level)
+        except ValueError as e:
+            raise usage.UsageError(f"--log-level: {e}") from None
+        self["log-format"], self["log-level"] = log_format, level
+        parent: Any = getattr(self, "parent", None)
+        if parent is not None:
+            if parent.get("pidfile") == "twistd.pid":
+                # One pidfile per node, in its own directory: several nodes can start
+                # from one working directory, and two never share one data dir.
+                parent["pidfile"] = str(self["data-dir"] / "twistd.pid")
+            logs.configure(
+                log_format,
+                level,
+                parent.get("logfile") or ("-" if parent.get("nodaemon") else "twistd.log"),
+            )
+            parent["logger"] = logs.OBSERVER
+
+    def _apply_api(self) -> None:
+        _, interface = endpoint_interface(self["api"])
+        if interface is not None and not is_loopback(interface):
+            # The token would cross the network in the clear, to anyone who asks.
+            where = f"on {interface}" if interface else "on every interface"
+            raise usage.UsageError(
+                f"--api {self['api']} would serve the API {where} over plain HTTP: "
+                "keep it on loopback (add :interface=127.0.0.1) and use --api-tls "
+                "for remote clients"
+            )
+
+    def _apply_admission(self) -> None:
+        if not self._check_admission:
+            self["admission"] = None
+            return
         try:
             self["admission"] = Admission(
                 network_key=None

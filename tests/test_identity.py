@@ -15,6 +15,7 @@ from dfs_twisted.identity import (
     KEY_FILE,
     KnownOrgs,
     NodeIdentity,
+    OrgSpecError,
     PeerPins,
     PinMismatch,
     PrivateDirError,
@@ -166,8 +167,29 @@ class KnownOrgsTests(SynchronousTestCase):
         orgs.met("cd" * 32, "beta", "22" * 32)
         again = KnownOrgs(path)
         self.assertEqual([k.org for k in again.find("acme")], ["acme"])
-        self.assertEqual([k.box_key for k in again.find("cdcd")], ["22" * 32])
-        self.assertEqual(again.find("ab"), [])  # too short for a prefix
+        self.assertEqual([k.box_key for k in again.find("id:cdcdcdcd")], ["22" * 32])
+        self.assertRaises(OrgSpecError, again.find, "id:abab")  # too short for a prefix
+        self.assertEqual(again.find("cdcdcdcd"), [])  # a name, and no org has it
         self.assertEqual(path.stat().st_mode & 0o777, 0o600)
         path.write_text("not json")
         self.assertEqual(KnownOrgs(path).find("acme"), [])
+
+    def test_names_do_not_shadow_ids(self) -> None:
+        orgs = KnownOrgs(Path(self.mktemp()))
+        victim = "ab" * 32
+        orgs.met(victim, "victim", "11" * 32)
+        # A peer names itself after the first 16 characters of the victim's id.
+        orgs.met("cd" * 32, victim[:16], "22" * 32)
+        [by_id] = orgs.find("id:" + victim[:16])
+        self.assertEqual(by_id.org_id, victim)
+        [by_name] = orgs.find(victim[:16])
+        self.assertEqual(by_name.org_id, "cd" * 32)
+
+    def test_one_name_for_two_nodes_is_refused_naming_both(self) -> None:
+        orgs = KnownOrgs(Path(self.mktemp()))
+        orgs.met("ab" * 32, "acme", "11" * 32)
+        orgs.met("cd" * 32, "acme", "22" * 32)
+        error = self.assertRaises(OrgSpecError, orgs.find, "acme")
+        self.assertIn("id:" + "ab" * 32, str(error))
+        self.assertIn("id:" + "cd" * 32, str(error))
+        self.assertEqual(len(orgs.find("id:abababab")), 1)

@@ -543,8 +543,11 @@ class IdentityTests(ProcessTestCase):
         files = list(private.iterdir())
         self.assertTrue(files)
         for path in files:
-            self.assertTrue(path.is_file(), path)
+            # Regular files, and the API socket for the local dfs command.
+            kind = stat.S_IFMT(path.lstat().st_mode)
+            self.assertIn(kind, (stat.S_IFREG, stat.S_IFSOCK), path)
             self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600, path)
+        self.assertTrue(stat.S_ISSOCK((private / "api.sock").stat().st_mode))
 
     def test_refuses_an_open_private_dir(self) -> None:
         node = self.start_node(free_port(), self.tempdir() / "node")

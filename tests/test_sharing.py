@@ -54,9 +54,13 @@ class ReadKeyTests(SynchronousTestCase):
         ring.add(acme)
         ring.add(abc)
         self.assertEqual(ring.find("acme"), acme)
-        self.assertEqual(ring.find(B), abc)
-        self.assertEqual(ring.find("aaaa"), acme)
-        self.assertRaises(ReadKeyError, ring.find, "a")  # too short to be a prefix
+        self.assertEqual(ring.find("id:" + B), abc)
+        self.assertEqual(ring.find("id:aaaaaaaa"), acme)
+        self.assertEqual(ring.find("id:AAAAAAAA"), acme)
+        # An id is given as id:..., with at least 8 hex characters; a bare id is a name.
+        self.assertIn("at least 8", str(self.assertRaises(ReadKeyError, ring.find, "id:aaaa")))
+        self.assertIn("id:" + B, str(self.assertRaises(ReadKeyError, ring.find, B)))
+        self.assertRaises(ReadKeyError, ring.find, "id:nothex!")
         self.assertRaises(ReadKeyError, ring.find, "nobody")
         # A newer key for the same org replaces the old one.
         newer = ReadKey(A, "acme", OrgKey.generate())
@@ -66,13 +70,25 @@ class ReadKeyTests(SynchronousTestCase):
 
     def test_ambiguous_prefix_refused(self) -> None:
         ring = Keyring(self.dir / "keys")
-        one = ReadKey("abcd" + "0" * 60, "one", OrgKey.generate())
+        one = ReadKey("abcd0000" + "0" * 56, "one", OrgKey.generate())
         ring.add(one)
-        ring.add(ReadKey("abcd" + "1" * 60, "two", OrgKey.generate()))
+        ring.add(ReadKey("abcd0000" + "1" * 56, "two", OrgKey.generate()))
         with self.assertRaises(ReadKeyError) as caught:
-            ring.find("abcd")
-        self.assertIn("ambiguous", str(caught.exception))
-        self.assertEqual(ring.find("abcd0"), one)
+            ring.find("id:abcd0000")
+        # The candidates are named by their full ids.
+        self.assertIn("id:abcd0000" + "0" * 56, str(caught.exception))
+        self.assertIn("id:abcd0000" + "1" * 56, str(caught.exception))
+        self.assertEqual(ring.find("id:abcd00000"), one)
+
+    def test_a_name_never_matches_an_id(self) -> None:
+        ring = Keyring(self.dir / "keys")
+        real = ReadKey(A, "acme", OrgKey.generate())
+        # Another org names itself after the start of acme's id.
+        shadow = ReadKey(B, A[:16], OrgKey.generate())
+        ring.add(real)
+        ring.add(shadow)
+        self.assertEqual(ring.find("id:" + A[:16]), real)
+        self.assertEqual(ring.find(A[:16]), shadow)
 
 
 class SharingTests(SynchronousTestCase):
@@ -112,10 +128,11 @@ class SharingTests(SynchronousTestCase):
         self.a.dfs("key", "import", str(key_file))
 
         # From the replica A holds, by org name, id and id prefix.
-        for org in (c_org, c_id, c_id[:8]):
+        for org in (c_org, "id:" + c_id, "id:" + c_id[:8]):
             got = self.a.dfs("get", "reports/q1.bin", "--org", org)
             self.assertEqual(got.stdout, data)
-            self.assertEqual(got.stderr, b"")
+            # Whichever way ORG was given, the full id of the org read is printed.
+            self.assertEqual(got.stderr.decode(), f"reports/q1.bin of org id:{c_id}\n")
         listing = json.loads(self.a.dfs("ls", "--json", "--org", c_org).stdout)
         self.assertEqual(listing, [{"name": "reports/q1.bin", "size": len(data), "replicas": 3}])
 

@@ -17,14 +17,10 @@ class DfsServiceMaker:
     options = NodeOptions
 
     def makeService(self, options: usage.Options) -> IService:
-        from dfs_twisted.identity import PrivateDirError
-        from dfs_twisted.node import node_from_options
+        from dfs_twisted.node import node_for_twistd
 
-        try:
-            return node_from_options(options)
-        except (PrivateDirError, OSError, ValueError) as e:
-            # A clear one-line reason instead of a traceback.
-            raise SystemExit(f"dfs: cannot start node: {e}") from None
+        # Built and listening now: a start-up failure is one line and status 1.
+        return node_for_twistd(options)
 
 
 serviceMaker = DfsServiceMaker()
