@@ -83,6 +83,8 @@ class Catalog:
 
     def __init__(self) -> None:
         self._owners: dict[str, _Namespace] = {}
+        # What each sender's entries count against its quota, whoever owns them.
+        self._sent: dict[str, int] = {}
 
     def get(self, key: BlobKey) -> Entry | None:
         ns = self._owners.get(key.owner)
@@ -94,13 +96,28 @@ class Catalog:
         return held is None or version > held.version
 
     def set(self, key: BlobKey, entry: Entry) -> None:
+        self._uncharge(self.get(key))
         self._owners.setdefault(key.owner, _Namespace()).put(key.blob, entry)
+        self._sent[entry.sender] = self._sent.get(entry.sender, 0) + charge(entry)
 
     def forget(self, key: BlobKey) -> None:
         """The blob is gone without a tombstone (damaged, dropped)."""
         ns = self._owners.get(key.owner)
         if ns is not None:
+            self._uncharge(ns.entries.get(key.blob))
             ns.pop(key.blob)
+
+    def _uncharge(self, entry: Entry | None) -> None:
+        if entry is not None:
+            left = self._sent[entry.sender] - charge(entry)
+            if left:
+                self._sent[entry.sender] = left
+            else:
+                del self._sent[entry.sender]
+
+    def sent_by(self, sender: str) -> int:
+        """What the entries ``sender`` sent here count against its quota."""
+        return self._sent.get(sender, 0)
 
     def owners(self) -> list[str]:
         return sorted(owner for owner, ns in self._owners.items() if ns.entries)

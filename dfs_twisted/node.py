@@ -213,7 +213,7 @@ class NodeService(MultiService):
             self.registry,
             self.reactor,
             SpaceAccount(
-                catalog.held, self.space_limits, lambda: shutil.disk_usage(store_root).free
+                catalog.sent_by, self.space_limits, lambda: shutil.disk_usage(store_root).free
             ),
             KnownOrgs(self.private / "known_orgs.json"),
             relay=self.relay,

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import os
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dfs_twisted import wire
+from dfs_twisted.crypto import Encryptor, OrgKey
 from dfs_twisted.files import FileNotFound, NewestUnavailable
 from dfs_twisted.node import NodeService
+from dfs_twisted.session import PeerSession, RemoteError
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
@@ -118,3 +123,72 @@ class RollbackTests(NodeTestCase):
         self.assertEqual(recovered, [])
         self.assertFalse(victim.store.exists(key))  # version one was not brought back
         self.assertTrue(any("newest version is not on any connected peer" in e for e in errors))
+
+
+def signed_blob(
+    name: str, size: int, signer: Ed25519PrivateKey | None = None
+) -> tuple[str, str, bytes]:
+    """A real blob of some org (a fresh one unless ``signer`` is given): (owner, blob, bytes)."""
+    enc = Encryptor(OrgKey.generate(), signer or Ed25519PrivateKey.generate(), name, 1)
+    data = b"".join([enc.header, *enc.update(os.urandom(size)), enc.finalize()])
+    return enc.owner, enc.blob, data
+
+
+async def send(session: PeerSession, owner: str, blob: str, data: bytes) -> str:
+    """STORE a blob through the real protocol; "ok" or the refusal's code."""
+    stream = session.store(wire.Store(owner, blob, len(data), 1))
+    stream.write(data)
+    try:
+        await stream.finish()
+    except RemoteError as e:
+        return e.code
+    return "ok"
+
+
+class QuotaTests(NodeTestCase):
+    """Space is charged to the peer that sends, and transfers in flight count."""
+
+    QUOTA = 300_000
+
+    async def pair(self, *flags: str) -> tuple[NodeService, NodeService, PeerSession]:
+        v_port = free_port()
+        victim = self.make_node(
+            v_port,
+            org="victim",
+            space=SpaceLimits(quota=self.QUOTA),
+            relay="--no-relay" not in flags,
+        )
+        attacker = self.make_node(peers=[v_port], org="attacker")
+        await self.connected(victim, attacker)
+        return victim, attacker, self.session(attacker, victim)
+
+    async def test_invented_owners_share_the_senders_quota(self) -> None:
+        victim, attacker, session = await self.pair()
+        codes = [await send(session, *signed_blob(f"f{i}", 100_000)) for i in range(20)]
+        self.assertEqual(codes.count("ok"), 2)
+        self.assertEqual(set(codes), {"ok", "quota"})
+        self.assertLessEqual(victim.files.catalog.sent_by(attacker.node_id), self.QUOTA)
+        held = sum(victim.files.usage().values())
+        self.assertLessEqual(held, self.QUOTA)
+
+    async def test_concurrent_stores_cannot_pass_the_quota(self) -> None:
+        victim, attacker, session = await self.pair("--no-relay")
+        signer = attacker.identity.key
+        blobs = [signed_blob(f"f{i}", 100_000, signer) for i in range(16)]
+        # Every transfer starts before any ends.
+        streams = [session.store(wire.Store(o, b, len(d), 1)) for o, b, d in blobs]
+        for stream, (_, _, data) in zip(streams, blobs, strict=True):
+            stream.write(data)
+        outcomes = []
+        for stream in streams:
+            try:
+                await stream.finish()
+                outcomes.append("ok")
+            except RemoteError as e:
+                outcomes.append(e.code)
+        self.assertEqual(outcomes.count("ok"), 2)
+        self.assertLessEqual(victim.files.catalog.sent_by(attacker.node_id), self.QUOTA)
+        self.assertEqual(
+            victim.files.space.charged(attacker.node_id),
+            victim.files.catalog.sent_by(attacker.node_id),
+        )

@@ -19,7 +19,7 @@ from ..crypto import LEGACY_FORMAT, BlobHeader, CryptoError, SealCheck, Tombston
 from ..identity import KnownOrgs
 from ..protocol import RequestRefused
 from ..session import PeerSession
-from ..space import NoSpace, SpaceAccount
+from ..space import NoSpace, Reservation, SpaceAccount
 from ..store import BlobKey
 from ..wire import Code
 from .holdings import Holdings, read_header
@@ -50,7 +50,8 @@ class IncomingReplica:
     def __init__(
         self,
         holdings: Holdings,
-        space: SpaceAccount,
+        reservation: Reservation,
+        credit: int,
         session: PeerSession,
         key: BlobKey,
         request: wire.Store,
@@ -62,10 +63,11 @@ class IncomingReplica:
         self.key = key
         self._size = request.size
         self.version = request.version
-        self._space = space
+        self._reservation = reservation
+        # What the version replaced already counts against the same sender.
+        self._credit = credit
         self._stored = stored
         self._done = done
-        self._replaces = charge(holdings.catalog.get(key))
         self._next_disk_check = self.DISK_CHECK_EVERY
         self._writer = holdings.writer(
             key,
@@ -97,9 +99,7 @@ class IncomingReplica:
         if check_disk:
             self._next_disk_check = written + self.DISK_CHECK_EVERY
         try:
-            self._space.check(
-                self.key.owner, max(written, BLOCK) - self._replaces, 0 if check_disk else None
-            )
+            self._reservation.grow(max(written, BLOCK) - self._credit, 0 if check_disk else None)
         except NoSpace as e:
             self.abort(e.message)
             raise RequestRefused(e.code, e.message) from None
@@ -145,6 +145,7 @@ class IncomingReplica:
                 self.key, self.version, self._writer, proof, self.session.info.node_id
             )
         finally:
+            self._reservation.release()
             self._done(self)
         if not published:
             raise RequestRefused("have", "holds this version or a newer one (or its deletion)")
@@ -154,6 +155,7 @@ class IncomingReplica:
         if self._aborted:
             return
         self._aborted = True
+        self._reservation.release()
         self._done(self)
         self._writer.abort()
         log.info("dropped partial replica {blob}: {reason}", blob=self.key.blob, reason=reason)
@@ -211,19 +213,33 @@ class Server:
             # The owner's own copy wins over a relayed one: its put waits for our answer.
             receiving.abort("the owner sent it itself")
         announced = request.size or 0
+        sender = session.info.node_id
+        credit = self._credit(key, sender)
         try:
-            growth = max(announced, BLOCK) - charge(catalog.get(key))
-            self._space.check(key.owner, growth, announced)
+            reservation = self._space.reserve(sender, max(announced, BLOCK) - credit, announced)
         except NoSpace as e:
             log.warn(
                 "refused a replica from {org}: {reason}", org=session.info.org, reason=e.message
             )
             raise RequestRefused(e.code, e.message) from None
         incoming = IncomingReplica(
-            self._holdings, self._space, session, key, request, self._stored, self._done
+            self._holdings,
+            reservation,
+            credit,
+            session,
+            key,
+            request,
+            self._stored,
+            self._done,
         )
         self._incoming[key] = incoming
         return incoming
+
+    def _credit(self, key: BlobKey, sender: str) -> int:
+        """What the held version of ``key`` counts against ``sender`` (it goes when
+        replaced): the quota is charged for growth only."""
+        held = self._holdings.catalog.get(key)
+        return charge(held) if held is not None and held.sender == sender else 0
 
     def _done(self, incoming: IncomingReplica) -> None:
         if self._incoming.get(incoming.key) is incoming:
@@ -325,7 +341,8 @@ class Server:
         if catalog.is_newer(key, tomb.version):
             # A tombstone costs a block like a blob: a peer's quota bounds them too.
             try:
-                self._space.check(key.owner, BLOCK - charge(catalog.get(key)), None)
+                sender = session.info.node_id
+                self._space.check(sender, BLOCK - self._credit(key, sender), None)
             except NoSpace as e:
                 raise RequestRefused(e.code, e.message) from None
         # Without news (this deletion or a newer change is here already) it is still done.
