@@ -32,6 +32,7 @@ SETTINGS: dict[str, str] = {
     "sync-period": _TEXT,
     "handshake-timeout": _TEXT,
     "stall-timeout": _TEXT,
+    "max-peers": _TEXT,
     "log-format": _TEXT,
     "log-level": _TEXT,
     "no-relay": _FLAG,

@@ -460,6 +460,7 @@ def node_from_options(options: Any) -> NodeService:
         limits=Limits(
             handshake_timeout=options["handshake-timeout"],
             stall_timeout=options["stall-timeout"],
+            max_sessions=options["max-peers"],
         ),
         space=SpaceLimits(quota=options["quota"], reserve=options["reserve"]),
         relay=not options["no-relay"],

@@ -121,6 +121,7 @@ DEFAULTS: dict[str, Setting] = {
     "sync-period": "1m",
     "handshake-timeout": "30",
     "stall-timeout": "120",
+    "max-peers": "128",
     "log-format": "text",
     "log-level": "info",
     "no-relay": False,
@@ -173,6 +174,7 @@ class NodeOptions(usage.Options):
         ],
         ["handshake-timeout", None, None, "seconds a peer has for TLS and HELLO (default 30)"],
         ["stall-timeout", None, None, "seconds a transfer may receive nothing (default 120)"],
+        ["max-peers", None, None, "most peer sessions at once (default 128)"],
         ["log-format", None, None, "text (default) or json (one JSON object per line)"],
         [
             "log-level",
@@ -280,6 +282,12 @@ class NodeOptions(usage.Options):
                 self[name] = 0.0
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        try:
+            self["max-peers"] = int(text["max-peers"])
+        except ValueError:
+            self["max-peers"] = 0
+        if self["max-peers"] < 1:
+            raise usage.UsageError("--max-peers must be a whole number, 1 or more")
         self._apply_logging(text["log-format"], text["log-level"])
         self._apply_api()
         self["org"] = text.get("org") or f"node-{self['port']}"

@@ -59,6 +59,9 @@ class Limits:
     # out a peer that completes its handshake promptly.
     max_unauthenticated: int = 64
     max_unauthenticated_per_host: int = 16
+    # Authenticated sessions at once: node ids cost nothing to make, and every session
+    # costs memory. One accepted session per node id: a newer one replaces it.
+    max_sessions: int = 128
 
 
 # DATA frames are cut at this size: large enough to keep Python overhead low,
@@ -96,6 +99,7 @@ class RequestRefused(Exception):
 class SessionRegistry(TypingProtocol):
     """Where ready sessions are kept (peers.PeerRegistry)."""
 
+    def sessions(self) -> list[PeerProtocol]: ...
     def add(self, session: PeerProtocol) -> None: ...
     def remove(self, session: PeerProtocol, reason: str) -> None: ...
 
@@ -521,6 +525,10 @@ class PeerProtocol(Protocol):
         if refusal is not None:
             self._refuse(f"admission refused: {refusal}")
             return
+        refusal = self._over_limit(self._peer_id)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
         if self.dialled is None:
             self.send(self.factory.hello(self._binding()), 0)
         self._cancel_timeout()
@@ -545,6 +553,30 @@ class PeerProtocol(Protocol):
             self.factory.registry.add(self)
         self.factory.handler.session_ready(self)
         self.ready.callback(self)
+
+    def _over_limit(self, node_id: str) -> str | None:
+        """Why this session may not join the others (None: it may).
+
+        A node reconnecting replaces its older accepted session (a link that died
+        silently lingers until the ping notices); past `max_sessions` a new one is
+        refused. So however many connections one node or many made-up ids open,
+        they hold a bounded amount of this node's memory.
+        """
+        registry = self.factory.registry
+        if registry is None:
+            return None
+        sessions = registry.sessions()
+        replaced = [
+            s
+            for s in sessions
+            if self.dialled is None and s.dialled is None and s.info.node_id == node_id
+        ]
+        for older in replaced:
+            older.close("replaced by a newer connection from the same node")
+        limit = self.factory.limits.max_sessions
+        if len(sessions) - len(replaced) >= limit:
+            return f"too many peers connected (this node takes {limit})"
+        return None
 
     def _ping(self) -> None:
         now = self.factory.clock.seconds()

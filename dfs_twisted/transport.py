@@ -37,15 +37,41 @@ DELIVER = 1 << 20  # plaintext handed to the protocol per call, at most
 BULK = 64_000  # writes at least this big bypass the small-write aggregator
 
 
+class _Buffers:
+    """Scratch buffers lent to a connection for the length of one call.
+
+    Everything runs on the reactor thread, so a buffer is only ever in use by the
+    call that took it (a nested call takes another): a connection holds no buffer
+    between calls, and an idle session costs kilobytes, not megabytes.
+    """
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+        self._free: list[Any] = []
+
+    def take(self) -> Any:
+        return self._free.pop() if self._free else self._make()
+
+    def give(self, buffer: Any) -> None:
+        if len(self._free) < 4:
+            self._free.append(buffer)
+
+
+def _plain_buffer() -> tuple[bytearray, Any]:
+    # Decrypted records collect here; it is never resized (the pointer stays valid).
+    plain = bytearray(DELIVER + RECV_SLICE)
+    return plain, _ffi.from_buffer(plain)
+
+
+_RECORDS = _Buffers(lambda: _ffi.new("char[]", DRAIN))
+_PLAIN = _Buffers(_plain_buffer)
+
+
 class BulkTLSProtocol(BufferingTLSTransport):
     def __init__(self, factory: TLSMemoryBIOFactory, wrappedProtocol: IProtocol, *a: Any) -> None:
         super().__init__(factory, wrappedProtocol, *a)
         self.write = self._write_bulk  # type: ignore[method-assign]
-        self._records = _ffi.new("char[]", DRAIN)  # reused for every drain of the send BIO
         self._hold_records = False
-        # Decrypted records collect here; it is never resized (the pointer stays valid).
-        self._plain = bytearray(DELIVER + RECV_SLICE)
-        self._plain_at = _ffi.from_buffer(self._plain)
 
     def _write_bulk(self, data: bytes | memoryview) -> None:
         if len(data) < BULK:
@@ -91,34 +117,39 @@ class BulkTLSProtocol(BufferingTLSTransport):
         # reused buffer and handed on in batches of up to DELIVER bytes (one copy),
         # instead of a new bytes object per 16 KiB record, each handed up the stack.
         connection = self._tlsConnection
+        buffer = _PLAIN.take()
+        plain, at = buffer
         size = 0
-        while not self._lostTLSConnection:
-            n = _lib.SSL_read(connection._ssl, self._plain_at + size, RECV_SLICE)
-            if n > 0:
-                size += n
-                if size >= DELIVER:
-                    self._deliver(size)
+        try:
+            while not self._lostTLSConnection:
+                n = _lib.SSL_read(connection._ssl, at + size, RECV_SLICE)
+                if n > 0:
+                    size += n
+                    if size >= DELIVER:
+                        self._deliver(plain, size)
+                        size = 0
+                    continue
+                try:
+                    connection._raise_ssl_error(connection._ssl, n)
+                except WantReadError:
+                    break
+                except ZeroReturnError:
+                    self._deliver(plain, size)
                     size = 0
-                continue
-            try:
-                connection._raise_ssl_error(connection._ssl, n)
-            except WantReadError:
-                break
-            except ZeroReturnError:
-                self._deliver(size)
-                size = 0
-                self._shutdownTLS()
-                self._tlsShutdownFinished(None)
-            except Error:
-                self._deliver(size)
-                size = 0
-                self._tlsShutdownFinished(Failure())
-        self._deliver(size)
+                    self._shutdownTLS()
+                    self._tlsShutdownFinished(None)
+                except Error:
+                    self._deliver(plain, size)
+                    size = 0
+                    self._tlsShutdownFinished(Failure())
+            self._deliver(plain, size)
+        finally:
+            _PLAIN.give(buffer)
         self._flushSendBIO()
 
-    def _deliver(self, size: int) -> None:
+    def _deliver(self, plain: bytearray, size: int) -> None:
         if size and not self._aborted:
-            ProtocolWrapper.dataReceived(self, bytes(self._plain[:size]))
+            ProtocolWrapper.dataReceived(self, bytes(plain[:size]))
 
     def _flushSendBIO(self) -> None:
         # Records go from OpenSSL's buffer into one reused buffer and, while the
@@ -127,20 +158,24 @@ class BulkTLSProtocol(BufferingTLSTransport):
         # would make two copies of every byte sent.
         transport: Any = self.transport
         assert transport is not None
-        while True:
-            n = _lib.BIO_read(self._tlsConnection._from_ssl, self._records, DRAIN)
-            if n <= 0:
-                return  # nothing pending (a memory BIO cannot fail otherwise)
-            records = _ffi.buffer(self._records, n)
-            sent = 0
-            sock = getattr(transport, "socket", None)
-            if sock is not None and not transport.dataBuffer and not transport._tempDataBuffer:
-                try:
-                    sent = sock.send(records)
-                except OSError:
-                    sent = 0  # would block, or broken: Twisted's own write finds out
-            if sent < n:
-                transport.write(records[sent:])
+        buffer = _RECORDS.take()
+        try:
+            while True:
+                n = _lib.BIO_read(self._tlsConnection._from_ssl, buffer, DRAIN)
+                if n <= 0:
+                    return  # nothing pending (a memory BIO cannot fail otherwise)
+                records = _ffi.buffer(buffer, n)
+                sent = 0
+                sock = getattr(transport, "socket", None)
+                if sock is not None and not transport.dataBuffer and not transport._tempDataBuffer:
+                    try:
+                        sent = sock.send(records)
+                    except OSError:
+                        sent = 0  # would block, or broken: Twisted's own write finds out
+                if sent < n:
+                    transport.write(records[sent:])  # a copy: the buffer goes back
+        finally:
+            _RECORDS.give(buffer)
 
 
 class BulkTLSFactory(TLSMemoryBIOFactory):

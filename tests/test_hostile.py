@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
 from dfs_twisted.crypto import Encryptor, OrgKey, Tombstone
-from dfs_twisted.identity import NodeIdentity, ensure_private_dir
+from dfs_twisted.identity import NodeIdentity, _self_signed, ensure_private_dir, node_id_of
 from dfs_twisted.launcher import NodeProcess, free_port, start_network
 from dfs_twisted.wire import MessageType
 
@@ -485,6 +487,62 @@ class HandshakeAttackTests(HostileTestCase):
             return False
         link.close()
         return True
+
+
+class SessionFloodTests(HostileTestCase):
+    """Admitted sessions are bounded: one accepted per node id, 128 in all."""
+
+    def test_a_node_reconnecting_replaces_its_older_session(self) -> None:
+        links = [self.admitted() for _ in range(30)]
+        for link in links[:-1]:
+            self.assert_closed_for(link, "replaced by a newer connection from the same node")
+        # The newest is served.
+        links[-1].send(wire.encode(wire.Digest(self.net.victim_id), 9))
+        f, reply = links[-1].read_message()
+        self.assertEqual((f.request_id, type(reply)), (9, wire.DigestReply))
+        self.assert_untouched()
+        self.assert_still_serving()
+
+    def test_made_up_ids_are_capped_and_cheap(self) -> None:
+        rss_before = resident(self.net.victim)
+        links = []
+        for _ in range(127):  # H holds one session: 128 in all
+            link = TLSLink(self.net.victim.port, made_up_identity())
+            self.addCleanup(link.close)
+            link.handshake()
+            link.hello()
+            self.assertIsInstance(link.read_message()[1], wire.Hello)
+            links.append(link)
+        grown = resident(self.net.victim) - rss_before
+        # Transfer buffers are lent only while a call runs: sessions cost kilobytes.
+        self.assertLess(grown, 64 << 20, f"128 idle sessions took {grown >> 20} MiB")
+        one_more = TLSLink(self.net.victim.port, made_up_identity())
+        self.addCleanup(one_more.close)
+        one_more.handshake()
+        one_more.hello()
+        _, refusal = one_more.read_message()
+        assert isinstance(refusal, wire.Error), refusal
+        self.assertIn("too many peers connected", refusal.message)
+        self.assert_honest_connected()
+        for link in links:
+            link.close()
+        wait_until(lambda: len(self.net.victim.status()["peers"]) == 1, "V to drop them")
+        self.assert_still_serving()
+
+
+def made_up_identity() -> NodeIdentity:
+    """A node identity that exists only in memory: what a new id costs an attacker."""
+    key = Ed25519PrivateKey.generate()
+    cert = _self_signed(key)
+    return NodeIdentity(key, cert, node_id_of(cert), X25519PrivateKey.generate())
+
+
+def resident(node: NodeProcess) -> int:
+    """The node process's resident memory now, in bytes."""
+    for line in Path(f"/proc/{node.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
 
 
 # ------------------------------------------------------------------- framing and state
