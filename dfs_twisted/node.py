@@ -32,7 +32,7 @@ from .crypto import OrgKey
 from .diskqueue import DiskQueue
 from .fdlimit import raise_fd_limit
 from .files import Files, Owner
-from .files.holdings import Holdings, index_store
+from .files.holdings import Holdings, load_catalog
 from .files.migrate import unrecorded
 from .identity import (
     KEY_FILE,
@@ -46,6 +46,7 @@ from .identity import (
     load_or_create_secret,
     write_secret,
 )
+from .index import INDEX_FILE, StoreIndex
 from .keys import Keyring
 from .ledger import LEDGER_FILE, Ledger
 from .logs import node_tags
@@ -200,10 +201,13 @@ class NodeService(MultiService):
         )
         self.registry.setServiceParent(self)
         self.disk = DiskQueue(self.reactor)
-        catalog = index_store(self.store)
+        self.index = StoreIndex(
+            self.store.root / INDEX_FILE, self.disk.run, lambda rows: holdings.buried(rows)
+        )
+        catalog = load_catalog(self.store, self.index)
         store_root = self.store.root
         owner = Owner(self.identity.node_id, self.org_key, self.identity.key, self.identity.box)
-        holdings = Holdings(self.store, catalog, self.disk)
+        holdings = Holdings(self.store, catalog, self.disk, self.index)
         self.ledger = Ledger(self.private / LEDGER_FILE, self.disk.run)
         self.ledger.seed(unrecorded(owner, holdings, self.ledger))
         self.files = Files(
@@ -338,6 +342,7 @@ class NodeService(MultiService):
     def startService(self) -> None:
         tune_malloc()
         raise_fd_limit()
+        self.index.opened()
         self.disk.start()
         super().startService()
         for address in self.peer_addresses:
@@ -409,6 +414,7 @@ class NodeService(MultiService):
         # Last: queued writes (and aborts of cut transfers) finish before the thread ends.
         d.addCallback(lambda _: self.disk.stop())
         d.addCallback(lambda _: self.ledger.close())
+        d.addCallback(lambda _: self.index.closed())
         return d
 
 

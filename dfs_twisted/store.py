@@ -2,10 +2,11 @@
 
 Layout: ``root/<owner>/<aa>/<bb>/<blob>`` where ``aa``/``bb`` are the first two
 byte pairs of the blob id (bounds the size of any one directory), plus
-``root/tmp`` for blobs being written.  A deleted blob leaves a small tombstone
-record (opaque bytes here) at ``<blob>.tomb`` in the same directory.  A blob
-becomes visible only through an atomic ``os.replace`` after its data has been
-fsynced, so readers never see a partial blob, even after a crash.
+``root/tmp`` for blobs being written.  Older nodes left a deleted blob's
+tombstone at ``<blob>.tomb`` beside it: they are read once and moved into the
+index (index.py), where tombstones now live.  A blob becomes visible only
+through an atomic ``os.replace`` after its data has been fsynced, so readers
+never see a partial blob, even after a crash.
 
 This module is deliberately synchronous and free of Twisted: callers run the
 blocking parts (notably :meth:`BlobWriter.commit`) in a thread.
@@ -252,12 +253,20 @@ class BlobStore:
         return None if st is None else st.st_size
 
     def delete(self, key: BlobKey) -> bool:
+        """Remove a blob, durably."""
+        if not self.unlink(key):
+            return False
+        _fsync_dir(self.path_for(key).parent)
+        return True
+
+    def unlink(self, key: BlobKey) -> bool:
+        """Remove a blob without waiting for the disk: for a blob the index already
+        records as gone (found again after a crash, it is removed then)."""
         path = self.path_for(key)
         try:
             os.unlink(path)
         except (FileNotFoundError, NotADirectoryError):
             return False
-        _fsync_dir(path.parent)
         # Empty aa/bb dirs are kept on purpose: removing them would race with
         # a concurrent commit() that has just created them and is about to
         # rename into them.
@@ -266,25 +275,6 @@ class BlobStore:
     def _tomb_path(self, key: BlobKey) -> pathlib.Path:
         return self.path_for(key).with_name(key.blob + _TOMB_SUFFIX)
 
-    def put_tombstone(self, key: BlobKey, record: bytes) -> None:
-        """Durably record that ``key`` is deleted, then remove the blob itself."""
-        final = self._tomb_path(key)
-        tmp = self._tmp / (secrets.token_hex(16) + _TMP_SUFFIX)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
-        try:
-            os.write(fd, record)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            _make_blob_dirs(final)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(final.parent)
-        self.delete(key)
-
     def tombstone(self, key: BlobKey) -> bytes | None:
         try:
             return self._tomb_path(key).read_bytes()
@@ -292,7 +282,7 @@ class BlobStore:
             return None
 
     def remove_tombstone(self, key: BlobKey) -> None:
-        """A newer version of the blob was committed: its old tombstone goes."""
+        """Remove a tombstone file (moved into the index)."""
         path = self._tomb_path(key)
         try:
             os.unlink(path)

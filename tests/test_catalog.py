@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.catalog import BLOCK, Catalog, Entry
 from dfs_twisted.crypto import Encryptor, OrgKey, Tombstone
-from dfs_twisted.files.holdings import index_store
+from dfs_twisted.files.holdings import load_catalog
+from dfs_twisted.index import Row, StoreIndex
 from dfs_twisted.store import BlobKey, BlobStore
 
 A = "a" * 64
@@ -51,11 +56,22 @@ class CatalogTests(SynchronousTestCase):
         self.assertEqual(catalog.digest("b" * 64), Catalog().digest("c" * 64))
 
 
-class IndexStoreTests(SynchronousTestCase):
+def now(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """Runs what the disk thread would run, at once."""
+    return succeed(f(*args))
+
+
+class LoadCatalogTests(SynchronousTestCase):
+    """The catalog at start-up: read back from the index, or indexed anew."""
+
     def setUp(self) -> None:
         self.signer = Ed25519PrivateKey.generate()
         self.key = OrgKey.generate()
         self.store = BlobStore(self.mktemp())
+        self.path = self.store.root / "index.sqlite"
+
+    def index(self) -> StoreIndex:
+        return StoreIndex(self.path, now)
 
     def put(self, name: str, version: int) -> BlobKey:
         enc = Encryptor(self.key, self.signer, name, version)
@@ -66,29 +82,76 @@ class IndexStoreTests(SynchronousTestCase):
         writer.commit()
         return key
 
-    def test_rebuilds_versions_and_tombstones(self) -> None:
-        live = self.put("live", 10)
-        gone = self.put("gone", 11)
-        self.store.put_tombstone(gone, Tombstone.sign(self.signer, gone.blob, 12).to_bytes())
-        catalog = index_store(self.store)
-        live_entry = catalog.get(live)
-        assert live_entry is not None
-        self.assertEqual((live_entry.version, live_entry.deleted), (10, False))
-        self.assertEqual(live_entry.size, self.store.size(live))
-        self.assertEqual(catalog.get(gone), Entry(12, 0, deleted=True))
+    def tomb(self, key: BlobKey, version: int) -> Tombstone:
+        return Tombstone.sign(self.signer, key.blob, version)
 
-    def test_blob_outdated_by_a_tombstone_goes(self) -> None:
-        # A crash between writing a tombstone and unlinking the blob leaves both.
+    def test_a_new_index_is_made_from_the_store(self) -> None:
+        live = self.put("live", 10)
+        catalog = load_catalog(self.store, self.index())
+        entry = catalog.get(live)
+        assert entry is not None
+        self.assertEqual((entry.version, entry.deleted, entry.sender), (10, False, live.owner))
+        self.assertEqual(entry.size, self.store.size(live))
+        self.assertTrue(entry.proof)  # the blob's record, read from its last chunk
+
+    def test_after_a_clean_stop_the_rows_are_read_back(self) -> None:
+        key = self.put("kept", 10)
+        index = self.index()
+        catalog = load_catalog(self.store, index)
+        index.opened()
+        # Sent by a relay: who pays for it survives a restart.
+        entry = Entry(10, self.store.size(key) or 0, proof=b"p", sender="b" * 64)
+        index.put(Row(key, entry))
+        index.closed()
+        self.store.unlink(key)  # not read again: the rows are trusted
+        again = load_catalog(self.store, self.index())
+        self.assertEqual(again.get(key), entry)
+        self.assertEqual(again.sent_by("b" * 64), catalog.sent_by(key.owner))
+
+    def test_after_a_crash_blobs_are_indexed_anew_and_tombstones_kept(self) -> None:
+        live, gone = self.put("live", 10), self.put("gone", 11)
+        index = self.index()
+        load_catalog(self.store, index)
+        index.opened()
+        tomb = self.tomb(gone, 12)
+        buried = Entry(12, 0, deleted=True, proof=tomb.signature, sender=gone.owner)
+        index.put(Row(gone, buried, tomb.to_bytes()))
+        newer = self.put("live", 13)  # committed, but its row never written: a crash
+        del index
+        catalog = load_catalog(self.store, self.index())
+        self.assertEqual(catalog.get(gone), Entry(12, 0, deleted=True))
+        self.assertFalse(self.store.exists(gone))  # older than its tombstone: removed
+        entry = catalog.get(newer)
+        assert entry is not None and newer == live
+        self.assertEqual(entry.version, 13)
+
+    def test_legacy_tombstone_files_move_into_the_index(self) -> None:
         key = self.put("crashed", 20)
-        record = Tombstone.sign(self.signer, key.blob, 21).to_bytes()
-        (self.store.path_for(key).with_suffix(".tomb")).write_bytes(record)
-        self.assertEqual(index_store(self.store).get(key), Entry(21, 0, deleted=True))
+        record = self.tomb(key, 21).to_bytes()
+        legacy = self.store.path_for(key).with_suffix(".tomb")
+        legacy.write_bytes(record)
+        catalog = load_catalog(self.store, self.index())
+        self.assertEqual(catalog.get(key), Entry(21, 0, deleted=True))
         self.assertFalse(self.store.exists(key))
+        self.assertFalse(legacy.exists())
+        self.assertEqual(self.index().tomb(key), record)
 
     def test_forged_tombstone_is_ignored(self) -> None:
         key = self.put("kept", 30)
         forged = Tombstone.sign(Ed25519PrivateKey.generate(), key.blob, 31).to_bytes()
-        (self.store.path_for(key).with_suffix(".tomb")).write_bytes(forged)
-        entry = index_store(self.store).get(key)
+        self.store.path_for(key).with_suffix(".tomb").write_bytes(forged)
+        entry = load_catalog(self.store, self.index()).get(key)
         assert entry is not None
         self.assertEqual((entry.version, entry.deleted), (30, False))
+
+    def test_a_damaged_index_is_made_anew(self) -> None:
+        key = self.put("kept", 40)
+        index = self.index()
+        load_catalog(self.store, index)
+        index.closed()
+        self.path.write_bytes(b"not a database" * 100)
+        index = self.index()
+        self.assertTrue(index.damaged)
+        entry = load_catalog(self.store, index).get(key)
+        assert entry is not None
+        self.assertEqual(entry.version, 40)

@@ -7,8 +7,10 @@ nodes the middle one relays each org's changes to the far end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -20,16 +22,19 @@ from .shared import wait_until
 
 
 def held(node: NodeProcess, owner: str) -> dict[str, bytes]:
-    """Blob id -> ciphertext of ``owner``'s blobs in ``node``'s store (tombstones apart)."""
+    """Blob id -> ciphertext of ``owner``'s blobs in ``node``'s store."""
     root = node.data_dir / "store" / owner
     if not root.exists():
         return {}
-    return {p.name: p.read_bytes() for p in root.glob("??/??/*") if ".tomb" not in p.name}
+    return {p.name: p.read_bytes() for p in root.glob("??/??/*")}
 
 
 def tombstones(node: NodeProcess, owner: str) -> set[str]:
-    root = node.data_dir / "store" / owner
-    return {p.name.removesuffix(".tomb") for p in root.glob("??/??/*.tomb")}
+    """The blob ids of ``owner``'s deletions recorded in ``node``'s index."""
+    db = sqlite3.connect(f"file:{node.data_dir / 'store' / 'index.sqlite'}?mode=ro", uri=True)
+    with contextlib.closing(db):
+        rows = db.execute("SELECT blob FROM entries WHERE owner = ? AND deleted = 1", (owner,))
+        return {blob for (blob,) in rows}
 
 
 class ConvergenceTestCase(SynchronousTestCase):

@@ -15,6 +15,7 @@ never sleeps used for synchronisation.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -22,6 +23,7 @@ import os
 import select
 import shutil
 import socket
+import sqlite3
 import struct
 import tempfile
 import time
@@ -57,15 +59,36 @@ class ConnectionClosed(Exception):
 
 
 def tree(root: Path) -> dict[str, str]:
-    """Every file (with a hash of its bytes) and directory below ``root``."""
+    """Every file (with a hash of its bytes) and directory below ``root``.
+
+    A database stands for its rows: SQLite rewrites its pages and its write-ahead
+    log whenever it likes, so bytes say nothing of what it holds.
+    """
     result = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
-        if path.is_file():
+        if path.name.endswith((".sqlite-wal", ".sqlite-shm")):
+            continue
+        if path.suffix == ".sqlite":
+            result[rel] = hashlib.sha256(repr(rows(path)).encode()).hexdigest()
+        elif path.is_file():
             result[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
         else:
             result[rel] = "directory"
     return result
+
+
+def rows(database: Path) -> list[tuple[object, ...]]:
+    """Every row of every table of a node's database (the state rows apart)."""
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    with contextlib.closing(db):
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return [
+            (table, *row)
+            for table in sorted(tables)
+            if table != "state"
+            for row in db.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
+        ]
 
 
 def temp_files(node: NodeProcess) -> list[str]:
@@ -709,7 +732,15 @@ class StoreAttackTests(HostileTestCase):
             added,
             {owner_dir, f"{owner_dir}/{blob[:2]}", f"{owner_dir}/{blob[:2]}/{blob[2:4]}", rel},
         )
-        self.assertEqual({k: v for k, v in after.items() if k not in added}, self.before)
+        # The index gains the blob's row (written after the answer), and nothing else.
+        index = "store/index.sqlite"
+        row = (self.net.attacker.node_id, blob, self.version - 2**63)
+        wait_until(
+            lambda: row in [r[1:4] for r in rows(self.net.victim.data_dir / index)],
+            "the blob's row in V's index",
+        )
+        unchanged = {k: v for k, v in after.items() if k not in added and k != index}
+        self.assertEqual(unchanged, {k: v for k, v in self.before.items() if k != index})
         link.close()
         self.assert_still_serving()
 

@@ -12,10 +12,12 @@ import os
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dfs_twisted import wire
-from dfs_twisted.crypto import Encryptor, OrgKey
+from dfs_twisted.catalog import BLOCK
+from dfs_twisted.crypto import Encryptor, OrgKey, Tombstone
 from dfs_twisted.files import FileNotFound, NewestUnavailable
+from dfs_twisted.files.serve import DELETE_BURST
 from dfs_twisted.node import NodeService
-from dfs_twisted.session import PeerSession, RemoteError
+from dfs_twisted.session import PeerSession, RemoteError, delete_message
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
@@ -192,3 +194,38 @@ class QuotaTests(NodeTestCase):
             victim.files.space.charged(attacker.node_id),
             victim.files.catalog.sent_by(attacker.node_id),
         )
+
+
+class DeletionFloodTests(NodeTestCase):
+    async def test_a_flood_of_deletions_is_limited_charged_and_not_passed_on(self) -> None:
+        v_port = free_port()
+        victim = self.make_node(v_port, org="victim", space=SpaceLimits(quota=10 << 20))
+        attacker = self.make_node(peers=[v_port], org="attacker")
+        honest = self.make_node(peers=[v_port], org="honest")
+        await self.connected(victim, attacker)
+        await self.connected(victim, honest)
+        store = victim.store.root
+        before = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+        session = self.session(attacker, victim)
+        # Deletions of ids never stored, all sent at once.
+        replies = [
+            session.request(delete_message(Tombstone.sign(attacker.identity.key, f"{i:064x}", 1)))
+            for i in range(3000)
+        ]
+        codes = []
+        for reply in replies:
+            try:
+                await reply
+                codes.append("ok")
+            except RemoteError as e:
+                codes.append(e.code)
+        accepted = codes.count("ok")
+        self.assertGreaterEqual(accepted, DELETE_BURST)
+        self.assertEqual(set(codes), {"ok", "slow_down"})
+        # Charged to the sender, a block each; kept as rows, not files and folders.
+        self.assertEqual(victim.files.catalog.sent_by(attacker.node_id), accepted * BLOCK)
+        self.assertFalse((store / attacker.node_id).exists())
+        grown = sum(p.stat().st_size for p in store.rglob("*") if p.is_file()) - before
+        self.assertLess(grown, accepted * 1024, f"{accepted} deletions took {grown} bytes")
+        # Nobody held those ids: the deletions went no further.
+        self.assertEqual(honest.files.catalog.entries(attacker.node_id), [])

@@ -236,7 +236,7 @@ class TombstoneQuotaTests(NodeTestCase):
         with self.assertRaises(RemoteError) as caught:
             await session.request(delete_message(Tombstone.sign(peer.identity.key, "f" * 64, 1)))
         self.assertEqual(caught.exception.code, "quota")
-        self.assertIsNone(holder.store.tombstone(BlobKey(peer.node_id, "f" * 64)))
+        self.assertIsNone(holder.files.holdings.tombstone(BlobKey(peer.node_id, "f" * 64)))
         # A tiny blob costs a block too: no room for one more.
         _, replicas = await put(peer, "tiny", b"x")
         self.assertEqual(replicas, 1)
@@ -305,8 +305,11 @@ class PublishOrderTests(NodeTestCase):
         publishing = Deferred.fromCoroutine(
             owner.publish(key, 5, self.writer(node, key, b"v5"), b"", key.owner)
         )
-        owner.bury(Tombstone.sign(node.identity.key, key.blob, 6), key.owner)
+        burying = Deferred.fromCoroutine(
+            owner.bury(Tombstone.sign(node.identity.key, key.blob, 6), key.owner)
+        )
         self.assertFalse(await publishing)
+        self.assertTrue(await burying)
         self.assertFalse(node.store.exists(key))
         self.assertEqual(owner.catalog.get(key), Entry(6, 0, deleted=True))
 

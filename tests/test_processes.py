@@ -88,8 +88,11 @@ def store_blobs(node: NodeProcess) -> set[str]:
     return {
         str(p.relative_to(node.data_dir))
         for p in store.rglob("*")
-        if p.is_file() and p.relative_to(store).parts[0] != "tmp"
+        if p.is_file() and p.relative_to(store).parts[0] not in ("tmp", *INDEX_FILES)
     }
+
+
+INDEX_FILES = ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm")  # the catalog, on disk
 
 
 def files_outside_private(node: NodeProcess) -> Iterable[Path]:

@@ -409,27 +409,26 @@ class PropertyTests(StoreTestCase):
         self.assertEqual(self.tmp_files(store), [])
 
 
-class TombstoneTests(StoreTestCase):
-    def test_tombstone_replaces_the_blob_and_is_listed_apart(self) -> None:
+class LegacyTombstoneTests(StoreTestCase):
+    """Tombstone files of older nodes are read, listed apart, and removed once moved."""
+
+    def test_read_listed_apart_and_removed(self) -> None:
         store = self.new_store()
         key = BlobKey(OWNER, hid(7, "cc"))
         self.put(store, key, b"ciphertext")
-        store.put_tombstone(key, b"record")
-        self.assertFalse(store.exists(key))
+        store.path_for(key).with_suffix(".tomb").write_bytes(b"record")
         self.assertEqual(store.tombstone(key), b"record")
         self.assertEqual(store.tombstones(OWNER), [key.blob])
-        self.assertEqual(store.blobs(OWNER), [])
-        self.assertEqual(self.tmp_files(store), [])
-        mode = stat.S_IMODE(os.stat(store.path_for(key).with_suffix(".tomb")).st_mode)
-        self.assertEqual(mode, 0o600)
-
-    def test_newer_blob_and_tombstone_removal(self) -> None:
-        store = self.new_store()
-        key = BlobKey(OWNER, hid(8))
-        store.put_tombstone(key, b"old")  # no blob held: the record alone
-        self.put(store, key, b"new version")
+        self.assertEqual(store.blobs(OWNER), [key.blob])
         store.remove_tombstone(key)
         store.remove_tombstone(key)  # idempotent
         self.assertIsNone(store.tombstone(key))
-        self.assertEqual(read_all(store, key), b"new version")
         self.assertEqual(store.tombstones(OWNER), [])
+
+    def test_unlink_removes_a_blob(self) -> None:
+        store = self.new_store()
+        key = BlobKey(OWNER, hid(8))
+        self.put(store, key, b"gone")
+        self.assertTrue(store.unlink(key))
+        self.assertFalse(store.unlink(key))
+        self.assertFalse(store.exists(key))

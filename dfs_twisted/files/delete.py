@@ -47,7 +47,7 @@ class Remover:
             raise FileNotFound(name)
         version = self._holdings.next_version(key.owner, self._ledger.newest)
         tomb = Tombstone.sign(self._owner.signer, key.blob, version)
-        self._holdings.bury(tomb, key.owner)
+        await self._holdings.bury(tomb, key.owner)
         await self._ledger.record(LedgerEntry(key.blob, version, True, tomb.signature))
         outcomes = []
         for session in self._peers():

@@ -2,8 +2,8 @@
 
 Every change to what is held goes through here: a blob version committed
 (`publish`), a deletion recorded (`bury`), a damaged blob dropped (`damaged`), a
-blob gone behind the node's back forgotten (`held`). The catalog is built from
-the store at start-up (`index_store`).
+blob gone behind the node's back forgotten (`held`). The catalog lives in memory
+and on disk (index.StoreIndex), from which it is loaded at start-up (`load_catalog`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ..crypto import (
 )
 from ..crypto import parse_header as _parse_header
 from ..diskqueue import DiskQueue, QueuedBlob
+from ..index import Row, StoreIndex
 from ..store import BlobKey, BlobStore
 
 log = Logger()
@@ -44,10 +45,13 @@ def read_header(f: BinaryIO) -> BlobHeader:
 class Holdings:
     """The blobs and tombstones on disk, and the catalog that indexes them."""
 
-    def __init__(self, store: BlobStore, catalog: Catalog, disk: DiskQueue) -> None:
+    def __init__(
+        self, store: BlobStore, catalog: Catalog, disk: DiskQueue, index: StoreIndex
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.disk = disk
+        self.index = index
         self._publishing: dict[BlobKey, int] = {}  # versions whose commit is queued
 
     def writer(
@@ -88,24 +92,48 @@ class Holdings:
             # A deletion landed while the commit was queued: the newer change wins.
             self.store.delete(key)
             return False
-        held = self.catalog.get(key)
-        self.catalog.set(key, Entry(version, writer.written, proof=proof, sender=sender))
-        if held is not None and held.deleted:
-            self.store.remove_tombstone(key)
+        entry = Entry(version, writer.written, proof=proof, sender=sender)
+        self.catalog.set(key, entry)
+        # Not awaited: a crash before this row is in means the store is indexed anew.
+        self.index.put(Row(key, entry))
         return True
 
-    def bury(self, tomb: Tombstone, sender: str) -> bool:
-        """Record a verified tombstone if it is newer than what is held; True if it was."""
+    async def bury(self, tomb: Tombstone, sender: str) -> bool:
+        """Record a verified tombstone if it is newer than what is held; True if it was.
+
+        Durable (in the index) when this returns; the blob file goes right after,
+        on the disk thread, without a sync of its own: found after a crash, it is
+        older than the tombstone and removed then.
+        """
         key = BlobKey(tomb.owner, tomb.blob)
         if not self.catalog.is_newer(key, tomb.version):
             return False
-        self.store.put_tombstone(key, tomb.to_bytes())
         self.catalog.set(key, _buried(tomb, sender))
+        await self.index.put(Row(key, _buried(tomb, sender), tomb.to_bytes()))
         return True
+
+    def buried(self, rows: list[Row]) -> None:
+        """On the disk thread, once deletions are durable: remove their blob files,
+        unless a newer version took the file's place meanwhile."""
+        for row in rows:
+            if row.entry.deleted:
+                self._remove_if_older(row.key, row.entry.version)
+
+    def _remove_if_older(self, key: BlobKey, version: int) -> None:
+        f = self.store.open(key)
+        if f is None:
+            return
+        try:
+            with f:
+                older = read_header(f).version < version
+        except CryptoError:
+            older = True
+        if older:
+            self.store.unlink(key)
 
     def tombstone(self, key: BlobKey) -> Tombstone | None:
         """The stored tombstone of ``key`` (None: none, or it no longer verifies)."""
-        record = self.store.tombstone(key)
+        record = self.index.tomb(key)
         if record is None:
             return None
         try:
@@ -120,14 +148,18 @@ class Holdings:
         self.store.delete(key)
         held = self.catalog.get(key)
         if held is not None and not held.deleted:
-            self.catalog.forget(key)
+            self._forget(key)
+
+    def _forget(self, key: BlobKey) -> None:
+        self.catalog.forget(key)
+        self.index.drop(key)
 
     def held(self, key: BlobKey) -> Entry | None:
         """The catalog's entry for ``key``, checked against the disk: a blob that went
         missing behind the node's back is forgotten (and None returned)."""
         held = self.catalog.get(key)
         if held is not None and not held.deleted and not self.store.exists(key):
-            self.catalog.forget(key)
+            self._forget(key)
             return None
         return held
 
@@ -152,25 +184,28 @@ def stored_proof(f: BinaryIO, header: BlobHeader, size: int) -> bytes:
     return stored_record(header, size, f.read(size - offset)).to_bytes()
 
 
-def index_store(store: BlobStore) -> Catalog:
-    """Build the catalog from what is on disk (once, at start-up).
-
-    Who sent another org's blob is not on disk: it is charged to its owner until
-    a newer version arrives.
-    """
+def load_catalog(store: BlobStore, index: StoreIndex) -> Catalog:
+    """The catalog at start-up: from the index if the node stopped cleanly, else
+    indexed anew from the store (blobs) and the index (tombstones)."""
+    legacy = _legacy_tombstones(store)
     catalog = Catalog()
+    if index.clean and not legacy:
+        for row in index.rows():
+            catalog.set(row.key, row.entry)
+        return catalog
+    log.info("indexing the store (after a crash, or a new or damaged index)")
+    known = {row.key: row for row in index.rows()}
+    tombs = {key: row.tomb for key, row in known.items() if row.tomb is not None}
+    for key, (tomb, record) in legacy.items():
+        if catalog.is_newer(key, tomb.version) and (
+            key not in known or known[key].entry.version < tomb.version
+        ):
+            catalog.set(key, _buried(tomb, key.owner))
+            tombs[key] = record
+    for key, row in known.items():
+        if row.tomb is not None and catalog.is_newer(key, row.entry.version):
+            catalog.set(key, row.entry)
     for owner in store.owners():
-        for blob in store.tombstones(owner):
-            key = BlobKey(owner, blob)
-            record = store.tombstone(key)
-            try:
-                tomb = Tombstone.from_bytes(record or b"")
-                if (tomb.owner, tomb.blob) != (owner, blob):
-                    raise CryptoError("it is another blob's")
-            except CryptoError as e:
-                log.warn("ignoring a bad tombstone {blob}: {error}", blob=blob, error=str(e))
-                continue
-            catalog.set(key, _buried(tomb, owner))
         for blob in store.blobs(owner):
             key = BlobKey(owner, blob)
             f = store.open(key)
@@ -185,8 +220,37 @@ def index_store(store: BlobStore) -> Catalog:
                 # Left for scrub and get to find and replace; not listed meanwhile.
                 log.warn("unreadable blob {blob}: {error}", blob=blob, error=str(e))
                 continue
-            if catalog.is_newer(key, header.version):
-                catalog.set(key, Entry(header.version, size, proof=proof, sender=owner))
-            else:
-                store.delete(key)  # deleted before a crash finished removing it
+            if not catalog.is_newer(key, header.version):
+                store.unlink(key)  # deleted before a crash finished removing it
+                continue
+            was = known.get(key)
+            # Who sent it is kept while the version is the same; else its owner pays.
+            sender = was.entry.sender if was and was.entry.version == header.version else owner
+            catalog.set(key, Entry(header.version, size, proof=proof, sender=sender))
+    rows = []
+    for owner in catalog.owners():
+        for blob, entry in catalog.entries(owner):
+            key = BlobKey(owner, blob)
+            rows.append(Row(key, entry, tombs.get(key) if entry.deleted else None))
+    index.replace_all(rows)
+    for key in legacy:
+        store.remove_tombstone(key)
     return catalog
+
+
+def _legacy_tombstones(store: BlobStore) -> dict[BlobKey, tuple[Tombstone, bytes]]:
+    """Tombstone files an older node left in the store: moved into the index."""
+    found = {}
+    for owner in store.owners():
+        for blob in store.tombstones(owner):
+            key = BlobKey(owner, blob)
+            record = store.tombstone(key) or b""
+            try:
+                tomb = Tombstone.from_bytes(record)
+                if (tomb.owner, tomb.blob) != (owner, blob):
+                    raise CryptoError("it is another blob's")
+            except CryptoError as e:
+                log.warn("ignoring a bad tombstone {blob}: {error}", blob=blob, error=str(e))
+                continue
+            found[key] = (tomb, record)
+    return found

@@ -243,7 +243,7 @@ class Recovery:
                 if not self._holdings.catalog.is_newer(key, written.version):
                     continue  # the newest is here
                 if written.deleted:
-                    self._holdings.bury(owner.tombstone(blob, _claim(written)), owner.node_id)
+                    await self._holdings.bury(owner.tombstone(blob, _claim(written)), owner.node_id)
                     continue
                 holders = [p for p, c in claims if c.version == written.version]
                 version, name = written.version, written.name or blob[:16]
@@ -252,7 +252,7 @@ class Recovery:
                     continue
                 if best.deleted:
                     tomb = owner.tombstone(blob, best)
-                    self._holdings.bury(tomb, owner.node_id)
+                    await self._holdings.bury(tomb, owner.node_id)
                     await self._ledger.record(LedgerEntry(blob, best.version, True, tomb.signature))
                     continue
                 holders = [p for p, c in claims if c.version == best.version]

@@ -7,6 +7,7 @@ against the owner's signature as it arrives, and every byte is charged to a quot
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -26,6 +27,32 @@ from .holdings import Holdings, read_header
 from .sync import Sync
 
 log = Logger()
+
+# Deletions a peer may send: a tombstone costs this node a verification and a row.
+DELETE_RATE = 200  # a second, sustained
+DELETE_BURST = 2000
+
+
+class RateLimit:
+    """A token bucket per peer: ``rate`` a second, up to ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, when)
+
+    def take(self, peer: str) -> bool:
+        now = self._clock()
+        tokens, then = self._buckets.get(peer, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - then) * self._rate)
+        if tokens < 1:
+            self._buckets[peer] = (tokens, now)
+            return False
+        self._buckets[peer] = (tokens - 1, now)
+        if len(self._buckets) > 4096:  # forget the fullest: they lose nothing
+            self._buckets = {p: b for p, b in self._buckets.items() if b[0] < self._burst - 1}
+        return True
 
 
 class FileSource:
@@ -178,6 +205,7 @@ class Server:
         self._known = known
         self._sync = sync
         self._incoming: dict[BlobKey, IncomingReplica] = {}
+        self._deletions = RateLimit(DELETE_RATE, DELETE_BURST)
 
     def session_ready(self, session: PeerSession) -> None:
         info = session.info
@@ -279,7 +307,7 @@ class Server:
 
     def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
         if isinstance(request, wire.Delete):
-            return succeed(self._answer_delete(session, request))
+            return Deferred.fromCoroutine(self._answer_delete(session, request))
         if isinstance(request, wire.Digest):
             digest, count = self._holdings.catalog.digest(request.owner)
             return succeed(wire.DigestReply(digest, count))
@@ -324,8 +352,12 @@ class Server:
                 after = page[-1][0]
         return wire.ListReply(tuple(entries), more)
 
-    def _answer_delete(self, session: PeerSession, request: wire.Delete) -> wire.Message:
+    async def _answer_delete(self, session: PeerSession, request: wire.Delete) -> wire.Message:
         self._authorize_write(session, request.owner)
+        if not self._deletions.take(session.info.node_id):
+            raise RequestRefused(
+                Code.SLOW_DOWN, f"at most {DELETE_RATE} deletions a second: send the rest later"
+            )
         try:
             tomb = Tombstone(
                 request.owner,
@@ -338,6 +370,7 @@ class Server:
             raise RequestRefused("bad_signature", f"tombstone does not verify: {e}") from None
         key = BlobKey(tomb.owner, tomb.blob)
         catalog = self._holdings.catalog
+        held = catalog.get(key)
         if catalog.is_newer(key, tomb.version):
             # A tombstone costs a block like a blob: a peer's quota bounds them too.
             try:
@@ -346,7 +379,10 @@ class Server:
             except NoSpace as e:
                 raise RequestRefused(e.code, e.message) from None
         # Without news (this deletion or a newer change is here already) it is still done.
-        if self._holdings.bury(tomb, session.info.node_id):
+        if await self._holdings.bury(tomb, session.info.node_id):
             log.info("deleted replica {blob} for {owner}", blob=key.blob, owner=key.owner)
-            self._sync.relay_change(session, key, Entry(tomb.version, 0, deleted=True))
+            if held is not None and not held.deleted:
+                # News for the peers only if they may hold the blob: one peer's flood
+                # of deletions for ids never stored goes no further than here.
+                self._sync.relay_change(session, key, Entry(tomb.version, 0, deleted=True))
         return wire.Ack()

@@ -110,8 +110,8 @@ class Sync:
         except RemoteError as e:
             if e.code in ("have", "busy", "not_found"):
                 return 0
-            # Out of room there is expected, and retried each sync: not a warning.
-            level = log.info if e.code in ("quota", "disk_full") else log.warn
+            # Out of room or of rate there is expected, and retried each sync: not a warning.
+            level = log.info if e.code in ("quota", "disk_full", "slow_down") else log.warn
             level(
                 "{org} refused {blob}: {error}", org=session.info.org, blob=key.blob, error=str(e)
             )

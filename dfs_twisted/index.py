@@ -1,0 +1,161 @@
+"""The catalog on disk: what the store holds, so that start-up need not read it.
+
+``store/index.sqlite`` holds a row per blob or tombstone: owner, blob, version,
+size, the owner's proof, the node that sent it (whose quota pays for it) and, for
+a deletion, the signed tombstone itself (tombstones live only here: a row costs a
+few hundred bytes where a tombstone file cost two directory levels and a block).
+
+Blob files stay the truth for blobs. Rows are written on the disk thread in group
+commits after the blob's rename; a deletion is durable here before it is
+acknowledged. A node that stopped cleanly reads the rows back at start-up; after a
+crash (or with the index missing or damaged) the blobs are indexed again from
+the store and the tombstones kept.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from .catalog import Entry
+from .database import Database, GroupCommit, version_from_db, version_to_db
+from .store import BlobKey
+
+INDEX_FILE = "index.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    owner TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    version INTEGER NOT NULL,  -- database.version_to_db
+    size INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    proof BLOB NOT NULL,
+    sender TEXT NOT NULL,
+    tomb BLOB,  -- the signed tombstone, for a deletion
+    PRIMARY KEY (owner, blob)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_UPSERT = (
+    "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, blob) DO UPDATE "
+    "SET version = excluded.version, size = excluded.size, deleted = excluded.deleted, "
+    "proof = excluded.proof, sender = excluded.sender, tomb = excluded.tomb"
+)
+_DROP = "DELETE FROM entries WHERE owner = ? AND blob = ?"
+
+
+@dataclass(frozen=True)
+class Row:
+    key: BlobKey
+    entry: Entry
+    tomb: bytes | None = None  # the tombstone's bytes, for a deletion
+
+
+@dataclass(frozen=True)
+class _Change:
+    key: BlobKey
+    row: Row | None  # None: the row goes
+
+
+def _values(row: Row) -> tuple[Any, ...]:
+    e = row.entry
+    return (
+        row.key.owner,
+        row.key.blob,
+        version_to_db(e.version),
+        e.size,
+        int(e.deleted),
+        e.proof,
+        e.sender,
+        row.tomb,
+    )
+
+
+class StoreIndex:
+    def __init__(
+        self,
+        path: Path,
+        run: Callable[..., Deferred[Any]],
+        after: Callable[[list[Row]], None] = lambda rows: None,
+    ) -> None:
+        """``after(rows)`` runs on the disk thread once a group with them committed."""
+        self._after = after
+        try:
+            self._db = Database(path, _SCHEMA)
+            self._db.reader.execute("SELECT count(*) FROM entries").fetchone()
+            self.damaged = False
+        except sqlite3.DatabaseError:
+            # Damaged: start afresh (the blobs are indexed again from the store).
+            path.unlink(missing_ok=True)
+            for suffix in ("-wal", "-shm"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+            self._db = Database(path, _SCHEMA)
+            self.damaged = True
+        self._commits: GroupCommit[_Change] = GroupCommit(run, self._write)
+
+    @property
+    def clean(self) -> bool:
+        """Whether the node stopped cleanly with this index: its rows are complete."""
+        if self.damaged:
+            return False
+        row = self._db.reader.execute("SELECT value FROM state WHERE key = 'clean'").fetchone()
+        return row is not None and row[0] == "1"
+
+    def _set_clean(self, clean: bool) -> None:
+        self._db.transaction(
+            [("INSERT OR REPLACE INTO state VALUES ('clean', ?)", [("1" if clean else "0",)])]
+        )
+
+    def opened(self) -> None:
+        """The node runs: until `closed`, a crash may leave rows behind the store."""
+        self._set_clean(False)
+
+    def closed(self) -> None:
+        """The node stopped and every write is done (the disk thread has ended)."""
+        self._set_clean(True)
+        self._db.close()
+
+    def rows(self) -> Iterator[Row]:
+        for owner, blob, version, size, deleted, proof, sender, tomb in self._db.reader.execute(
+            "SELECT owner, blob, version, size, deleted, proof, sender, tomb FROM entries"
+        ):
+            entry = Entry(
+                version_from_db(version), size, bool(deleted), proof=bytes(proof), sender=sender
+            )
+            yield Row(BlobKey(owner, blob), entry, None if tomb is None else bytes(tomb))
+
+    def tomb(self, key: BlobKey) -> bytes | None:
+        row = self._db.reader.execute(
+            "SELECT tomb FROM entries WHERE owner = ? AND blob = ? AND deleted = 1",
+            (key.owner, key.blob),
+        ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def replace_all(self, rows: list[Row]) -> None:
+        """At start-up, before the disk thread runs: the rows of a new index."""
+        self._db.transaction([("DELETE FROM entries", [()]), (_UPSERT, [_values(r) for r in rows])])
+
+    def put(self, row: Row) -> Deferred[None]:
+        """Write ``row`` (fires once durable)."""
+        return self._commits.add(_Change(row.key, row))
+
+    def drop(self, key: BlobKey) -> Deferred[None]:
+        return self._commits.add(_Change(key, None))
+
+    def _write(self, changes: list[_Change]) -> None:
+        # In order: a row put then dropped in one group must end dropped.
+        with self._db.writer:
+            self._db.writer.execute("BEGIN IMMEDIATE")
+            for change in changes:
+                if change.row is None:
+                    self._db.writer.execute(_DROP, (change.key.owner, change.key.blob))
+                else:
+                    self._db.writer.execute(_UPSERT, _values(change.row))
+        self._after([c.row for c in changes if c.row is not None])
