@@ -33,6 +33,7 @@ import json
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -908,9 +909,13 @@ class Decryptor:
         owner: str | None = None,
         blob: str | None = None,
         version: int | None = None,
+        verified: Callable[[memoryview], None] | None = None,
     ) -> None:
+        """``verified``: called with the bytes of each chunk (ciphertext and signature)
+        once it passed, before its plaintext is released: what a copy is made of."""
         self._key = key
         self._want_version = version
+        self._verified = verified
         self.header = None
         self.metadata = None
         self.record: BlobRecord | None = None
@@ -1007,6 +1012,8 @@ class Decryptor:
             )
         except InvalidTag:
             raise IntegrityError(f"chunk {self._index} failed authentication") from None
+        if self._verified is not None:
+            self._verified(chunk)
         if last:
             self.record = BlobRecord(
                 header.owner,

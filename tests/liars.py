@@ -10,15 +10,17 @@ the liar is installed.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 
 from dfs_twisted import wire
 from dfs_twisted.files.serve import FileSource, IncomingReplica
 from dfs_twisted.node import NodeService
-from dfs_twisted.protocol import RequestRefused
+from dfs_twisted.protocol import BlobSource, RequestRefused
 from dfs_twisted.session import PeerSession
 
 MAX_VERSION = 2**64 - 1
@@ -33,6 +35,9 @@ class Liar:
         self.real = node.files.server
         self.forge_listing: Forgery | None = None  # rewrites every LIST answer
         self.refuse_fetch = False  # answers every FETCH "not_found"
+        self.flip_at: int | None = None  # serves blobs with this byte flipped
+        self.cut_after: int | None = None  # drops the connection after serving this much
+        self.forged: dict[str, bytes] = {}  # blob id -> what to serve instead of it
         node.factory.handler = self
 
     def __getattr__(self, name: str) -> Any:
@@ -41,10 +46,14 @@ class Liar:
     def open_store(self, session: PeerSession, request: wire.Store) -> IncomingReplica:
         return self.real.open_store(session, request)
 
-    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> FileSource:
+    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> BlobSource:
         if self.refuse_fetch:
             raise RequestRefused(wire.Code.NOT_FOUND, "no such blob")
-        return self.real.open_fetch(session, request)
+        if request.blob in self.forged:
+            data = self.forged[request.blob]
+            return _Served(io.BytesIO(data[request.offset :]), len(data), request.offset, self)
+        source = self.real.open_fetch(session, request)
+        return _Served(source, source.size, request.offset, self, session)
 
     def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
         if isinstance(request, wire.List) and self.forge_listing is not None:
@@ -54,6 +63,39 @@ class Liar:
                 lambda reply: forge(reply) if isinstance(reply, wire.ListReply) else reply
             )
         return self.real.answer(session, request)
+
+
+class _Served:
+    """What a liar serves: a blob's bytes, one flipped, or cut short with the link."""
+
+    def __init__(
+        self,
+        source: FileSource | io.BytesIO,
+        size: int,
+        offset: int,
+        liar: Liar,
+        session: PeerSession | None = None,
+    ) -> None:
+        self._source = source
+        self.size = size
+        self._at = offset  # the blob offset of the next byte read
+        self._liar = liar
+        self._session = session
+
+    def read(self, n: int) -> bytes:
+        data = bytearray(self._source.read(n))
+        flip = self._liar.flip_at
+        if flip is not None and self._at <= flip < self._at + len(data):
+            data[flip - self._at] ^= 0x01
+        cut = self._liar.cut_after
+        if cut is not None and self._session is not None and self._at + len(data) >= cut:
+            protocol: Any = self._session
+            reactor.callLater(0, protocol.transport.abortConnection)
+        self._at += len(data)
+        return bytes(data)
+
+    def close(self) -> None:
+        self._source.close()
 
 
 def deleted_at_max(reply: wire.ListReply) -> wire.ListReply:

@@ -73,7 +73,7 @@ class Files:
         self.fetcher = Fetcher(holdings, peers.live, clock)
         self.sync = Sync(owner.node_id, holdings, peers.live, relay)
         self.server = Server(owner.node_id, holdings, space, known, self.sync)
-        self._reader = Reader(owner, holdings, ledger, self.fetcher)
+        self._reader = Reader(owner, holdings, ledger, self.fetcher, clock)
         self._remover = Remover(owner, holdings, ledger, peers.live)
         self._recovery = Recovery(owner, holdings, ledger, peers.live, self.fetcher, self.sync)
         self.open_download = self._reader.open_download

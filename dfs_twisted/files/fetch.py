@@ -1,8 +1,9 @@
-"""Blobs fetched from peers: verified as they arrive, kept only once whole.
+"""Blobs fetched whole from peers into the store: verified as they arrive, kept
+only once whole.
 
-Used by a get whose local copy is missing or damaged, by `recover`, and by the
-scrub's repair of a damaged replica. A peer that served a damaged copy of a blob
-is asked last for it afterwards.
+Used by `recover` and by the scrub's repair of a damaged replica (a get streams
+through get.BlobRead). Which peers to ask, with those that served a damaged copy
+of a blob last, is decided here for both.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import wire
-from ..crypto import BlobHeader, CryptoError, Decryptor, FileKey, OrgKey, SealCheck, open_metadata
-from ..diskqueue import QueuedBlob
+from ..crypto import BlobHeader, CryptoError, OrgKey, SealCheck, open_metadata
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
 from .errors import DamagedBlob
@@ -33,64 +32,29 @@ class Clock(Protocol):
     def seconds(self) -> float: ...
 
 
-class _NotKept:
-    """Where a fetched blob goes when it is not to be stored here."""
-
-    written = 0
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def commit(self) -> Deferred[None]:
-        return succeed(None)
-
-    def abort(self) -> None:
-        pass
-
-
 class PeerFetch:
-    """Ciphertext of one blob arriving from a peer, verified as it comes.
+    """Ciphertext of one blob arriving from a peer into a new local blob, each chunk
+    checked against the owner's signature as it comes; committed only once whole.
 
-    Every byte goes to a new local blob (committed only once the whole stream
-    verified) and, once a consumer is attached, its plaintext goes there.
     `header` fires with the blob's header, or fails if the fetch ends first.
-    Without an org key (a replica held for another org) only the owner's
-    signature is checked.
     """
 
     def __init__(
-        self,
-        holdings: Holdings,
-        session: PeerSession,
-        key: BlobKey,
-        org_key: OrgKey | FileKey | None,
-        keep: bool,
-        version: int | None = None,
+        self, holdings: Holdings, session: PeerSession, key: BlobKey, version: int | None
     ) -> None:
         self.key = key
         self._holdings = holdings
         self._sender = session.info.node_id
         self._version = version
-        self._check = (
-            SealCheck(owner=key.owner, blob=key.blob)
-            if org_key is None
-            else Decryptor(org_key, owner=key.owner, blob=key.blob, version=version)
-        )
-        # Another org's file read with its key is not kept: it is not ours to hold.
-        self._writer: QueuedBlob | _NotKept = (
-            holdings.writer(
-                key,
-                pause=lambda: session.hold_reading(self),
-                resume=lambda: session.release_reading(self),
-            )
-            if keep
-            else _NotKept()
+        self._check = SealCheck(owner=key.owner, blob=key.blob)
+        self._writer = holdings.writer(
+            key,
+            pause=lambda: session.hold_reading(self),
+            resume=lambda: session.release_reading(self),
         )
         self.size: int | None = None
         self.received = 0
         self.header: Deferred[BlobHeader] = Deferred()
-        self._consumer: IConsumer | None = None
-        self._held: list[bytes] = []
         self._failed: Exception | None = None
 
     def started(self, size: int) -> None:
@@ -102,7 +66,7 @@ class PeerFetch:
         self.received += len(payload)
         self._writer.write(payload)
         try:
-            plain = self._check.feed(payload)
+            self._check.feed(payload)
         except CryptoError as e:
             self.fail(DamagedBlob(str(e)))
             return
@@ -112,17 +76,6 @@ class PeerFetch:
                 self.fail(DamagedBlob(f"sent version {header.version}, not {self._version}"))
                 return
             self.header.callback(header)
-        if plain:
-            if self._consumer is None:
-                self._held.append(plain)
-            else:
-                self._consumer.write(plain)
-
-    def attach(self, consumer: IConsumer) -> None:
-        self._consumer = consumer
-        for plain in self._held:
-            consumer.write(plain)
-        self._held.clear()
 
     def fail(self, error: Exception) -> None:
         if self._failed is None:
@@ -145,30 +98,19 @@ class PeerFetch:
         return None
 
     async def complete(self) -> None:
-        """After the stream ended: check the end, write the last plaintext, commit."""
+        """After the stream ended: check the end, then commit."""
         try:
             if self._failed is not None:
                 raise DamagedBlob(str(self._failed))
             if self.size is not None and self.received != self.size:
                 raise DamagedBlob(f"peer sent {self.received} of {self.size} bytes")
-            header = self._check.header
-            if isinstance(self._check, Decryptor):
-                last, _ = self._check.finish()
-            else:
-                self._check.finish()
-                last = b""
-            record = self._check.record
+            header = self._check.finish()
         except (CryptoError, DamagedBlob) as e:
             self.fail(DamagedBlob(str(e)))
             raise DamagedBlob(str(e)) from e
-        if self._consumer is not None:
-            self._consumer.write(last)
-        if isinstance(self._writer, QueuedBlob):
-            assert header is not None
-            proof = b"" if record is None else record.to_bytes()
-            await self._holdings.publish(
-                self.key, header.version, self._writer, proof, self._sender
-            )
+        record = self._check.record
+        proof = b"" if record is None else record.to_bytes()
+        await self._holdings.publish(self.key, header.version, self._writer, proof, self._sender)
 
     def abort(self) -> None:
         self._writer.abort()
@@ -194,17 +136,12 @@ class Fetcher:
         """The live peers to ask for ``key``: those that served it damaged, last."""
         return sorted(self._peers(), key=lambda s: (s.info.node_id, key) in self._suspects)
 
-    async def start(
-        self,
-        session: PeerSession,
-        key: BlobKey,
-        org_key: OrgKey | FileKey | None,
-        keep: bool,
-        version: int | None = None,
+    async def _start(
+        self, session: PeerSession, key: BlobKey, org_key: OrgKey | None, version: int | None
     ) -> tuple[PeerFetch, Deferred[wire.Message], BlobHeader]:
         """Ask ``session`` for a blob (that ``version`` only, if given); return once its
-        header arrived (and opened)."""
-        fetch = PeerFetch(self._holdings, session, key, org_key, keep, version)
+        header arrived (and opened with ``org_key``, if given)."""
+        fetch = PeerFetch(self._holdings, session, key, version)
         reply = session.fetch(wire.Fetch(key.owner, key.blob, version), fetch)
         reply.addBoth(fetch.ended)
         timer = self._clock.callLater(FETCH_TIMEOUT, reply.cancel)
@@ -230,7 +167,7 @@ class Fetcher:
         version: int | None = None,
     ) -> BlobHeader:
         """Fetch a blob into the store, verifying all of it; return its header."""
-        fetch, reply, header = await self.start(session, key, org_key, True, version)
+        fetch, reply, header = await self._start(session, key, org_key, version)
         try:
             await reply
             await fetch.complete()
