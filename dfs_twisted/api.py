@@ -409,6 +409,7 @@ class Api(Resource):
             },
             "scrub": None if self.scrubber is None else cast(ScrubStatus, self.scrubber.status()),
             "sync": {"period_seconds": self.sync_period, "relay": server.relay},
+            "audits": {"passed": server.auditor.passed, "failed": server.auditor.failed},
         }
 
 

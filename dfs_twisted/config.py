@@ -33,6 +33,8 @@ SETTINGS: dict[str, str] = {
     "handshake-timeout": _TEXT,
     "stall-timeout": _TEXT,
     "max-peers": _TEXT,
+    "audit-period": _TEXT,
+    "audit-sample": _TEXT,
     "log-format": _TEXT,
     "log-level": _TEXT,
     "no-relay": _FLAG,

@@ -69,6 +69,8 @@ __all__ = [
     "SealCheck",
     "Tombstone",
     "audit_digest",
+    "check_chunk",
+    "chunk_at",
     "ciphertext_size",
     "file_key",
     "header_length",
@@ -462,6 +464,27 @@ def stored_record(header: BlobHeader, blob_length: int, chunk: bytes) -> BlobRec
         blake3(chunk[:-SIGNATURE_SIZE]).digest(),
         bytes(chunk[-SIGNATURE_SIZE:]),
     )
+
+
+def chunk_at(header: BlobHeader, blob_length: int, index: int) -> tuple[int, int, bool]:
+    """Where chunk ``index`` of a blob lies: (offset, length, whether it is the last)."""
+    offset, last_index = last_chunk(header, blob_length)
+    if not 0 <= index <= last_index:
+        raise FormatError(f"no chunk {index}: the blob has {last_index + 1}")
+    if index == last_index:
+        return offset, blob_length - offset, True
+    return header.chunk_offset(index), header.span, False
+
+
+def check_chunk(header: BlobHeader, blob_length: int, index: int, chunk: bytes) -> None:
+    """Verify one stored chunk (ciphertext and signature) against the owner's key."""
+    _, length, last = chunk_at(header, blob_length, index)
+    if len(chunk) != length:
+        raise IntegrityError(f"chunk {index} is cut short")
+    sealed = chunk[:-SIGNATURE_SIZE]
+    end = plaintext_size(header, blob_length) if last else (index + 1) * header.chunk_size
+    message = _statement(header, index, last, end, blake3(sealed).digest())
+    _verify(header.owner_key, chunk[-SIGNATURE_SIZE:], message, f"chunk {index}")
 
 
 def audit_digest(nonce: bytes, chunk: bytes | memoryview) -> bytes:

@@ -109,6 +109,12 @@ def status_table(status: dict[str, Any], now: float | None = None) -> str:
             )
         else:
             lines.append("scrub   not run yet")
+    audits = status.get("audits")
+    if audits:
+        lines.append(
+            f"audits  {audits['passed']} passed, {audits['failed']} failed since start "
+            "(holders proving they hold this org's files)"
+        )
     lines.append("peers:" if status["peers"] else "peers:  none")
     lines.append(f"  {'ADDRESS':<22} {'STATE':<11} {'ORG':<16} {'NODE':<16} {'RTT':>8}")
     for p in status["peers"]:

@@ -191,6 +191,14 @@ class NodeCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         files = self._files
+        audits = CounterMetricFamily(
+            "dfs_audits",
+            "Storage audits of this org's blobs on peers since start, by outcome.",
+            labels=["outcome"],
+        )
+        audits.add_metric(["passed"], files.auditor.passed)
+        audits.add_metric(["failed"], files.auditor.failed)
+        yield audits
         usage = files.usage()
         own = GaugeMetricFamily(
             "dfs_own_stored_bytes", "Bytes of this org's own blobs in the store."

@@ -136,6 +136,8 @@ class NodeService(MultiService):
         scrub_period: float = 86400.0,
         scrub_rate: int = 50 << 20,
         sync_period: float = 60.0,
+        audit_period: float = 600.0,
+        audit_sample: int = 8,
         create: bool = True,
         reactor: Any = None,
     ) -> None:
@@ -159,6 +161,9 @@ class NodeService(MultiService):
         self.scrub_period = scrub_period
         self.scrub_rate = scrub_rate
         self.sync_period = sync_period
+        self.audit_period = audit_period
+        self.audit_sample = audit_sample
+        self._audits: task.LoopingCall | None = None
         self.create = create
         self.private = self.data_dir / "private"
         self.api_url_file = self.data_dir / "api.url"
@@ -221,6 +226,7 @@ class NodeService(MultiService):
             ),
             KnownOrgs(self.private / "known_orgs.json"),
             relay=self.relay,
+            audit_sample=self.audit_sample,
         )
         self.tls = MutualTLS(self.identity)
         self.factory = PeerFactory(
@@ -339,6 +345,9 @@ class NodeService(MultiService):
             raise StartupError(f"cannot listen on {path}: {_socket_error(e)}") from None
         return port
 
+    def _audit_round(self) -> Deferred[tuple[int, int]]:
+        return Deferred.fromCoroutine(self.files.auditor.run())
+
     def startService(self) -> None:
         tune_malloc()
         raise_fd_limit()
@@ -351,6 +360,15 @@ class NodeService(MultiService):
             self._sync = task.LoopingCall(self.files.sync_all)
             self._sync.clock = self.reactor
             self._sync.start(self.sync_period, now=False)
+        if self.audit_period > 0:
+            # A round runs to its end before the next may start (LoopingCall waits).
+            self._audits = task.LoopingCall(
+                lambda: Deferred.fromCoroutine(self.files.auditor.run())
+            )
+            self._audits.clock = self.reactor
+            self._audits.start(self.audit_period, now=False).addErrback(
+                lambda f: log.failure("audits stopped", f)
+            )
         if self._listening is None:
             self._listening = Deferred.fromCoroutine(self._open_listeners())
         self._listening.addCallback(lambda _: self._announce()).addErrback(self._failed)
@@ -402,8 +420,9 @@ class NodeService(MultiService):
 
     async def _close(self) -> None:
         readiness.notify("STOPPING=1")
-        if self._sync is not None and self._sync.running:
-            self._sync.stop()
+        for loop in (self._sync, self._audits):
+            if loop is not None and loop.running:
+                loop.stop()
         self.api_url_file.unlink(missing_ok=True)
         for stopping in self._close_listeners():
             await stopping
@@ -473,6 +492,8 @@ def node_from_options(options: Any) -> NodeService:
         scrub_period=options["scrub-period"],
         scrub_rate=options["scrub-rate"],
         sync_period=options["sync-period"],
+        audit_period=options["audit-period"],
+        audit_sample=options["audit-sample"],
         create=not options["no-create"],
     )
 

@@ -122,6 +122,8 @@ DEFAULTS: dict[str, Setting] = {
     "handshake-timeout": "30",
     "stall-timeout": "120",
     "max-peers": "128",
+    "audit-period": "10m",
+    "audit-sample": "8",
     "log-format": "text",
     "log-level": "info",
     "no-relay": False,
@@ -175,6 +177,13 @@ class NodeOptions(usage.Options):
         ["handshake-timeout", None, None, "seconds a peer has for TLS and HELLO (default 30)"],
         ["stall-timeout", None, None, "seconds a transfer may receive nothing (default 120)"],
         ["max-peers", None, None, "most peer sessions at once (default 128)"],
+        [
+            "audit-period",
+            None,
+            None,
+            "how often to ask holders to prove they hold this org's blobs (default 10m; 0 never)",
+        ],
+        ["audit-sample", None, None, "blobs audited per peer each time (default 8)"],
         ["log-format", None, None, "text (default) or json (one JSON object per line)"],
         [
             "log-level",
@@ -268,6 +277,7 @@ class NodeOptions(usage.Options):
             ("scrub-rate", parse_size),
             ("scrub-period", parse_duration),
             ("sync-period", parse_duration),
+            ("audit-period", parse_duration),
         ):
             try:
                 self[name] = parse(text[name])
@@ -282,12 +292,13 @@ class NodeOptions(usage.Options):
                 self[name] = 0.0
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
-        try:
-            self["max-peers"] = int(text["max-peers"])
-        except ValueError:
-            self["max-peers"] = 0
-        if self["max-peers"] < 1:
-            raise usage.UsageError("--max-peers must be a whole number, 1 or more")
+        for name in ("max-peers", "audit-sample"):
+            try:
+                self[name] = int(text[name])
+            except ValueError:
+                self[name] = 0
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be a whole number, 1 or more")
         self._apply_logging(text["log-format"], text["log-level"])
         self._apply_api()
         self["org"] = text.get("org") or f"node-{self['port']}"

@@ -58,6 +58,13 @@ class SyncStatus(TypedDict):
     relay: bool
 
 
+class AuditStatus(TypedDict):
+    """Storage audits since the node started: holders asked to prove they hold."""
+
+    passed: int
+    failed: int
+
+
 class Status(TypedDict):
     """``GET /v1/status``."""
 
@@ -69,6 +76,7 @@ class Status(TypedDict):
     storage: Storage
     scrub: ScrubStatus | None
     sync: SyncStatus
+    audits: AuditStatus
 
 
 class FileRow(TypedDict):

@@ -38,12 +38,15 @@ class Liar:
         self.flip_at: int | None = None  # serves blobs with this byte flipped
         self.cut_after: int | None = None  # drops the connection after serving this much
         self.forged: dict[str, bytes] = {}  # blob id -> what to serve instead of it
+        self.claim_have = False  # answers every STORE "have", storing nothing
         node.factory.handler = self
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
     def open_store(self, session: PeerSession, request: wire.Store) -> IncomingReplica:
+        if self.claim_have:
+            raise RequestRefused(wire.Code.HAVE, "already holds this version")
         return self.real.open_store(session, request)
 
     def open_fetch(self, session: PeerSession, request: wire.Fetch) -> BlobSource:

@@ -229,3 +229,57 @@ class DeletionFloodTests(NodeTestCase):
         self.assertLess(grown, accepted * 1024, f"{accepted} deletions took {grown} bytes")
         # Nobody held those ids: the deletions went no further.
         self.assertEqual(honest.files.catalog.entries(attacker.node_id), [])
+
+
+class AuditTests(NodeTestCase):
+    """A holder counts only while it proves it holds: storage audits."""
+
+    async def network(self) -> tuple[NodeService, NodeService, Liar]:
+        l_port, h_port = free_port(), free_port()
+        liar_node = self.make_node(l_port, org="liar")
+        honest = self.make_node(h_port, org="honest")
+        victim = self.make_node(peers=[l_port, h_port], org="victim")
+        await self.start(victim, liar_node, honest)
+        await eventually(lambda: len(victim.registry.live()) == 2, "V's sessions")
+        return victim, liar_node, Liar(liar_node)
+
+    async def replicas(self, node: NodeService, name: str) -> int:
+        [entry] = [e for e in await node.files.list_files() if e.name == name]
+        return entry.replicas
+
+    async def test_a_have_without_the_blob_is_not_counted(self) -> None:
+        victim, _, liar = await self.network()
+        liar.claim_have = True
+        upload = victim.files.begin_put("f", len(NOTES), None)
+        upload.write(NOTES)
+        result = await upload.finish()
+        self.assertEqual(result.replicas, 2)  # here and H; L said "have" and could not prove it
+        [refused] = [p for p in result.peers if not p.ok]
+        self.assertEqual(refused.org, "liar")
+        self.assertIn("could not prove it", refused.error or "")
+
+    async def test_a_holder_that_lost_the_blob_fails_its_audit_and_gets_it_again(self) -> None:
+        victim, liar_node, liar = await self.network()
+        blob, replicas = await put(victim, "f", REPORT)
+        self.assertEqual(replicas, 3)
+        key = BlobKey(victim.node_id, blob)
+        entry = liar_node.files.catalog.get(key)
+        assert entry is not None
+        claim = wire.ListEntry(blob, entry.version, False, entry.proof.hex())
+        path = liar_node.store.path_for(key)
+        path.unlink()  # L loses (or discards) it, and goes on claiming it
+        liar.forge_listing = lambda reply: wire.ListReply(
+            tuple(sorted({*reply.entries, claim}, key=lambda e: e.blob)), reply.more
+        )
+        self.assertEqual(await self.replicas(victim, "f"), 3)  # a claim, with its proof
+        passed, failed = await victim.files.auditor.run()
+        self.assertEqual((passed, failed), (1, 1))
+        self.assertEqual(await self.replicas(victim, "f"), 2)
+        audits = victim.api.status()["audits"]
+        self.assertEqual((audits["passed"], audits["failed"]), (1, 1))
+        # And it is sent the blob again, after which it proves it holds it.
+        await eventually(path.exists, "L to be sent the blob again")
+        liar.forge_listing = None
+        session = self.session(victim, liar_node)
+        self.assertTrue(await victim.files.auditor.audit(session, key, entry.version))
+        self.assertEqual(await self.replicas(victim, "f"), 3)

@@ -217,10 +217,17 @@ class _Space:
 
 
 @dataclass
+class _Auditor:
+    passed: int = 0
+    failed: int = 0
+
+
+@dataclass
 class _Files:
     node_id: str
     peers: _Peers
     space: _Space = field(default_factory=_Space)
+    auditor: _Auditor = field(default_factory=_Auditor)
     stored: dict[str, int] = field(default_factory=dict)
 
     def usage(self) -> dict[str, int]:
@@ -302,8 +309,11 @@ class NodeMetricsUnitTests(SynchronousTestCase):
         self.assertNotIn("dfs_peer_sent_bytes_total", m)
 
     def test_collector_is_a_collector(self) -> None:
-        collector = NodeCollector(cast(Any, _Files(ME, _Peers())), None)
-        names = {family.name for family in collector.collect()}
+        collector = NodeCollector(cast(Any, _Files(ME, _Peers(), auditor=_Auditor(5, 2))), None)
+        families = {family.name: family for family in collector.collect()}
+        names = set(families)
+        audits = {s.labels["outcome"]: s.value for s in families["dfs_audits"].samples}
+        self.assertEqual(audits, {"passed": 5, "failed": 2})
         self.assertIn("dfs_own_stored_bytes", names)
         self.assertIn("dfs_held_bytes", names)
         self.assertIn("dfs_peer_rtt_seconds", names)

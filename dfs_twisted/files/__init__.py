@@ -12,6 +12,7 @@ each part lives in its own module and is handed only what it works with:
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 
 from ..catalog import Catalog
@@ -20,8 +21,10 @@ from ..grants import Grant
 from ..identity import KnownOrg, KnownOrgs
 from ..ledger import Ledger
 from ..peers import PeerRegistry
+from ..session import PeerSession
 from ..space import SpaceAccount
 from ..store import BlobKey, BlobStore
+from .audit import Auditor
 from .delete import Remover
 from .errors import DamagedBlob, FileNotFound, NewestUnavailable, PutInProgress, UnknownPeer
 from .fetch import Clock, Fetcher
@@ -62,6 +65,7 @@ class Files:
         space: SpaceAccount,
         known: KnownOrgs,
         relay: bool = True,
+        audit_sample: int = 8,
     ) -> None:
         self.owner = owner
         self.holdings = holdings
@@ -75,7 +79,10 @@ class Files:
         self.server = Server(owner.node_id, holdings, space, known, self.sync)
         self._reader = Reader(owner, holdings, ledger, self.fetcher, clock)
         self._remover = Remover(owner, holdings, ledger, peers.live)
-        self._recovery = Recovery(owner, holdings, ledger, peers.live, self.fetcher, self.sync)
+        self.auditor = Auditor(owner.node_id, holdings, peers.live, self._resend, audit_sample)
+        self._recovery = Recovery(
+            owner, holdings, ledger, peers.live, self.fetcher, self.sync, self.auditor
+        )
         self.open_download = self._reader.open_download
         self.open_granted = self._reader.open_granted
         self.delete = self._remover.delete
@@ -101,6 +108,12 @@ class Files:
     def store(self) -> BlobStore:
         return self.holdings.store
 
+    def _resend(self, session: PeerSession, key: BlobKey) -> None:
+        """Send a blob again to a peer that could not prove it holds it."""
+        entry = self.catalog.get(key)
+        if entry is not None and not entry.deleted:
+            Deferred.fromCoroutine(self.sync.offer(session, key, entry))
+
     def usage(self) -> dict[str, int]:
         return self.catalog.usage()
 
@@ -114,6 +127,7 @@ class Files:
             self.owner,
             self.holdings,
             self.ledger,
+            self.auditor,
             self.peers.live(),
             name,
             size,

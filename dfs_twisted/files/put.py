@@ -16,6 +16,7 @@ from ..crypto import CHUNK_SIZE, Encryptor, ciphertext_size
 from ..ledger import Ledger, LedgerEntry
 from ..session import BlobStream, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
+from .audit import Auditor
 from .holdings import Holdings
 from .owner import Owner
 
@@ -54,6 +55,7 @@ class Upload:
         owner: Owner,
         holdings: Holdings,
         ledger: Ledger,
+        auditor: Auditor,
         sessions: Sequence[PeerSession],
         name: str,
         size: int | None,
@@ -62,6 +64,7 @@ class Upload:
     ) -> None:
         self._holdings = holdings
         self._ledger = ledger
+        self._auditor = auditor
         self._name = name
         self._upstream = upstream
         self._ended = ended
@@ -154,10 +157,14 @@ class Upload:
                 await reply
                 outcomes.append(PeerOutcome(peer.org, peer.node_id, True))
             except (RemoteError, SessionClosed) as e:
-                # "have": a relayed copy of this very version got there first.
+                # "have": a relayed copy of this very version got there first, the
+                # peer says. It counts once the peer proves it, by an audit.
                 have = isinstance(e, RemoteError) and e.code == "have"
-                error = None if have else str(e)
-                outcomes.append(PeerOutcome(peer.org, peer.node_id, have, error))
+                if have and await self._auditor.audit(session, self.key, self.version):
+                    outcomes.append(PeerOutcome(peer.org, peer.node_id, True))
+                else:
+                    error = "said it has it, but could not prove it" if have else str(e)
+                    outcomes.append(PeerOutcome(peer.org, peer.node_id, False, error))
         result = PutResult(
             self.blob, self._encryptor.size, tuple(outcomes), time.monotonic() - self._started
         )

@@ -27,6 +27,7 @@ from ..keys import ReadKey
 from ..ledger import Ledger, LedgerEntry
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
+from .audit import Auditor
 from .errors import DamagedBlob
 from .fetch import Fetcher
 from .holdings import Holdings, read_header
@@ -57,13 +58,40 @@ class Recovery:
         peers: Callable[[], Sequence[PeerSession]],
         fetcher: Fetcher,
         sync: Sync,
+        auditor: Auditor,
     ) -> None:
+        self._auditor = auditor
+        self._verified: set[tuple[str, int, str]] = set()
         self._owner = owner
         self._holdings = holdings
         self._ledger = ledger
         self._peers = peers
         self._fetcher = fetcher
         self._sync = sync
+
+    def _holders(self, listings: Listings, blob: str, version: int, own: bool = True) -> int:
+        """How many peers hold exactly this version: they say so (with this org's proof
+        of it, for this org's blobs) and did not fail an audit of it."""
+        return sum(
+            (theirs := listing.get(blob)) is not None
+            and not theirs.deleted
+            and theirs.version == version
+            and (not own or self._proof_holds(blob, theirs))
+            and not self._auditor.failed_holder(peer, blob, version)
+            for peer, listing in listings.items()
+        )
+
+    def _proof_holds(self, blob: str, claim: wire.ListEntry) -> bool:
+        """Whether a claim about this org's blob carries its proof. Remembered: every
+        holder of a version shows the same proof, and `ls` is asked often."""
+        seen = (blob, claim.version, claim.proof)
+        if seen not in self._verified:
+            if not self._owner.proves(blob, claim, self._ledger.newest):
+                return False
+            if len(self._verified) > 100_000:
+                self._verified.clear()
+            self._verified.add(seen)
+        return True
 
     async def peer_listings(self, owner: str) -> Listings:
         """What each live peer holds of ``owner``'s namespace, keyed by peer node id."""
@@ -114,7 +142,7 @@ class Recovery:
             except CryptoError as e:
                 log.warn("skipping unreadable blob {blob}: {error}", blob=blob, error=str(e))
                 continue
-            replicas = 1 + _holders(listings, blob, held.version)
+            replicas = 1 + self._holders(listings, blob, held.version, reader is None)
             entries.append(FileEntry(meta.name, size, blob, meta.mtime, replicas))
         if reader is None:
             entries += await self._own_held_elsewhere(listings)
@@ -139,7 +167,7 @@ class Recovery:
                     written.size or 0,
                     written.blob,
                     written.mtime or 0,
-                    _holders(listings, written.blob, written.version),
+                    self._holders(listings, written.blob, written.version),
                     here=False,
                 )
             )
@@ -300,16 +328,6 @@ class Recovery:
                 )
             return meta.name
         return None
-
-
-def _holders(listings: Listings, blob: str, version: int) -> int:
-    """How many peers claim to hold exactly this version."""
-    return sum(
-        (theirs := listing.get(blob)) is not None
-        and not theirs.deleted
-        and theirs.version == version
-        for listing in listings.values()
-    )
 
 
 def _claim(written: LedgerEntry) -> wire.ListEntry:

@@ -16,7 +16,16 @@ from twisted.logger import Logger
 
 from .. import wire
 from ..catalog import BLOCK, Entry, charge
-from ..crypto import LEGACY_FORMAT, BlobHeader, CryptoError, SealCheck, Tombstone, audit_digest
+from ..crypto import (
+    LEGACY_FORMAT,
+    BlobHeader,
+    CryptoError,
+    FormatError,
+    SealCheck,
+    Tombstone,
+    audit_digest,
+    chunk_at,
+)
 from ..identity import KnownOrgs
 from ..protocol import RequestRefused
 from ..session import PeerSession
@@ -328,11 +337,14 @@ class Server:
         """Prove this node holds a chunk: hash it, keyed by the auditor's fresh nonce."""
         f, header, size = self._open(BlobKey(request.owner, request.blob), request.version)
         with f:
-            start = header.chunk_offset(request.index)
-            if header.format == LEGACY_FORMAT or start >= size:
-                raise RequestRefused(Code.NOT_FOUND, "no such chunk")
+            try:
+                if header.format == LEGACY_FORMAT:
+                    raise FormatError("a blob of the old format has no chunks to audit")
+                start, length, _ = chunk_at(header, size, request.index)
+            except FormatError as e:
+                raise RequestRefused(Code.NOT_FOUND, str(e)) from None
             f.seek(start)
-            chunk = f.read(min(header.span, size - start))
+            chunk = f.read(length)
         return wire.AuditReply(audit_digest(bytes.fromhex(request.nonce), chunk).hex())
 
     def _listing(self, owner: str, after: str | None, limit: int) -> wire.ListReply:
