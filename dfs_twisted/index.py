@@ -142,6 +142,10 @@ class StoreIndex:
         """At start-up, before the disk thread runs: the rows of a new index."""
         self._db.transaction([("DELETE FROM entries", [()]), (_UPSERT, [_values(r) for r in rows])])
 
+    def write_now(self, row: Row) -> None:
+        """At start-up, before the disk thread runs: one row."""
+        self._write([_Change(row.key, row)])
+
     def put(self, row: Row) -> Deferred[None]:
         """Write ``row`` (fires once durable)."""
         return self._commits.add(_Change(row.key, row))

@@ -33,7 +33,7 @@ from .diskqueue import DiskQueue
 from .fdlimit import raise_fd_limit
 from .files import Files, Owner
 from .files.holdings import Holdings, load_catalog
-from .files.migrate import unrecorded
+from .files.migrate import rewrite_legacy, unrecorded
 from .identity import (
     KEY_FILE,
     TOKEN_FILE,
@@ -214,6 +214,7 @@ class NodeService(MultiService):
         owner = Owner(self.identity.node_id, self.org_key, self.identity.key, self.identity.box)
         holdings = Holdings(self.store, catalog, self.disk, self.index)
         self.ledger = Ledger(self.private / LEDGER_FILE, self.disk.run)
+        rewrite_legacy(owner, holdings, self.ledger)
         self.ledger.seed(unrecorded(owner, holdings, self.ledger))
         self.files = Files(
             owner,

@@ -282,20 +282,21 @@ class PeerProtocol(Protocol):
         if self._stall is not None and self._stall.active():
             self._stall.cancel()
         why = reason.getErrorMessage() if reason is not None else "closed"
-        for pending in self._pending.values():
-            if not pending.reply.called:
-                pending.reply.errback(SessionClosed(f"connection lost: {why}"))
-        self._pending.clear()
-        for sink in self._incoming.values():
+        # Taken first: an errback may make a new request (which then fails at once).
+        pending, self._pending = self._pending, {}
+        for request in pending.values():
+            if not request.reply.called:
+                request.reply.errback(SessionClosed(f"connection lost: {why}"))
+        incoming, self._incoming = self._incoming, {}
+        for sink in incoming.values():
             if not isinstance(sink, _Discard):
                 sink.abort("connection lost")
-        self._incoming.clear()
-        for source in self._serving.values():
+        serving, self._serving = self._serving, {}
+        for source in serving.values():
             source.close()
-        self._serving.clear()
-        for waiter in self._writable:
+        writable, self._writable = self._writable, []
+        for waiter in writable:
             waiter.errback(SessionClosed("connection lost"))
-        self._writable.clear()
         if self.peer is not None:
             if self.factory.registry is not None:
                 self.factory.registry.remove(self, why)
@@ -416,6 +417,10 @@ class PeerProtocol(Protocol):
     def _new_request(self, sink: FetchSink | None = None) -> tuple[int, _Pending]:
         request_id = next(self._ids)
         pending = _Pending(Deferred(canceller=lambda d: self._cancel_request(request_id)), sink)
+        if self._closing:
+            # Never sent: it would wait for ever for an answer.
+            pending.reply.errback(SessionClosed("connection closed"))
+            return request_id, pending
         self._pending[request_id] = pending
         return request_id, pending
 
