@@ -1,11 +1,10 @@
 """A peer that speaks the real protocol but lies: a node's own file server, a few
 answers changed.
 
-`Liar` wraps a started node's `files.server` and is installed as the handler of
-the node's peer factory, so every connection that node accepts is answered by it:
-real TLS, real frames, real blobs, only the chosen answers forged. Liars only
-accept (the victim dials them): the factories a node dials with are copied before
-the liar is installed.
+`Liar` takes over the answers of a started node's `files.server` (its own methods
+are replaced on that object), so every session of that node, open already or not,
+is answered by it: real TLS, real frames, real blobs, only the chosen answers
+forged.
 """
 
 from __future__ import annotations
@@ -39,15 +38,18 @@ class Liar:
         self.cut_after: int | None = None  # drops the connection after serving this much
         self.forged: dict[str, bytes] = {}  # blob id -> what to serve instead of it
         self.claim_have = False  # answers every STORE "have", storing nothing
-        node.factory.handler = self
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
+        self._store, self._fetch, self._answer = (
+            self.real.open_store,
+            self.real.open_fetch,
+            self.real.answer,
+        )
+        for name in ("open_store", "open_fetch", "answer"):
+            setattr(self.real, name, getattr(self, name))
 
     def open_store(self, session: PeerSession, request: wire.Store) -> IncomingReplica:
         if self.claim_have:
             raise RequestRefused(wire.Code.HAVE, "already holds this version")
-        return self.real.open_store(session, request)
+        return self._store(session, request)
 
     def open_fetch(self, session: PeerSession, request: wire.Fetch) -> BlobSource:
         if self.refuse_fetch:
@@ -55,17 +57,17 @@ class Liar:
         if request.blob in self.forged:
             data = self.forged[request.blob]
             return _Served(io.BytesIO(data[request.offset :]), len(data), request.offset, self)
-        source = self.real.open_fetch(session, request)
+        source = self._fetch(session, request)
         return _Served(source, source.size, request.offset, self, session)
 
     def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
         if isinstance(request, wire.List) and self.forge_listing is not None:
-            real = self.real.answer(session, request)
+            real = self._answer(session, request)
             forge = self.forge_listing
             return real.addCallback(
                 lambda reply: forge(reply) if isinstance(reply, wire.ListReply) else reply
             )
-        return self.real.answer(session, request)
+        return self._answer(session, request)
 
 
 class _Served:
