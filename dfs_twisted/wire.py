@@ -115,12 +115,6 @@ class Frame:
     body: bytes
 
 
-def is_hex_id(value: object) -> bool:
-    """True for exactly 64 lowercase hex characters (ids end up in file paths)."""
-    # fullmatch, not match + "$": "$" would also accept a trailing newline.
-    return isinstance(value, str) and _HEX_ID.fullmatch(value) is not None
-
-
 def _short(value: object) -> str:
     """repr() keeps an attacker-chosen value on one line; truncation keeps it short."""
     text = repr(value)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
+from dfs_twisted.crypto import is_hex_id
 from dfs_twisted.wire import (
     FLAG_END,
     FLAG_REPLY,
@@ -44,7 +45,6 @@ from dfs_twisted.wire import (
     data_header,
     decode,
     encode,
-    is_hex_id,
 )
 
 # No example database: the tests must not write files into the checkout.
