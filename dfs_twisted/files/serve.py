@@ -144,7 +144,8 @@ class IncomingReplica:
         try:
             self._seal.feed(data)
         except CryptoError as e:
-            raise self._refuse(f"bad blob header: {e}") from None
+            part = "blob header" if self._seal.header is None else "blob"
+            raise self._refuse(f"bad {part}: {e}") from None
         header = self._seal.header
         if not had_header and header is not None and header.version != self.version:
             raise self._refuse("blob header has another version than announced")
