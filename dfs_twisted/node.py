@@ -10,7 +10,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet import task
@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -139,13 +140,13 @@ class NodeService(MultiService):
         audit_period: float = 600.0,
         audit_sample: int = 8,
         create: bool = True,
-        reactor: Any = None,
+        reactor: PosixReactorBase | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
-            reactor = default_reactor
+            reactor = cast(PosixReactorBase, default_reactor)
         self.reactor = reactor
         self.port = port
         self.data_dir = Path(data_dir)
@@ -445,7 +446,7 @@ def _exit_status_1() -> None:
     os._exit(1)
 
 
-def _endpoint(reactor: Any, description: str, flag: str) -> IStreamServerEndpoint:
+def _endpoint(reactor: PosixReactorBase, description: str, flag: str) -> IStreamServerEndpoint:
     try:
         endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:

@@ -11,11 +11,12 @@ import json
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor as _reactor
 from twisted.internet import task, tcp
 from twisted.internet.interfaces import IConsumer
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -25,8 +26,8 @@ from dfs_twisted.protocol import PeerProtocol
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
-# Twisted's interfaces are not types mypy can check calls against.
-reactor: Any = _reactor
+# The module is the running reactor: typed as what it is.
+reactor = cast(PosixReactorBase, _reactor)
 
 POLL = 0.01  # seconds between checks of a condition
 PATIENCE = 10.0  # seconds before a condition that never comes true fails the test

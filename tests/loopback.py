@@ -47,7 +47,7 @@ class InlineDisk(DiskQueue):
     """The disk queue with its work done at once, on the calling thread."""
 
     def __init__(self) -> None:
-        super().__init__(reactor=None)
+        pass  # no thread pool: run() does the work itself
 
     def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return maybeDeferred(f, *args)

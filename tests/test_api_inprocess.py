@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +22,7 @@ from dfs_twisted.node import NodeService
 
 from .inprocess import NodeTestCase
 
-reactor: Any = _reactor
+reactor = cast(PosixReactorBase, _reactor)  # the module is the running reactor
 
 # Over one encryption chunk, so the body streams through the upload in many pieces.
 DATA = os.urandom(2 * 1024 * 1024 + 7)
