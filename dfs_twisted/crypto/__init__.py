@@ -60,7 +60,7 @@ from .format import (
     FormatError,
     IntegrityError,
 )
-from .keys import OrgKey, is_hex_id, owner_id, validate_name
+from .orgkey import OrgKey, is_hex_id, owner_id, validate_name
 from .seal import SealCheck
 from .stream import Decryptor, Encryptor
 from .tombstone import Tombstone

@@ -34,7 +34,15 @@ from .format import (
     FormatError,
     IntegrityError,
 )
-from .keys import OrgKey, chunk_size_ok, hkdf, is_hex_id, owner_id, validate_name, verify_signature
+from .orgkey import (
+    OrgKey,
+    chunk_size_ok,
+    hkdf,
+    is_hex_id,
+    owner_id,
+    validate_name,
+    verify_signature,
+)
 
 
 @dataclass(frozen=True)

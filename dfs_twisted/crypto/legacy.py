@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .blob import BlobHeader
 from .format import MAX_CHUNK_INDEX, SIGNATURE_SIZE, TAG, FormatError, IntegrityError
-from .keys import verify_signature
+from .orgkey import verify_signature
 
 _SEAL_CONTEXT = b"dfs-twisted v2 blob seal\x00"
 _TRAILER_PLAIN = struct.Struct(">Q32s")

@@ -15,7 +15,7 @@ from .format import (
     TAG,
     IntegrityError,
 )
-from .keys import verify_signature
+from .orgkey import verify_signature
 
 if TYPE_CHECKING:
     from .legacy import LegacySealCheck

@@ -44,7 +44,7 @@ from .format import (
     CryptoError,
     IntegrityError,
 )
-from .keys import OrgKey, chunk_size_ok, hkdf, owner_id, raw_public_key, verify_signature
+from .orgkey import OrgKey, chunk_size_ok, hkdf, owner_id, raw_public_key, verify_signature
 from .seal import HeaderReader
 
 if TYPE_CHECKING:

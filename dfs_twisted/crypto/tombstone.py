@@ -15,7 +15,7 @@ from .format import (
     FormatError,
     IntegrityError,
 )
-from .keys import is_hex_id, owner_id, raw_public_key, verify_signature
+from .orgkey import is_hex_id, owner_id, raw_public_key, verify_signature
 
 
 @dataclass(frozen=True)
