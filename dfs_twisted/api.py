@@ -140,7 +140,7 @@ NO_SUCH_FILE = "no such file on this node or any connected peer"
 
 
 # Exception type -> status; the text is the exception's own (each is one line).
-# ValueError is what the file server raises for a name it cannot store.
+# ValueError is what `files` raises for a name it cannot store.
 ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ValueError, 400),
     (GrantError, 400),

@@ -1,7 +1,7 @@
 """What this node holds, per owner: each blob's version and size, and the tombstones.
 
 An in-memory index over the store, built once at start-up and kept current by
-the file server as blobs commit and deletions land. Listings, digests, usage
+`files.Holdings` as blobs commit and deletions land. Listings, digests, usage
 and the next version number come from here, so none of them walks the disk.
 Versions order every change within an owner's namespace (the owner is its only
 writer): the highest version of a blob, live or deleted, wins everywhere.

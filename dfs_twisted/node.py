@@ -1,4 +1,4 @@
-"""`NodeService`: builds a node (store, keys, peers, file server, API) from options."""
+"""`NodeService`: builds a node (store, keys, peers, files, API) from options."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def tune_malloc() -> None:
 
 
 class NodeService(MultiService):
-    """One organization's node: peer listener, peer links, file server and HTTP API."""
+    """One organization's node: peer listener, peer links, files and HTTP API."""
 
     def __init__(
         self,

@@ -169,7 +169,7 @@ def blob_path(node: NodeService, owner: str, blob: str) -> Path:
 
 
 async def put(node: NodeService, name: str, data: bytes) -> tuple[str, int]:
-    """Store ``data`` as ``name`` through the file server; return (blob, replicas)."""
+    """Store ``data`` as ``name`` through the node's files; return (blob, replicas)."""
     upload = node.files.begin_put(name, len(data), None)
     for start in range(0, len(data), 100_000):
         upload.write(data[start : start + 100_000])

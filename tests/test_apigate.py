@@ -63,7 +63,7 @@ class WaitingConnectionsTests(SynchronousTestCase):
 class ChannelTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        # The file server is never reached: the page and the gate need only the token.
+        # The files are never reached: the page and the gate need only the token.
         api = Api(cast(Any, None), TOKEN, "org", Keyring(Path(self.mktemp())))
         self.site = ApiSite(
             api,

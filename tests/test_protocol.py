@@ -1,7 +1,7 @@
 """PeerProtocol driven in memory: hostile and out-of-order input closes the connection.
 
 No TLS here: a StringTransport stands in for the TLS transport and reports a
-certificate when asked. The handler is a recording fake standing for the file server.
+certificate when asked. The handler is a recording fake standing for the node's `files.Server`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class TLSStringTransport(StringTransport):
 
 
 class FakeHandler:
-    """Records what the protocol asks of the file server."""
+    """Records what the protocol asks of the node's `files.Server`."""
 
     def __init__(self) -> None:
         self.ready: list[PeerSession] = []
