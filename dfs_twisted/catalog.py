@@ -36,6 +36,16 @@ class Entry:
     sender: str = field(default="", compare=False)
 
 
+def digest_of(entries: Iterable[tuple[str, Entry]]) -> tuple[str, int]:
+    """SHA-256 over (blob, version, deleted) entries in blob order, and their count."""
+    h = hashlib.sha256()
+    count = 0
+    for blob, entry in entries:
+        h.update(f"{blob} {entry.version} {int(entry.deleted)}\n".encode("ascii"))
+        count += 1
+    return h.hexdigest(), count
+
+
 def charge(entry: Entry | None) -> int:
     """What ``entry`` counts against its owner's quota."""
     return 0 if entry is None else max(entry.size, BLOCK)
@@ -153,14 +163,10 @@ class Catalog:
         ns = self._owners.get(owner)
         if ns is not None and ns.digest is not None:
             return ns.digest  # kept until the namespace changes: peers ask every minute
-        h = hashlib.sha256()
-        count = 0
-        for blob, entry in self.entries(owner):
-            h.update(f"{blob} {entry.version} {int(entry.deleted)}\n".encode("ascii"))
-            count += 1
+        digest = digest_of(self.entries(owner))
         if ns is not None:
-            ns.digest = (h.hexdigest(), count)
-        return h.hexdigest(), count
+            ns.digest = digest
+        return digest
 
     def newest(self, owner: str) -> int:
         """The highest version ever set in ``owner``'s namespace (a put's starts above it)."""

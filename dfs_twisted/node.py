@@ -32,7 +32,7 @@ from .config import CONFIG_FILE, render_config
 from .crypto import OrgKey
 from .diskqueue import DiskQueue
 from .fdlimit import raise_fd_limit
-from .files import Files, Owner
+from .files import Files, Owner, Redundancy
 from .files.holdings import Holdings, load_catalog
 from .files.migrate import rewrite_legacy, unrecorded
 from .identity import (
@@ -139,6 +139,8 @@ class NodeService(MultiService):
         sync_period: float = 60.0,
         audit_period: float = 600.0,
         audit_sample: int = 8,
+        redundancy: Redundancy | None = None,
+        repair_after: float = 3600.0,
         create: bool = True,
         reactor: PosixReactorBase | None = None,
     ) -> None:
@@ -164,6 +166,8 @@ class NodeService(MultiService):
         self.sync_period = sync_period
         self.audit_period = audit_period
         self.audit_sample = audit_sample
+        self.redundancy = redundancy or Redundancy()
+        self.repair_after = repair_after
         self._audits: task.LoopingCall | None = None
         self.create = create
         self.private = self.data_dir / "private"
@@ -229,6 +233,8 @@ class NodeService(MultiService):
             KnownOrgs(self.private / "known_orgs.json"),
             relay=self.relay,
             audit_sample=self.audit_sample,
+            redundancy=self.redundancy,
+            repair_after=self.repair_after,
         )
         self.tls = MutualTLS(self.identity)
         self.factory = PeerFactory(
@@ -496,6 +502,8 @@ def node_from_options(options: Any) -> NodeService:
         sync_period=options["sync-period"],
         audit_period=options["audit-period"],
         audit_sample=options["audit-sample"],
+        redundancy=Redundancy(options["replicas"]),
+        repair_after=options["repair-after"],
         create=not options["no-create"],
     )
 

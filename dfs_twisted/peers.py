@@ -270,6 +270,12 @@ class PeerRegistry(MultiService):
         """One session per connected peer node (the oldest, if both sides dialled)."""
         return [sessions[0] for sessions in self._sessions.values() if sessions]
 
+    def known(self) -> dict[str, float | None]:
+        """Every peer node met, by node id: when it was last seen (None: connected now)."""
+        known: dict[str, float | None] = {n: s.last_seen for n, s in self._seen.items()}
+        known.update((node_id, None) for node_id, group in self._sessions.items() if group)
+        return known
+
     def sessions(self) -> list[PeerProtocol]:
         """Every authenticated session, a second one to the same peer included."""
         return [s for group in self._sessions.values() for s in group]

@@ -28,6 +28,7 @@ from dfs_twisted.files.audit import Auditor
 from dfs_twisted.files.fetch import Fetcher
 from dfs_twisted.files.holdings import Holdings, load_catalog
 from dfs_twisted.files.owner import Owner
+from dfs_twisted.files.placement import Placement, Redundancy
 from dfs_twisted.files.put import PutResult, Upload
 from dfs_twisted.files.recover import Recovery
 from dfs_twisted.files.serve import Server
@@ -62,6 +63,7 @@ class MemorySession:
         self.mux = Multiplexer(self, handler, pipe, max_streams=16)
         self.other: MemorySession | None = None
         self.held_reading: set[object] = set()
+        self.closed_at = 0.0  # when the link went down, on the nodes' test clocks
 
     @property
     def info(self) -> PeerInfo:
@@ -93,10 +95,11 @@ class MemorySession:
     def release_reading(self, holder: object) -> None:
         self.held_reading.discard(holder)
 
-    def close(self, why: str = "closed") -> None:
-        """End both sides, as a lost connection does."""
+    def close(self, why: str = "closed", at: float = 0.0) -> None:
+        """End both sides at time ``at``, as a lost connection does."""
         for side in (self, self.other):
             if side is not None and not side.mux.closed:
+                side.closed_at = at
                 side.mux.close(why)
 
 
@@ -140,6 +143,7 @@ class MemoryNode:
         owner: Owner | None = None,
         quota: int = 1 << 30,
         relay: bool = True,
+        replicas: int | None = None,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         (root / "private").mkdir(exist_ok=True)
@@ -162,7 +166,10 @@ class MemoryNode:
         self.space = SpaceAccount(
             self.holdings.catalog.sent_by, SpaceLimits(quota=quota, reserve=0), lambda: 1 << 40
         )
-        self.sync = Sync(self.node_id, self.holdings, self.live, relay)
+        # Every peer ever linked is known; one whose session closed was seen at the
+        # clock's time when it left (the test's clock).
+        self.placement = Placement(Redundancy(replicas), self.known, clock=self.clock.seconds)
+        self.sync = Sync(self.owner, self.holdings, self.live, relay, self.placement)
         self.server = Server(
             self.node_id,
             self.holdings,
@@ -171,7 +178,9 @@ class MemoryNode:
             self.sync,
         )
         self.fetcher = Fetcher(self.holdings, self.live, self.clock)
-        self.auditor = Auditor(self.node_id, self.holdings, self.live, lambda s, k: None, 8)
+        self.auditor = Auditor(
+            self.node_id, self.holdings, self.live, lambda s, k: None, self.placement
+        )
         self.recovery = Recovery(
             self.owner, self.holdings, self.ledger, self.live, self.fetcher, self.sync, self.auditor
         )
@@ -179,18 +188,29 @@ class MemoryNode:
     def live(self) -> Sequence[PeerSession]:
         return [s for s in self.sessions if not s.closed]
 
+    def known(self) -> dict[str, float | None]:
+        known: dict[str, float | None] = {}
+        for s in self.sessions:
+            if s.closed:
+                known.setdefault(s.info.node_id, s.closed_at)
+            else:
+                known[s.info.node_id] = None
+        return known
+
     def put(self, name: str, data: bytes) -> Deferred[PutResult]:
         """Put ``data`` as ``name`` to this node and every linked peer."""
+        targets = set(self.placement.targets(self.owner.key_for(name).blob))
         upload = Upload(
             self.owner,
             self.holdings,
             self.ledger,
             self.auditor,
-            self.live(),
+            [s for s in self.live() if s.info.node_id in targets],
             name,
             len(data),
             None,
             lambda _: None,
+            self.placement,
         )
         upload.write(data)
         return upload.finish()

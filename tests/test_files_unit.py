@@ -87,7 +87,16 @@ class PutTests(LoopbackCase):
         at_a_b, _ = link(a, b)
         link(a, c)
         upload = Upload(
-            a.owner, a.holdings, a.ledger, a.auditor, a.live(), "x", len(DATA), None, lambda _: None
+            a.owner,
+            a.holdings,
+            a.ledger,
+            a.auditor,
+            a.live(),
+            "x",
+            len(DATA),
+            None,
+            lambda _: None,
+            a.placement,
         )
         upload.write(DATA[: 1 << 20])
         at_a_b.close("cable cut")
@@ -165,7 +174,7 @@ class SyncTests(LoopbackCase):
         result = settled(a.put("gone", DATA))
         at_a.close("away")
         a.sessions.clear()
-        settled(Remover(a.owner, a.holdings, a.ledger, a.live).delete("gone"))
+        settled(Remover(a.owner, a.holdings, a.ledger, a.live, a.placement).delete("gone"))
         key = BlobKey(a.node_id, result.blob)
         held = b.holdings.held(key)
         assert held is not None and not held.deleted

@@ -61,6 +61,7 @@ from .format import (
     IntegrityError,
 )
 from .orgkey import OrgKey, is_hex_id, owner_id, validate_name
+from .release import Release
 from .seal import SealCheck
 from .stream import Decryptor, Encryptor
 from .tombstone import Tombstone
@@ -88,6 +89,7 @@ __all__ = [
     "IntegrityError",
     "Metadata",
     "OrgKey",
+    "Release",
     "SealCheck",
     "Tombstone",
     "audit_digest",

@@ -80,6 +80,7 @@ from .messages import (
     ListReply,
     Message,
     Ping,
+    Release,
     Store,
 )
 
@@ -140,6 +141,7 @@ __all__ = [
     "Nullable",
     "Ping",
     "ProtocolError",
+    "Release",
     "Store",
     "Text",
     "data_header",

@@ -54,6 +54,7 @@ class MessageType(enum.IntEnum):
     HEAD_REPLY = 16
     AUDIT = 17
     AUDIT_REPLY = 18
+    RELEASE = 19
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)

@@ -116,6 +116,20 @@ class Delete:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """The owner's signed release (crypto.Release): this holder may drop its replica."""
+
+    TYPE: ClassVar[MessageType] = MessageType.RELEASE
+
+    owner: Annotated[str, HEX_ID]
+    blob: Annotated[str, HEX_ID]
+    version: Annotated[int, VERSION]
+    holder: Annotated[str, HEX_ID]
+    key: Annotated[str, HEX_ID]  # the owner's Ed25519 public key, 64 hex
+    signature: Annotated[str, SIGNATURE]
+
+
+@dataclass(frozen=True, slots=True)
 class List:
     TYPE: ClassVar[MessageType] = MessageType.LIST
 
@@ -281,6 +295,7 @@ Message: TypeAlias = (
     | Store
     | Fetch
     | Delete
+    | Release
     | List
     | Digest
     | Head
@@ -298,13 +313,14 @@ Message: TypeAlias = (
 )
 
 # Requests answered by one control message (no DATA either way).
-ControlRequest: TypeAlias = Delete | List | Digest | Head | Audit
+ControlRequest: TypeAlias = Delete | Release | List | Digest | Head | Audit
 
 _CONTROL_MESSAGES: tuple[type[Any], ...] = (
     Hello,
     Store,
     Fetch,
     Delete,
+    Release,
     List,
     Digest,
     Head,
