@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The unit tier only: pure code, no network, no processes (about 15 s).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check dfs_twisted tests bench twisted

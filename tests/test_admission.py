@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.admission import Admission, AdmissionError, NetworkKey, load_allow_list
@@ -24,6 +25,7 @@ class TempDirCase(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.dir, True)
 
 
+@pytest.mark.unit
 class NetworkKeyTests(TempDirCase):
     def test_create_load_round_trip_and_mode(self) -> None:
         path = self.dir / "net.key"
@@ -70,6 +72,7 @@ class NetworkKeyTests(TempDirCase):
         self.assertIsNone(rules.proof(b"s" * 32, A))
 
 
+@pytest.mark.unit
 class AllowListTests(TempDirCase):
     def test_ids_and_comments(self) -> None:
         path = self.dir / "allow"
@@ -89,6 +92,7 @@ class AllowListTests(TempDirCase):
         self.assertIn(":2:", str(caught.exception))
 
 
+@pytest.mark.processes
 class NodeAdmissionTests(TempDirCase):
     """Real twistd nodes with and without the federation's network key."""
 

@@ -8,6 +8,7 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
@@ -84,6 +85,7 @@ class ApiTestCase(NodeTestCase):
         return json.loads(body)
 
 
+@pytest.mark.inprocess
 class ApiTests(ApiTestCase):
     async def test_api_url_written(self) -> None:
         node = await self.node()
@@ -276,6 +278,7 @@ class RawHttpTestCase(ApiTestCase):
         return answers[0]
 
 
+@pytest.mark.inprocess
 class LimitTests(RawHttpTestCase):
     async def test_absurd_content_length_is_refused_before_the_upload(self) -> None:
         node = await self.node()
@@ -297,6 +300,7 @@ class LimitTests(RawHttpTestCase):
         self.assertEqual(response.code, 201)
 
 
+@pytest.mark.inprocess
 class HealthTests(RawHttpTestCase):
     async def test_health_needs_no_token_and_says_nothing_else(self) -> None:
         node = await self.node()
@@ -321,6 +325,7 @@ class HealthTests(RawHttpTestCase):
         self.assertEqual((status, body), (503, b"unavailable\n"))
 
 
+@pytest.mark.inprocess
 class ScrubNowTests(ApiTestCase):
     async def test_scrub_now_needs_the_token_and_starts_a_pass(self) -> None:
         from .inprocess import eventually
@@ -340,6 +345,7 @@ class ScrubNowTests(ApiTestCase):
         await eventually(lambda: node.scrubber.last is not first, "the second pass")
 
 
+@pytest.mark.unit
 class RequestHeadTests(SynchronousTestCase):
     """`apiserver.request_head` reads Twisted's private request line: pinned here."""
 
@@ -368,6 +374,7 @@ class RequestHeadTests(SynchronousTestCase):
         channel.connectionLost(Failure(ConnectionDone()))
 
 
+@pytest.mark.unit
 class ErrorMapTests(SynchronousTestCase):
     """One place turns exceptions into statuses; its table, end to end."""
 

@@ -8,6 +8,7 @@ import itertools
 import random
 import struct
 
+import pytest
 from blake3 import blake3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -38,6 +39,8 @@ from dfs_twisted.crypto import (
     plaintext_size,
     validate_name,
 )
+
+pytestmark = pytest.mark.unit
 
 CS = 64 * 1024  # smallest allowed chunk size keeps the tests fast
 SIGNER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

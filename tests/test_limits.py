@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
@@ -22,8 +23,8 @@ from dfs_twisted.protocol import PING_INTERVAL, IncomingBlob, Limits, PeerFactor
 from dfs_twisted.session import PeerSession
 from dfs_twisted.space import GiB, NoSpace, SpaceAccount, SpaceLimits, parse_size
 
-from .test_protocol import FakeHandler, TLSStringTransport, identity, sent
-from .test_wire import encode_all, framed
+from .fakes import FakeHandler, TLSStringTransport, identity, sent
+from .strategies import encode_all, framed
 
 FUZZ = settings(database=None, deadline=None, max_examples=150)
 
@@ -88,6 +89,7 @@ class LiveProtocolCase(SynchronousTestCase):
         return proto, transport
 
 
+@pytest.mark.unit
 class ConnectionLimitTests(LiveProtocolCase):
     LIMITS = Limits(handshake_timeout=10, stall_timeout=60, max_streams=2, max_unauthenticated=3)
 
@@ -199,6 +201,7 @@ class ConnectionLimitTests(LiveProtocolCase):
         self.assertFalse(transport.disconnecting)
 
 
+@pytest.mark.unit
 class SpaceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.held = {OWNER: 0}
@@ -239,6 +242,7 @@ class SpaceTests(SynchronousTestCase):
         self.assertEqual(caught.exception.code, "disk_full")
 
 
+@pytest.mark.processes
 class QuotaProcessTests(SynchronousTestCase):
     """A real node with a small quota refuses a peer's replicas beyond it."""
 
@@ -270,6 +274,7 @@ class QuotaProcessTests(SynchronousTestCase):
         self.assertEqual(len(owner.dfs("ls", "--json").stdout.decode().split('"name"')), 4)
 
 
+@pytest.mark.unit
 class LiveProtocolFuzzTests(LiveProtocolCase):
     """Random and mutated frame streams fed to a live, admitted PeerProtocol."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dfs_twisted import wire
@@ -23,6 +24,8 @@ from dfs_twisted.store import BlobKey
 
 from .inprocess import NodeTestCase, blob_path, eventually, free_port, get, put
 from .liars import Liar, deleted_at_max, newer_with_replayed_proof
+
+pytestmark = pytest.mark.inprocess
 
 REPORT = os.urandom(200_000)
 NOTES = os.urandom(5_000)
