@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast mutants lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit tests
 
+# Each safeguard of docs/security.md removed in turn: the tests named for it must fail.
+# Slow (about 15 minutes) and not part of CI; see README, Testing.
+mutants: $(STAMP)
+	$(BIN)/python tools/mutants.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check dfs_twisted tests bench twisted
-	$(BIN)/ruff format --check dfs_twisted tests bench twisted
+	$(BIN)/ruff check dfs_twisted tests bench tools twisted
+	$(BIN)/ruff format --check dfs_twisted tests bench tools twisted
 	$(BIN)/mypy
 
 bench: $(STAMP)
