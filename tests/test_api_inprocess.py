@@ -401,3 +401,38 @@ class ErrorMapTests(SynchronousTestCase):
         # Anything else is the node's own failure: a 500, logged, with no detail.
         self.assertIsNone(http_error(KeyError("x"), None))
         self.assertIsNone(http_error(RuntimeError("x"), None))
+
+
+@pytest.mark.unit
+class TokenCheckTests(SynchronousTestCase):
+    """The token is compared with ``hmac.compare_digest``, whose time does not depend
+    on where the first wrong byte is (an ``==`` would tell a timing attacker)."""
+
+    def test_token_compared_in_constant_time(self) -> None:
+        import hmac
+        from pathlib import Path
+        from typing import cast
+
+        from dfs_twisted.api import Api
+        from dfs_twisted.keys import Keyring
+
+        api = Api(cast(Any, None), "the-token", "org", Keyring(Path(self.mktemp())))
+        compared: list[tuple[bytes, bytes]] = []
+        original = hmac.compare_digest
+
+        def recording(a: bytes, b: bytes) -> bool:
+            compared.append((a, b))
+            return original(a, b)
+
+        self.patch(hmac, "compare_digest", recording)
+        self.assertTrue(api.authorized([b"Bearer the-token"]))
+        self.assertFalse(api.authorized([b"Bearer the-tokeN"]))
+        self.assertFalse(api.authorized([]))
+        self.assertEqual(
+            compared,
+            [
+                (b"Bearer the-token", b"Bearer the-token"),
+                (b"Bearer the-tokeN", b"Bearer the-token"),
+                (b"", b"Bearer the-token"),
+            ],
+        )
