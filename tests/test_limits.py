@@ -202,6 +202,25 @@ class ConnectionLimitTests(LiveProtocolCase):
 
 
 @pytest.mark.unit
+class StallTimeoutTests(LiveProtocolCase):
+    """A stall timeout shorter than the ping's: the stall watchdog, not the ping, closes.
+
+    (With the defaults an unanswered PING closes a silent link first, so the tests
+    above would pass without the watchdog.)"""
+
+    LIMITS = Limits(stall_timeout=5, ping_timeout=60)
+
+    def test_transfer_that_stops_is_closed_at_the_stall_timeout(self) -> None:
+        proto, transport = self.connected()
+        proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, 100, 1), 1))
+        proto.dataReceived(wire.encode(wire.Data(b"x" * 10, end=False), 1))
+        self.clock.advance(4)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+
+@pytest.mark.unit
 class SpaceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.held = {OWNER: 0}
