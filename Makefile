@@ -22,7 +22,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m unit tests
 
 # Each safeguard of docs/security.md removed in turn: the tests named for it must fail.
-# Slow (about 15 minutes) and not part of CI; see README, Testing.
+# Slow (about 5 minutes) and not part of CI; see README, Testing.
 mutants: $(STAMP)
 	$(BIN)/python tools/mutants.py
 

@@ -9,7 +9,7 @@ there, its tests are run there (``PYTHONPATH`` points at the copy, so the node
 processes the tests start run the mutated code too), and the file is put back.
 The working tree is never touched.
 
-    .venv/bin/python tools/mutants.py              # all of them (about 15 minutes)
+    .venv/bin/python tools/mutants.py              # all of them (about 5 minutes)
     .venv/bin/python tools/mutants.py --list       # names and tests, nothing run
     .venv/bin/python tools/mutants.py quota-per-sender allow-list
 
