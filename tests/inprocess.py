@@ -178,7 +178,7 @@ async def put(node: NodeService, name: str, data: bytes) -> tuple[str, int]:
 
 
 async def get(node: NodeService, name: str) -> tuple[bytes, str]:
-    """A file's bytes through the file server, and where they came from."""
+    """A file's bytes through the node's files, and where they came from."""
     download = await node.files.open_download(name)
     consumer: Any = BytesConsumer()  # an IConsumer, which mypy cannot see
     await download.stream_to(consumer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -18,6 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from dfs_twisted.api import Api, ApiSite
 from dfs_twisted.apigate import ApiChannel, WaitingConnections
 from dfs_twisted.keys import Keyring
+
+pytestmark = pytest.mark.unit
 
 TOKEN = "the-token"
 # The status page: the one answer served both with and without the token.

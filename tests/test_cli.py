@@ -7,12 +7,15 @@ import io
 import sys
 from typing import Any
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.cli import parser
 from dfs_twisted.cli.output import PROGRESS_FROM, progress_bar
 from dfs_twisted.display import ago, files_table, human_size, rate, shown, status_table
 from dfs_twisted.names import check_new_name
+
+pytestmark = pytest.mark.unit
 
 STATUS = {
     "node_id": "a" * 64,

@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -59,6 +60,7 @@ def scrape(node: NodeProcess) -> str:
     return body.decode("utf-8")
 
 
+@pytest.mark.processes
 class MetricsNetworkTests(SynchronousTestCase):
     """Three real node processes; C does a put, gets and a delete, then everyone is scraped."""
 
@@ -245,6 +247,7 @@ class _Files:
 ME, P1, P2 = "a" * 64, "b" * 64, "c" * 64
 
 
+@pytest.mark.unit
 class NodeMetricsUnitTests(SynchronousTestCase):
     def test_instances_share_nothing(self) -> None:
         one, two = NodeMetrics(), NodeMetrics()

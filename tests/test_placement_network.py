@@ -63,7 +63,7 @@ class ReplicasNetworkTests(SynchronousTestCase):
             node.wait_ready(60)
         self.owner = self.nodes[0]
         self.owner.wait_peers(NODES - 1, timeout=120)
-        self.owner_id = self.owner.status()["node_id"]
+        self.owner_id: str = self.owner.status()["node_id"]
 
     def blob_path(self, node: NodeProcess, blob: str) -> Path:
         return node.data_dir / "store" / self.owner_id / blob[:2] / blob[2:4] / blob
