@@ -1,0 +1,233 @@
+"""Safeguards proven by attacking them through the real protocol, in-process.
+
+Each class plays one attack against real nodes over loopback TLS and checks the
+node refuses it and keeps nothing of it. Every test here was checked the hard
+way: with the safeguard it names removed from the code, it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.internet.endpoints import TCP4ClientEndpoint
+
+from dfs_twisted import wire
+from dfs_twisted.admission import Admission, NetworkKey
+from dfs_twisted.crypto import (
+    MIN_CHUNK_SIZE,
+    SIGNATURE_SIZE,
+    TAG,
+    Encryptor,
+    OrgKey,
+    parse_header,
+)
+from dfs_twisted.mux import OutgoingStream
+from dfs_twisted.node import NodeService
+from dfs_twisted.options import PeerAddress
+from dfs_twisted.protocol import PeerProtocol
+from dfs_twisted.session import PeerSession, RemoteError, SessionClosed
+from dfs_twisted.store import BlobKey
+from dfs_twisted.transport import TLSClientEndpoint
+
+from .inprocess import NodeTestCase, eventually, free_port, reactor
+
+pytestmark = pytest.mark.inprocess
+
+CHUNK = MIN_CHUNK_SIZE  # small chunks: many of them in a small blob
+SEALED_CHUNK = CHUNK + TAG + SIGNATURE_SIZE  # a middle chunk as stored: ciphertext, signature
+V2_NODE = Path(__file__).parent / "data" / "v2-node"
+
+
+@dataclass(frozen=True)
+class SignedBlob:
+    """A real blob of a fresh org, and where its parts lie."""
+
+    key: BlobKey
+    version: int
+    data: bytes
+    header_size: int
+
+    def chunk(self, index: int) -> int:
+        """Offset of chunk ``index``'s ciphertext."""
+        return self.header_size + index * SEALED_CHUNK
+
+    def signature(self, index: int) -> int:
+        """Offset of the signature of middle chunk ``index``."""
+        return self.chunk(index) + CHUNK + TAG
+
+    def flipped(self, at: int) -> bytes:
+        data = bytearray(self.data)
+        data[at] ^= 0x01
+        return bytes(data)
+
+
+def signed_blob(chunks: float = 3.5) -> SignedBlob:
+    enc = Encryptor(OrgKey.generate(), Ed25519PrivateKey.generate(), "report", 1, chunk_size=CHUNK)
+    body = b"".join([enc.header, *enc.update(os.urandom(int(chunks * CHUNK))), enc.finalize()])
+    return SignedBlob(BlobKey(enc.owner, enc.blob), 1, body, len(enc.header))
+
+
+def v2_blob() -> SignedBlob:
+    """The format-2 blob (one signature over the whole blob) another org left with a v2 node."""
+    owner = json.loads((V2_NODE / "other.json").read_text())["node_id"]
+    [path] = [p for p in (V2_NODE / "store" / owner).rglob("*") if p.is_file()]
+    data = path.read_bytes()
+    header = parse_header(data[:16384])
+    return SignedBlob(BlobKey(owner, path.name), header.version, data, len(header.raw))
+
+
+async def send(session: PeerSession, blob: SignedBlob, data: bytes) -> str:
+    """STORE ``data`` as ``blob`` through the real protocol: "ok" or the refusal's code."""
+    stream = session.store(wire.Store(blob.key.owner, blob.key.blob, len(data), blob.version))
+    stream.write(data)
+    try:
+        await stream.finish()
+    except RemoteError as e:
+        return e.code
+    return "ok"
+
+
+class ReplicaSignatureTests(NodeTestCase):
+    """A holder checks the owner's signature over every chunk of a replica it receives.
+
+    The sender relays a blob of a third org (allowed, as a relaying node), with a
+    valid header and one byte altered after it.
+    """
+
+    async def pair(self) -> tuple[NodeService, NodeService, PeerProtocol]:
+        h_port = free_port()
+        holder = self.make_node(h_port, org="holder")
+        sender = self.make_node(peers=[h_port], org="sender")
+        await self.connected(holder, sender)
+        return holder, sender, self.session(sender, holder)
+
+    async def assert_nothing_kept(self, holder: NodeService, blob: SignedBlob) -> None:
+        store = holder.store.root
+        await eventually(lambda: not any((store / "tmp").iterdir()), "the partial replica gone")
+        self.assertFalse(holder.store.exists(blob.key))
+        self.assertEqual(list((store / blob.key.owner).rglob("*")), [])
+        holdings = holder.files.holdings
+        self.assertIsNone(holdings.catalog.get(blob.key))
+        self.assertNotIn(blob.key, [row.key for row in holdings.index.rows()])
+
+    async def refused_then_the_real_one_taken(self, blob: SignedBlob, altered: bytes) -> None:
+        holder, _, session = await self.pair()
+        self.assertEqual(await send(session, blob, altered), "bad_blob")
+        await self.assert_nothing_kept(holder, blob)
+        # The real blob goes in after that: the refusal was for the altered byte.
+        self.assertEqual(await send(session, blob, blob.data), "ok")
+        with holder.store.path_for(blob.key).open("rb") as f:
+            self.assertEqual(f.read(), blob.data)
+        self.assertIsNotNone(holder.files.holdings.catalog.get(blob.key))
+
+    async def test_altered_middle_chunk_refused(self) -> None:
+        blob = signed_blob()
+        await self.refused_then_the_real_one_taken(blob, blob.flipped(blob.chunk(1) + 100))
+
+    async def test_altered_middle_chunk_signature_refused(self) -> None:
+        blob = signed_blob()
+        await self.refused_then_the_real_one_taken(blob, blob.flipped(blob.signature(0) + 5))
+
+    async def test_altered_last_chunk_refused(self) -> None:
+        blob = signed_blob()
+        await self.refused_then_the_real_one_taken(blob, blob.flipped(blob.chunk(3) + 10))
+
+    async def test_altered_last_signature_refused(self) -> None:
+        blob = signed_blob()
+        await self.refused_then_the_real_one_taken(blob, blob.flipped(len(blob.data) - 1))
+
+    async def test_altered_format_2_blob_refused(self) -> None:
+        blob = v2_blob()
+        await self.refused_then_the_real_one_taken(blob, blob.flipped(blob.header_size + 50))
+
+    async def test_a_forged_chunk_is_refused_as_soon_as_it_arrives(self) -> None:
+        """Not at the end of the transfer: before the rest of the blob is sent."""
+        holder, _, session = await self.pair()
+        blob = signed_blob(chunks=8.5)
+        altered = blob.flipped(blob.chunk(0) + 7)
+        stream = session.store(wire.Store(blob.key.owner, blob.key.blob, len(altered), 1))
+        assert isinstance(stream, OutgoingStream)
+        self.addCleanup(stream.abort, "test over")
+        stream.write(altered[: blob.chunk(1) + 1000])  # chunk 0, its signature, a little more
+        # The holder reads its connection in order: by the time it answers this
+        # PING it has checked chunk 0, and its refusal came before the answer.
+        await session.request(wire.Ping())
+        self.assertTrue(stream.reply.called, "the forged chunk was not refused on arrival")
+        with self.assertRaises(RemoteError) as caught:
+            await stream.reply
+        self.assertEqual(caught.exception.code, "bad_blob")
+        self.assertLess(stream.sent, len(altered))
+        await self.assert_nothing_kept(holder, blob)
+
+
+@dataclass(frozen=True)
+class RecordingAdmission(Admission):
+    """A node's real admission rules, noting each proof shown to it and its verdict."""
+
+    shown: list[tuple[str, str | None, str | None]] = field(
+        default_factory=list, compare=False, hash=False
+    )
+
+    def refuse_proof(self, binding: bytes | None, node_id: str, proof: str | None) -> str | None:
+        verdict = super().refuse_proof(binding, node_id, proof)
+        self.shown.append((node_id, proof, verdict))
+        return verdict
+
+
+@dataclass(frozen=True)
+class ReplayingAdmission(Admission):
+    """No network key: only a proof captured from another connection, shown again."""
+
+    captured: str = ""
+
+    def proof(self, binding: bytes | None, node_id: str) -> str | None:
+        return self.captured
+
+
+class ProofReplayTests(NodeTestCase):
+    """The network-key proof is bound to its TLS session: captured, it opens no other."""
+
+    def keyed_node(self, port: int, peers: list[int], org: str, rules: Admission) -> NodeService:
+        node = NodeService(
+            port=port,
+            data_dir=Path(self.mktemp()),
+            peers=[PeerAddress("127.0.0.1", p) for p in peers],
+            api="tcp:0:interface=127.0.0.1",
+            org=org,
+            admission=rules,
+        )
+        node.startService()
+        self._nodes.append(node)
+        self.addCleanup(self._stop, node)
+        return node
+
+    async def test_a_captured_proof_replayed_on_another_connection_is_refused(self) -> None:
+        key = NetworkKey.generate()
+        hub_port = free_port()
+        rules = RecordingAdmission(network_key=key)
+        hub = self.keyed_node(hub_port, [], "hub", rules)
+        member = self.keyed_node(free_port(), [hub_port], "member", Admission(network_key=key))
+        await self.connected(hub, member)
+        [(node_id, proof, verdict)] = rules.shown
+        self.assertEqual((node_id, verdict), (member.node_id, None))
+        assert proof is not None
+
+        # A second connection with the member's own certificate (so the proof's
+        # node id is right), showing the captured proof instead of the key's.
+        factory = member.factory.dialling(f"127.0.0.1:{hub_port}")
+        factory.admission = ReplayingAdmission(captured=proof)
+        factory.registry = None  # not one of the member's sessions
+        endpoint = TLSClientEndpoint(member.tls, TCP4ClientEndpoint(reactor, "127.0.0.1", hub_port))
+        replay = await endpoint.connect(factory)
+        assert isinstance(replay, PeerProtocol)
+        self.addCleanup(replay.close, "test over")
+        with self.assertRaises(SessionClosed):
+            await replay.ready
+        self.assertEqual(rules.shown[1:], [(member.node_id, proof, "wrong network key")])
+        # The member's real session was never disturbed.
+        self.assertIn(self.session(hub, member), hub.registry.live())
