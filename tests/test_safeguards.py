@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +33,11 @@ from dfs_twisted.node import NodeService
 from dfs_twisted.options import PeerAddress
 from dfs_twisted.protocol import PeerProtocol
 from dfs_twisted.session import PeerSession, RemoteError, SessionClosed
+from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 from dfs_twisted.transport import TLSClientEndpoint
 
+from .environment import cannot_run
 from .inprocess import NodeTestCase, eventually, free_port, reactor
 
 pytestmark = pytest.mark.inprocess
@@ -231,3 +235,62 @@ class ProofReplayTests(NodeTestCase):
         self.assertEqual(rules.shown[1:], [(member.node_id, proof, "wrong network key")])
         # The member's real session was never disturbed.
         self.assertIn(self.session(hub, member), hub.registry.live())
+
+
+def mount_tmpfs(test: NodeTestCase, size: str) -> Path:
+    """A new tmpfs of ``size`` (as root), unmounted when the test ends."""
+    where = Path(test.mktemp()).resolve()
+    where.mkdir(parents=True)
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except OSError as e:
+        cannot_run(f"cannot run mount: {e}")
+    if mounted.returncode != 0:
+        cannot_run(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    # Registered before any node starts on it, so it runs after they all stopped.
+    test.addCleanup(subprocess.run, ["umount", str(where)], check=True, timeout=30)
+    return where
+
+
+class ReserveOnARealDiskTests(NodeTestCase):
+    """The free-disk reserve, on a real 8 MiB filesystem rather than a made-up free()."""
+
+    RESERVE = 4 << 20
+
+    async def test_a_replica_that_would_cross_the_reserve_is_refused(self) -> None:
+        disk = mount_tmpfs(self, "8m")
+        h_port = free_port()
+        holder = self.make_node(
+            h_port, org="holder", data_dir=disk / "holder", space=SpaceLimits(reserve=self.RESERVE)
+        )
+        owner = self.make_node(peers=[h_port], org="owner")
+        await self.connected(holder, owner)
+        free = shutil.disk_usage(disk).free
+        too_big = free - self.RESERVE + (1 << 20)  # fits the disk, not the reserve
+        self.assertLess(too_big, free)
+
+        upload = owner.files.begin_put("too big", too_big, None)
+        upload.write(os.urandom(too_big))
+        result = await upload.finish()
+        [outcome] = result.peers
+        self.assertEqual((outcome.node_id, outcome.ok), (holder.node_id, False))
+        assert outcome.error is not None
+        self.assertIn("disk_full: not enough free disk for this replica", outcome.error)
+        # Nothing of it on the holder: no blob, no temp file, no entry, no space used.
+        key = BlobKey(owner.node_id, result.blob)
+        await eventually(lambda: not any((holder.store.root / "tmp").iterdir()), "no temp file")
+        self.assertFalse(holder.store.exists(key))
+        self.assertIsNone(holder.files.holdings.catalog.get(key))
+        self.assertGreaterEqual(shutil.disk_usage(disk).free, free - (256 << 10))
+
+        # Below the reserve a replica is taken: the refusal was the reserve's.
+        upload = owner.files.begin_put("small", 1 << 20, None)
+        upload.write(os.urandom(1 << 20))
+        result = await upload.finish()
+        self.assertEqual(result.replicas, 2)
+        self.assertTrue(holder.store.exists(BlobKey(owner.node_id, result.blob)))
