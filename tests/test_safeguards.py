@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -83,6 +84,24 @@ def v2_blob() -> SignedBlob:
     data = path.read_bytes()
     header = parse_header(data[:16384])
     return SignedBlob(BlobKey(owner, path.name), header.version, data, len(header.raw))
+
+
+def start_node(
+    test: NodeTestCase, port: int, peers: list[int], org: str, **options: Any
+) -> NodeService:
+    """Like ``test.make_node``, with any other NodeService ``options`` (limits, admission)."""
+    node = NodeService(
+        port=port,
+        data_dir=Path(test.mktemp()),
+        peers=[PeerAddress("127.0.0.1", p) for p in peers],
+        api="tcp:0:interface=127.0.0.1",
+        org=org,
+        **options,
+    )
+    node.startService()
+    test._nodes.append(node)
+    test.addCleanup(test._stop, node)
+    return node
 
 
 async def send(session: PeerSession, blob: SignedBlob, data: bytes) -> str:
@@ -197,18 +216,7 @@ class ProofReplayTests(NodeTestCase):
     """The network-key proof is bound to its TLS session: captured, it opens no other."""
 
     def keyed_node(self, port: int, peers: list[int], org: str, rules: Admission) -> NodeService:
-        node = NodeService(
-            port=port,
-            data_dir=Path(self.mktemp()),
-            peers=[PeerAddress("127.0.0.1", p) for p in peers],
-            api="tcp:0:interface=127.0.0.1",
-            org=org,
-            admission=rules,
-        )
-        node.startService()
-        self._nodes.append(node)
-        self.addCleanup(self._stop, node)
-        return node
+        return start_node(self, port, peers, org, admission=rules)
 
     async def test_a_captured_proof_replayed_on_another_connection_is_refused(self) -> None:
         key = NetworkKey.generate()
