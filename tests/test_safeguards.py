@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from twisted.internet import task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from dfs_twisted import wire
@@ -302,3 +306,110 @@ class ReserveOnARealDiskTests(NodeTestCase):
         result = await upload.finish()
         self.assertEqual(result.replicas, 2)
         self.assertTrue(holder.store.exists(BlobKey(owner.node_id, result.blob)))
+
+
+def rss() -> int:
+    """Resident memory of this process, in bytes (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+class UploadingClient(threading.Thread):
+    """An HTTP client on its own thread, PUTting ``size`` bytes as fast as the node
+    reads them: a blocking socket, so the node's reading paces it."""
+
+    def __init__(self, url: str, token: str, name: str, size: int) -> None:
+        super().__init__(daemon=True)
+        host, port = url.split("//", 1)[1].rstrip("/").rsplit(":", 1)
+        self._address = (host, int(port))
+        self._head = (
+            f"PUT /v1/files/{name} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: {size}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        self.size = size
+        self.sent = 0
+        self.answer = b""
+        self.error: BaseException | None = None
+        self._socket: socket.socket | None = None
+
+    def run(self) -> None:
+        try:
+            with socket.create_connection(self._address, timeout=60) as s:
+                self._socket = s
+                s.sendall(self._head)
+                piece = os.urandom(1 << 20)
+                while self.sent < self.size:
+                    n = min(len(piece), self.size - self.sent)
+                    s.sendall(piece[:n])
+                    self.sent += n
+                while data := s.recv(65536):
+                    self.answer += data
+        except BaseException as e:
+            self.error = e
+
+    def hang_up(self) -> None:
+        """Unblock the thread whatever it waits for (cleanup)."""
+        if self._socket is not None:
+            try:
+                self._socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.join(30)
+
+
+class SlowHolderTests(NodeTestCase):
+    """A holder that stops reading slows the owner's upload; the owner's memory does
+    not fill with what the holder has not taken."""
+
+    SIZE = 192 << 20
+    BOUND = 48 << 20  # what may sit between the owner and the holder: buffers, kernel
+
+    async def test_a_stalled_holder_pauses_the_upload_and_bounds_memory(self) -> None:
+        o_port = free_port()
+        owner = self.make_node(o_port, org="owner")
+        holder = self.make_node(peers=[o_port], org="holder")
+        await self.connected(owner, holder)
+        url = await owner.ready
+        to_holder, from_owner = self.session(owner, holder), self.session(holder, owner)
+        # The holder stops reading its connection to the owner (a slow disk, a
+        # stalled process): the owner's writes to it pile up, unless paused.
+        from_owner.hold_reading(self)
+        self.addCleanup(from_owner.release_reading, self)
+
+        baseline = rss()
+        client = UploadingClient(url, owner.token, "big.bin", self.SIZE)
+        client.start()
+        self.addCleanup(client.hang_up)
+        peak = baseline
+        last, since = -1, time.monotonic()
+        # Until the client is stuck (sent nothing for a second) or sent it all.
+        while client.sent < self.SIZE and client.error is None:
+            peak = max(peak, rss())
+            if client.sent != last:
+                last, since = client.sent, time.monotonic()
+            elif time.monotonic() - since > 1.0:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertIsNone(client.error)
+        in_flight = to_holder.bytes_out - from_owner.bytes_in
+        self.assertLess(in_flight, self.BOUND, "the owner sent on, regardless of the holder")
+        self.assertLess(client.sent, self.SIZE - self.BOUND, "the upload went on regardless")
+        self.assertLess(peak - baseline, 2 * self.BOUND, "the owner's memory grew with the file")
+        # The path that did it: the transport paused the link's producer.
+        self.assertTrue(to_holder.paused, "the owner's link to the holder never paused")
+
+        # The holder reads again: the upload goes on, and completes on both nodes.
+        stuck_at = client.sent
+        from_owner.release_reading(self)
+        await eventually(lambda: client.sent > stuck_at, "the upload to go on")
+        await eventually(lambda: not client.is_alive(), "the upload to end", patience=120)
+        self.assertIsNone(client.error)
+        head, _, body = client.answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 201"), client.answer[:200])
+        answer = json.loads(body)
+        self.assertEqual((answer["size"], answer["replicas"]), (self.SIZE, 2))
+        key = BlobKey(owner.node_id, answer["blob"])
+        self.assertEqual(holder.store.size(key), owner.store.size(key))
