@@ -168,6 +168,11 @@ class ReplicaSignatureTests(NodeTestCase):
         blob = signed_blob()
         await self.refused_then_the_real_one_taken(blob, blob.flipped(len(blob.data) - 1))
 
+    async def test_blob_cut_after_a_middle_chunk_refused(self) -> None:
+        """Every chunk left is signed, but none as the last: the end is missing."""
+        blob = signed_blob()
+        await self.refused_then_the_real_one_taken(blob, blob.data[: blob.chunk(3)])
+
     async def test_altered_format_2_blob_refused(self) -> None:
         blob = v2_blob()
         await self.refused_then_the_real_one_taken(blob, blob.flipped(blob.header_size + 50))
