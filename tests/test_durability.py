@@ -12,10 +12,12 @@ import errno
 import os
 import threading
 from pathlib import Path
+from typing import cast
 
 import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from dfs_twisted import backup
@@ -126,7 +128,7 @@ class QueuedCommitTests(TestCase):
             sync(fd)
 
         store = BlobStore(root, fsync=held_at_the_directory)
-        queue = DiskQueue(reactor)
+        queue = DiskQueue(cast(IReactorFromThreads, reactor))
         queue.start()
         self.addCleanup(queue.stop)
         blob = queue.blob(store.begin(KEY))

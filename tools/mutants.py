@@ -67,15 +67,15 @@ MUTANTS = [
     # ------------------------------------------------------------ signatures
     Mutant(
         "holder-checks-chunk-signatures",
-        "dfs_twisted/crypto.py",
-        '        _verify(header.owner_key, signature, message, f"chunk {self._index}")\n',
+        "dfs_twisted/crypto/seal.py",
+        '        verify_signature(header.owner_key, signature, message, f"chunk {self._index}")\n',
         "        pass\n",
         (f"{CHUNK}::test_a_holder_refuses_a_forged_chunk_at_once", f"{SEAL}"),
     ),
     Mutant(
         "reader-checks-chunk-signatures",
-        "dfs_twisted/crypto.py",
-        "        _verify(header.owner_key, chunk[-SIGNATURE_SIZE:], message, "
+        "dfs_twisted/crypto/stream.py",
+        "        verify_signature(header.owner_key, chunk[-SIGNATURE_SIZE:], message, "
         'f"chunk {self._index}")\n',
         "        pass\n",
         (
@@ -107,8 +107,8 @@ MUTANTS = [
     ),
     Mutant(
         "blob-record-signature",
-        "dfs_twisted/crypto.py",
-        "        _verify(owner_key, self.signature, self._message(), "
+        "dfs_twisted/crypto/blob.py",
+        "        verify_signature(owner_key, self.signature, self._message(), "
         'f"record of {self.blob[:16]}")\n',
         "        pass\n",
         (
@@ -118,7 +118,7 @@ MUTANTS = [
     ),
     Mutant(
         "blob-id-matches-the-name",
-        "dfs_twisted/crypto.py",
+        "dfs_twisted/crypto/blob.py",
         "if isinstance(key, OrgKey) and not "
         "_stdlib_hmac.compare_digest(key.blob_id(name), header.blob):",
         "if False:",
@@ -127,14 +127,14 @@ MUTANTS = [
     # ------------------------------------------------------------ tombstones
     Mutant(
         "tombstone-signature",
-        "dfs_twisted/crypto.py",
-        '        _verify(self.owner_key, self.signature, self._message(), "tombstone")\n',
+        "dfs_twisted/crypto/tombstone.py",
+        '        verify_signature(self.owner_key, self.signature, self._message(), "tombstone")\n',
         "        pass\n",
         (TOMB, AUTH, f"{LYING}::LyingListingTests"),
     ),
     Mutant(
         "tombstone-owner-is-its-key",
-        "dfs_twisted/crypto.py",
+        "dfs_twisted/crypto/tombstone.py",
         "        if owner_id(self.owner_key) != self.owner:\n"
         "            raise IntegrityError(\"tombstone's owner id is not its owner key's\")\n",
         "",
@@ -440,7 +440,7 @@ MUTANTS = [
     # ------------------------------------------------------------ wire
     Mutant(
         "frame-size-limit",
-        "dfs_twisted/wire.py",
+        "dfs_twisted/wire/frames.py",
         "    if length > bound:\n",
         "    if False:\n",
         (
@@ -472,6 +472,28 @@ MUTANTS = [
         "        if is_control(char):\n",
         "        if False:\n",
         ("tests/test_cli.py::EscapingTests::test_new_names_refuse_control_characters",),
+    ),
+    # ------------------------------------------------------------ placement, recovery
+    Mutant(
+        "release-needs-the-owners-signature",
+        "dfs_twisted/files/serve.py",
+        '                bytes.fromhex(request.signature),\n            ).verify()\n        except CryptoError as e:\n            raise RequestRefused(Code.BAD_SIGNATURE, f"release does not verify',
+        '                bytes.fromhex(request.signature),\n            )\n        except CryptoError as e:\n            raise RequestRefused(Code.BAD_SIGNATURE, f"release does not verify',
+        ("tests/test_placement.py::PlacedNetworkTests",),
+    ),
+    Mutant(
+        "release-only-for-its-holder",
+        "dfs_twisted/files/serve.py",
+        "        if release.holder != self._node_id:\n",
+        "        if False:\n",
+        ("tests/test_placement.py::PlacedNetworkTests",),
+    ),
+    Mutant(
+        "recover-counts-only-proven-claims",
+        "dfs_twisted/files/recover.py",
+        "                if self._owner.proves(blob, claim, newest):\n",
+        "                if True:\n",
+        ("tests/test_files_unit.py::RecoverTests", f"{LYING}::LyingListingTests"),
     ),
 ]
 
