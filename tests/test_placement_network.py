@@ -121,7 +121,7 @@ class ReplicasNetworkTests(SynchronousTestCase):
             "every file on exactly 3 peers again",
             timeout=120,
         )
-        listing = json.loads(self.owner.dfs("ls", "--json").stdout)
+        listing = json.loads(self.owner.dfs("ls", "--long", "--json").stdout)
         self.assertEqual(len(listing), FILES)
         for row in listing:
             self.assertEqual((row["replicas"], row["wanted"]), (1 + REPLICAS, 1 + REPLICAS))

@@ -289,7 +289,7 @@ def cmd_ls(client: NodeClient, args: argparse.Namespace) -> None:
     org_id = response.getheader("x-dfs-org")
     entries = decode(response)
     if args.json:
-        keys = ("name", "size", "replicas") + (("mtime", "here") if args.long else ())
+        keys = ("name", "size", "replicas") + (("mtime", "here", "wanted") if args.long else ())
         print(json.dumps([{k: e.get(k) for k in keys} for e in entries]))
         return
     if org_id is not None:
