@@ -477,8 +477,12 @@ MUTANTS = [
     Mutant(
         "release-needs-the-owners-signature",
         "dfs_twisted/files/serve.py",
-        '                bytes.fromhex(request.signature),\n            ).verify()\n        except CryptoError as e:\n            raise RequestRefused(Code.BAD_SIGNATURE, f"release does not verify',
-        '                bytes.fromhex(request.signature),\n            )\n        except CryptoError as e:\n            raise RequestRefused(Code.BAD_SIGNATURE, f"release does not verify',
+        "            ).verify()\n"
+        "        except CryptoError as e:\n"
+        '            raise RequestRefused(Code.BAD_SIGNATURE, f"release does not verify',
+        "            )\n"
+        "        except CryptoError as e:\n"
+        '            raise RequestRefused(Code.BAD_SIGNATURE, f"release does not verify',
         ("tests/test_placement.py::PlacedNetworkTests",),
     ),
     Mutant(
