@@ -301,7 +301,10 @@ class AuditTests(NodeTestCase):
         audits = victim.api.status()["audits"]
         self.assertEqual((audits["passed"], audits["failed"]), (1, 1))
         # And it is sent the blob again, after which it proves it holds it.
-        await eventually(path.exists, "L to be sent the blob again")
+        # Held once published (the file lands on disk a moment before its entry).
+        await eventually(
+            lambda: liar_node.files.holdings.held(key) is not None, "L to be sent the blob again"
+        )
         liar.forge_listing = None
         session = self.session(victim, liar_node)
         self.assertTrue(await victim.files.auditor.audit(session, key, entry.version))
