@@ -127,16 +127,16 @@ MUTANTS = [
     # ------------------------------------------------------------ tombstones
     Mutant(
         "tombstone-signature",
-        "dfs_twisted/crypto/tombstone.py",
-        '        verify_signature(self.owner_key, self.signature, self._message(), "tombstone")\n',
+        "dfs_twisted/crypto/orgkey.py",
+        "    verify_signature(owner_key, signature, message(), what)\n",
         "        pass\n",
         (TOMB, AUTH, f"{LYING}::LyingListingTests"),
     ),
     Mutant(
         "tombstone-owner-is-its-key",
-        "dfs_twisted/crypto/tombstone.py",
-        "        if owner_id(self.owner_key) != self.owner:\n"
-        "            raise IntegrityError(\"tombstone's owner id is not its owner key's\")\n",
+        "dfs_twisted/crypto/orgkey.py",
+        "    if owner_id(owner_key) != owner:\n"
+        "        raise IntegrityError(f\"{what}'s owner id is not its owner key's\")\n",
         "",
         (TOMB, AUTH),
     ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeGuard
 
@@ -20,12 +21,14 @@ from .format import (
     _HEX_ID_LEN,
     _INFO_KEK,
     _INFO_NAME,
+    _MAX_U64,
     _ORG_KEY_MAGIC,
     _WRAP_AAD,
     KEY_SIZE,
     MAX_CHUNK_SIZE,
     MAX_NAME_BYTES,
     MIN_CHUNK_SIZE,
+    SIGNATURE_SIZE,
     WRAPPED_KEY_SIZE,
     FormatError,
     IntegrityError,
@@ -65,6 +68,28 @@ def verify_signature(
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
         raise IntegrityError(f"{what}: the owner's signature does not verify") from None
+
+
+def verify_statement(
+    what: str,
+    owner: str,
+    owner_key: bytes,
+    ids: tuple[str, ...],
+    version: int,
+    signature: bytes,
+    message: Callable[[], bytes],
+) -> None:
+    """The checks of a small statement an owner signs (a tombstone, a release): well
+    formed, made with the key whose hash is ``owner``, and signed by it."""
+    if not all(is_hex_id(v) for v in (owner, *ids)):
+        raise FormatError(f"{what} ids must be 64 lowercase hex digits")
+    if not 0 <= version <= _MAX_U64:
+        raise FormatError(f"{what} version out of range")
+    if len(owner_key) != 32 or len(signature) != SIGNATURE_SIZE:
+        raise FormatError(f"{what} key or signature has the wrong length")
+    if owner_id(owner_key) != owner:
+        raise IntegrityError(f"{what}'s owner id is not its owner key's")
+    verify_signature(owner_key, signature, message(), what)
 
 
 def chunk_size_ok(chunk_size: int) -> bool:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .format import _MAX_U64, SIGNATURE_SIZE, FormatError, IntegrityError
-from .orgkey import is_hex_id, owner_id, raw_public_key, verify_signature
+from .format import _MAX_U64
+from .orgkey import is_hex_id, owner_id, raw_public_key, verify_statement
 
 _RELEASE_CONTEXT = b"dfs-twisted v3 release\x00"
 
@@ -48,13 +48,13 @@ class Release:
 
     def verify(self) -> Release:
         """Return self if the owner signed it; IntegrityError (or FormatError) if not."""
-        if not all(is_hex_id(v) for v in (self.owner, self.blob, self.holder)):
-            raise FormatError("release ids must be 64 lowercase hex digits")
-        if not 0 <= self.version <= _MAX_U64:
-            raise FormatError("release version out of range")
-        if len(self.owner_key) != 32 or len(self.signature) != SIGNATURE_SIZE:
-            raise FormatError("release key or signature has the wrong length")
-        if owner_id(self.owner_key) != self.owner:
-            raise IntegrityError("release's owner id is not its owner key's")
-        verify_signature(self.owner_key, self.signature, self._message(), "release")
+        verify_statement(
+            "release",
+            self.owner,
+            self.owner_key,
+            (self.blob, self.holder),
+            self.version,
+            self.signature,
+            self._message,
+        )
         return self

@@ -10,12 +10,10 @@ from .format import (
     _MAX_U64,
     _TOMB,
     _TOMB_CONTEXT,
-    SIGNATURE_SIZE,
     TOMB_MAGIC,
     FormatError,
-    IntegrityError,
 )
-from .orgkey import is_hex_id, owner_id, raw_public_key, verify_signature
+from .orgkey import is_hex_id, owner_id, raw_public_key, verify_statement
 
 
 @dataclass(frozen=True)
@@ -54,15 +52,15 @@ class Tombstone:
 
     def verify(self) -> Tombstone:
         """Return self if the owner signed it; IntegrityError (or FormatError) if not."""
-        if not (is_hex_id(self.owner) and is_hex_id(self.blob)):
-            raise FormatError("tombstone ids must be 64 lowercase hex digits")
-        if not 0 <= self.version <= _MAX_U64:
-            raise FormatError("tombstone version out of range")
-        if len(self.owner_key) != 32 or len(self.signature) != SIGNATURE_SIZE:
-            raise FormatError("tombstone key or signature has the wrong length")
-        if owner_id(self.owner_key) != self.owner:
-            raise IntegrityError("tombstone's owner id is not its owner key's")
-        verify_signature(self.owner_key, self.signature, self._message(), "tombstone")
+        verify_statement(
+            "tombstone",
+            self.owner,
+            self.owner_key,
+            (self.blob,),
+            self.version,
+            self.signature,
+            self._message,
+        )
         return self
 
     def to_bytes(self) -> bytes:
