@@ -290,8 +290,9 @@ class SeedStoryTests(ProcessTestCase):
         node_c.wait_ready()
         status = node_c.wait_peers(2)
         self.assertEqual(status["node_id"], node_id)
-        listing = self.assert_ok(node_c.dfs("ls"))
-        self.assertTrue("no files" in listing or name in listing, listing)
+        # Before recovery the file is listed from C's ledger, as held by its 2 peers.
+        listing = json.loads(self.assert_ok(node_c.dfs("ls", "--json")))
+        self.assertEqual(listing, [{"name": name, "size": len(data), "replicas": 2}])
         recovered = self.assert_ok(node_c.dfs("recover"))
         self.assertIn(name, recovered)
         self.assertTrue((node_c.data_dir / rel).is_file())
