@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench coverage clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,23 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# Coverage of the whole suite, the twistd and dfs processes the tests start included:
+# a sitecustomize.py that starts coverage in every Python process is put on the path
+# for this run only. The report: build/coverage/report.txt (and html/).
+COVERAGE := build/coverage
+coverage: $(STAMP)
+	rm -rf $(COVERAGE) && mkdir -p $(COVERAGE)/hook
+	chmod 1777 $(COVERAGE)  # some tests run a node as another user: it writes its data too
+	printf 'import coverage\ncoverage.process_startup()\n' > $(COVERAGE)/hook/sitecustomize.py
+	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml \
+	COVERAGE_FILE=$(CURDIR)/$(COVERAGE)/data \
+	PYTHONPATH=$(CURDIR)/$(COVERAGE)/hook$${PYTHONPATH:+:$$PYTHONPATH} \
+	$(BIN)/python -m pytest -q $(or $(TESTS),tests); status=$$?; \
+	$(BIN)/coverage combine --quiet --data-file=$(COVERAGE)/data $(COVERAGE) && \
+	$(BIN)/coverage report --data-file=$(COVERAGE)/data > $(COVERAGE)/report.txt && \
+	$(BIN)/coverage html --quiet --data-file=$(COVERAGE)/data -d $(COVERAGE)/html && \
+	$(BIN)/python tests/coverage_groups.py $(COVERAGE)/data; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check dfs_twisted tests bench twisted
