@@ -33,9 +33,9 @@ def main(data_file: str) -> None:
             if rel.startswith(prefixes):
                 totals[group][0] += len(statements)
                 totals[group][1] += len(missing)
-    for group, (statements, missed) in totals.items():
-        share = 100.0 * (statements - missed) / statements if statements else 0.0
-        print(f"{share:5.1f}%  {statements - missed:5d}/{statements:<5d}  {group}")
+    for group, (counted, missed) in totals.items():
+        share = 100.0 * (counted - missed) / counted if counted else 0.0
+        print(f"{share:5.1f}%  {counted - missed:5d}/{counted:<5d}  {group}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from dfs_twisted.files import DamagedBlob, FileNotFound
 from dfs_twisted.files.fetch import FETCH_TIMEOUT, Fetcher
 from dfs_twisted.files.get import _PeerSource
 from dfs_twisted.node import NodeService
+from dfs_twisted.protocol import RequestRefused
 from dfs_twisted.session import RemoteError
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
@@ -294,7 +295,7 @@ class DeleteTests(TwoNodes):
         self.assertEqual([e.name for e in await a.files.list_files()], ["fits.txt"])
 
 
-class FetchFailureTests(NodeTestCase):
+class FetchNetwork(NodeTestCase):
     async def network(self, data: bytes = BIG) -> tuple[NodeService, NodeService, Liar, BlobKey]:
         """V's file held by L (whose answers a test may change); V's copy gone."""
         l_port = free_port()
@@ -320,6 +321,8 @@ class FetchFailureTests(NodeTestCase):
             self.session(victim, liar_node), key, files.owner.key, version.version
         )
 
+
+class FetchFailureTests(FetchNetwork):
     async def test_a_fetch_that_gets_no_answer_times_out(self) -> None:
         victim, liar_node, _, key = await self.network()
         clock: Any = task.Clock()
@@ -402,3 +405,73 @@ class FetchFailureTests(NodeTestCase):
         # L stopped well before the end of the blob: the ABORT reached it.
         self.assertLess(liar_side._mux.bytes_out - sent_before, len(self.good) // 2)
         await eventually(lambda: temp_files(victim) == [], "v to drop its partial copy")
+
+
+class RecoverErrorTests(FetchNetwork):
+    async def test_recover_reports_a_holder_that_serves_a_damaged_copy(self) -> None:
+        victim, _, liar, key = await self.network()
+        liar.flip_at = 3 << 20
+        recovered, errors = await victim.files.recover()
+        self.assertEqual(recovered, [])
+        [fetch_error, newest_error] = errors
+        self.assertTrue(fetch_error.startswith(f"{key.blob[:16]} from liar: "), fetch_error)
+        self.assertEqual(
+            newest_error,
+            "fetched.bin: its newest version is not on any connected peer "
+            "(older versions are not restored in its place)",
+        )
+        self.assertIsNone(victim.files.catalog.get(key))
+        await eventually(lambda: temp_files(victim) == [], "v to drop its partial copy")
+
+    async def test_recover_reports_a_peer_that_will_not_list(self) -> None:
+        victim, _, liar, key = await self.network()
+
+        def refuse(reply: wire.ListReply) -> wire.ListReply:
+            raise RequestRefused("slow_down", "not now")
+
+        liar.forge_listing = refuse
+        recovered, errors = await victim.files.recover()
+        # The listing failed, and so did catching the peer up (it starts with one).
+        self.assertEqual(recovered, [])
+        self.assertEqual(errors[0], "liar: slow_down: not now")
+        self.assertIn(
+            "fetched.bin: its newest version is not on any connected peer "
+            "(older versions are not restored in its place)",
+            errors,
+        )
+        self.assertIsNone(victim.files.catalog.get(key))
+
+
+class PushFailureTests(TwoNodes):
+    async def test_a_push_a_peer_refuses_is_not_counted(self) -> None:
+        a, b = await self.pair(space=SpaceLimits(quota=4096, reserve=0))
+        await put(a, "fits.txt", b"on b")
+        blob, replicas = await put(a, "no-room.txt", b"b is full")
+        self.assertEqual(replicas, 1)
+        key = BlobKey(a.node_id, blob)
+        entry = a.files.catalog.get(key)
+        assert entry is not None
+        self.assertEqual(await a.files.sync.offer(self.session(a, b), key, entry), 0)
+        self.assertIsNone(b.files.catalog.get(key))
+        await eventually(lambda: temp_files(b) == [], "b to drop the refused replica")
+
+    async def test_a_push_cut_by_the_link_going_down(self) -> None:
+        a, b = await self.pair()
+        # B loses its replica; A pushes it again over a link that is cut mid-way.
+        blob, _ = await put(a, "cut.bin", BIG)
+        key = BlobKey(a.node_id, blob)
+        entry = a.files.catalog.get(key)
+        assert entry is not None
+        session = self.session(a, b)
+        b.files.holdings.damaged(key, "dropped by the test")  # B lacks it now
+        transport: Any = session.transport
+        pushing = Deferred.fromCoroutine(a.files.sync.offer(session, key, entry))
+        transport.abortConnection()
+        self.assertEqual(await pushing, 0)
+        # B dials A again, and the catch-up that follows sends the blob whole.
+        replica = blob_path(b, a.node_id, blob)
+        good = blob_path(a, a.node_id, blob).read_bytes()
+        await eventually(
+            lambda: replica.exists() and replica.read_bytes() == good, "the next sync", 30
+        )
+        await eventually(lambda: temp_files(b) == [], "no partial replica left on b")
