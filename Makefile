@@ -18,16 +18,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 # Coverage of the whole suite, the twistd and dfs processes the tests start included:
-# a sitecustomize.py that starts coverage in every Python process is put on the path
-# for this run only. The report: build/coverage/report.txt (and html/).
+# tests/coverage_hook/sitecustomize.py starts coverage in every Python process, and
+# is on the path for this run only. The report: build/coverage/report.txt (and html/).
 COVERAGE := build/coverage
 coverage: $(STAMP)
-	rm -rf $(COVERAGE) && mkdir -p $(COVERAGE)/hook
+	rm -rf $(COVERAGE) && mkdir -p $(COVERAGE)
 	chmod 1777 $(COVERAGE)  # some tests run a node as another user: it writes its data too
-	printf 'import coverage\ncoverage.process_startup()\n' > $(COVERAGE)/hook/sitecustomize.py
 	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml \
 	COVERAGE_FILE=$(CURDIR)/$(COVERAGE)/data \
-	PYTHONPATH=$(CURDIR)/$(COVERAGE)/hook$${PYTHONPATH:+:$$PYTHONPATH} \
+	PYTHONPATH=$(CURDIR)/tests/coverage_hook$${PYTHONPATH:+:$$PYTHONPATH} \
 	$(BIN)/python -m pytest -q $(or $(TESTS),tests); status=$$?; \
 	$(BIN)/coverage combine --quiet --data-file=$(COVERAGE)/data $(COVERAGE) && \
 	$(BIN)/coverage report --data-file=$(COVERAGE)/data > $(COVERAGE)/report.txt && \

@@ -455,6 +455,22 @@ class PushFailureTests(TwoNodes):
         self.assertIsNone(b.files.catalog.get(key))
         await eventually(lambda: temp_files(b) == [], "b to drop the refused replica")
 
+    async def test_a_put_a_peer_refuses_says_which_and_why(self) -> None:
+        a, b = await self.pair(space=SpaceLimits(quota=4096, reserve=0))
+        await put(a, "fits.txt", b"on b")
+        upload = a.files.begin_put("too-much.txt", 5000, None)
+        upload.write(b"x" * 5000)
+        result = await upload.finish()
+        [outcome] = result.peers
+        self.assertEqual((outcome.org, outcome.node_id, outcome.ok), ("b", b.node_id, False))
+        assert outcome.error is not None
+        self.assertTrue(outcome.error.startswith("quota: "), outcome.error)
+        self.assertEqual(result.replicas, 1)
+        # Stored here all the same, and B holds nothing of it.
+        self.assertEqual(await get(a, "too-much.txt"), (b"x" * 5000, "local"))
+        self.assertIsNone(b.files.catalog.get(upload.key))
+        await eventually(lambda: temp_files(b) == [], "b to drop the refused replica")
+
     async def test_a_push_cut_by_the_link_going_down(self) -> None:
         a, b = await self.pair()
         # B loses its replica; A pushes it again over a link that is cut mid-way.
