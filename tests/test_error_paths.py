@@ -9,6 +9,7 @@ progress", and no peer holding a version its owner did not commit.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -491,3 +492,35 @@ class PushFailureTests(TwoNodes):
             lambda: replica.exists() and replica.read_bytes() == good, "the next sync", 30
         )
         await eventually(lambda: temp_files(b) == [], "no partial replica left on b")
+
+
+class LostLedgerTests(TwoNodes):
+    async def test_ls_and_recover_from_what_peers_prove_when_the_ledger_is_lost(self) -> None:
+        # A loses its store and its ledger (private/ restored from a backup older
+        # than these files): only B's copies and A's signatures on them remain.
+        a, b = await self.pair()
+        blob, _ = await put(a, "kept.bin", BIG)
+        await put(a, "gone.txt", b"deleted before the loss")
+        await a.files.delete("gone.txt")
+        gone = a.files.owner.key_for("gone.txt")
+        await a.stopService()
+        shutil.rmtree(a.data_dir / "store")
+        for stale in (a.data_dir / "private").glob("ledger.sqlite*"):
+            stale.unlink()
+        a = self.make_node(a.port, org="a", data_dir=a.data_dir)
+        await self.connected(a, b)
+        self.assertIsNone(a.files.ledger.get(blob))
+        [entry] = await a.files.list_files()
+        self.assertEqual(
+            (entry.name, entry.size, entry.here, entry.replicas), ("kept.bin", len(BIG), False, 1)
+        )
+        recovered, errors = await a.files.recover()
+        self.assertEqual((recovered, errors), (["kept.bin"], []))
+        self.assertEqual(await get(a, "kept.bin"), (BIG, "local"))
+        # The deletion B proves is kept here too: the file stays deleted.
+        tomb = a.files.ledger.get(gone.blob)
+        self.assertTrue(tomb is not None and tomb.deleted)
+        with self.assertRaises(FileNotFound):
+            await a.files.open_download("gone.txt")
+        written = a.files.ledger.get(blob)
+        self.assertTrue(written is not None and written.name == "kept.bin")
