@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench coverage clean
+.PHONY: demo test test-fast mutants coverage lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The unit tier only: pure code, no network, no processes (about 15 s).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m unit tests
+
+# Each safeguard of docs/security.md removed in turn: the tests named for it must fail.
+# Slow (about 5 minutes) and not part of CI; see README, Testing.
+mutants: $(STAMP)
+	$(BIN)/python tools/mutants.py
 
 # Coverage of the whole suite, the twistd and dfs processes the tests start included:
 # tests/coverage_hook/sitecustomize.py starts coverage in every Python process, and
@@ -34,8 +43,8 @@ coverage: $(STAMP)
 	$(BIN)/python tests/coverage_groups.py $(COVERAGE)/data; exit $$status
 
 lint: $(STAMP)
-	$(BIN)/ruff check dfs_twisted tests bench twisted
-	$(BIN)/ruff format --check dfs_twisted tests bench twisted
+	$(BIN)/ruff check dfs_twisted tests bench tools twisted
+	$(BIN)/ruff format --check dfs_twisted tests bench tools twisted
 	$(BIN)/mypy
 
 bench: $(STAMP)

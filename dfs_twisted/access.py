@@ -18,6 +18,7 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
+from .crypto import is_hex_id
 from .identity import NodeIdentity
 
 API_SOCKET = "api.sock"  # in private/
@@ -61,15 +62,11 @@ class AccessFile:
         if body.get("version") != FORMAT_VERSION:
             raise AccessError(f"access file version {body.get('version')!r} not supported")
         node_id, org, token = body.get("node_id"), body.get("org"), body.get("token")
-        if not isinstance(node_id, str) or len(node_id) != 64 or not _is_hex(node_id):
+        if not is_hex_id(node_id):
             raise AccessError("the access file's node_id is not a node id")
         if not isinstance(token, str) or not token or not token.isprintable():
             raise AccessError("the access file holds no usable token")
         return cls(node_id, org if isinstance(org, str) else "?", token)
-
-
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
 
 
 @implementer(IOpenSSLServerConnectionCreator)

@@ -140,7 +140,7 @@ NO_SUCH_FILE = "no such file on this node or any connected peer"
 
 
 # Exception type -> status; the text is the exception's own (each is one line).
-# ValueError is what the file server raises for a name it cannot store.
+# ValueError is what `files` raises for a name it cannot store.
 ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ValueError, 400),
     (GrantError, 400),
@@ -319,6 +319,7 @@ class Api(Resource):
                 "name": e.name,
                 "size": e.size,
                 "replicas": e.replicas,
+                "wanted": e.wanted,
                 "here": e.here,
                 "blob": e.blob,
                 "mtime": e.mtime,
@@ -403,6 +404,9 @@ class Api(Resource):
             "storage": {
                 "own_bytes": usage.get(server.node_id, 0),
                 "held_for_others": {o: b for o, b in usage.items() if o != server.node_id},
+                "held_for_us": server.held_for_us(),
+                "under_replicated": server.under_replicated(),
+                "replicas": str(server.placement.redundancy),
                 "free_bytes": server.space.free(),
                 "quota_bytes": server.space.limits.quota,
                 "reserve_bytes": server.space.limits.reserve,

@@ -14,7 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from twisted.internet.interfaces import IConsumer, IProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.server import Request, Site
@@ -184,7 +184,7 @@ class ApiSite(Site):
     def __init__(
         self,
         api: Api,
-        reactor: Any = None,
+        reactor: IReactorTime | None = None,
         waiting: WaitingConnections[ApiChannel] | None = None,
         head_timeout: float = HEAD_TIMEOUT,
         waiting_lifetime: float = WAITING_LIFETIME,

@@ -15,6 +15,7 @@ import os
 import secrets
 import struct
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -125,8 +126,12 @@ def collect(node_dir: Path) -> list[Entry]:
     return entries
 
 
-def restore(entries: list[Entry], node_dir: Path) -> None:
-    """Write ``entries`` into ``node_dir``, which must be new or empty: nothing is overwritten."""
+def restore(entries: list[Entry], node_dir: Path, fsync: Callable[[int], None] = os.fsync) -> None:
+    """Write ``entries`` into ``node_dir``, which must be new or empty: nothing is overwritten.
+
+    Durable when it returns: every file, and every directory that gained an entry,
+    went through ``fsync`` (tests record it).
+    """
     if node_dir.exists() and (not node_dir.is_dir() or any(node_dir.iterdir())):
         raise BackupError(f"{node_dir} exists and is not empty: restore into a new directory")
     if not any(e.path.startswith(PRIVATE + "/") for e in entries):
@@ -134,17 +139,27 @@ def restore(entries: list[Entry], node_dir: Path) -> None:
     try:
         node_dir.mkdir(parents=True, exist_ok=True)
         (node_dir / PRIVATE).mkdir(mode=0o700)
+        # A file synced in a directory whose entry is not may still vanish in a crash.
+        dirs = {node_dir.parent, node_dir}
         for entry in entries:
             if not is_safe_path(entry.path):
                 raise BackupError(f"refusing to restore {entry.path!r}")
             target = node_dir / entry.path
             for parent in reversed(target.relative_to(node_dir).parents[:-1]):
                 (node_dir / parent).mkdir(mode=0o700, exist_ok=True)
+                dirs.add(node_dir / parent)
             mode = 0o644 if entry.path == CONFIG else 0o600
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
             with os.fdopen(fd, "wb") as f:
                 f.write(entry.data)
                 f.flush()
-                os.fsync(f.fileno())
+                fsync(f.fileno())
+        # Deepest first: a directory's own entry is synced in its parent after it.
+        for directory in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     except OSError as e:
         raise BackupError(f"cannot write {e.filename}: {e.strerror}") from None

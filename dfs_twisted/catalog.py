@@ -1,7 +1,7 @@
 """What this node holds, per owner: each blob's version and size, and the tombstones.
 
 An in-memory index over the store, built once at start-up and kept current by
-the file server as blobs commit and deletions land. Listings, digests, usage
+`files.Holdings` as blobs commit and deletions land. Listings, digests, usage
 and the next version number come from here, so none of them walks the disk.
 Versions order every change within an owner's namespace (the owner is its only
 writer): the highest version of a blob, live or deleted, wins everywhere.
@@ -34,6 +34,16 @@ class Entry:
     proof: bytes = field(default=b"", compare=False, repr=False)
     # The node that sent it here (its quota pays for it); this node's id for its own.
     sender: str = field(default="", compare=False)
+
+
+def digest_of(entries: Iterable[tuple[str, Entry]]) -> tuple[str, int]:
+    """SHA-256 over (blob, version, deleted) entries in blob order, and their count."""
+    h = hashlib.sha256()
+    count = 0
+    for blob, entry in entries:
+        h.update(f"{blob} {entry.version} {int(entry.deleted)}\n".encode("ascii"))
+        count += 1
+    return h.hexdigest(), count
 
 
 def charge(entry: Entry | None) -> int:
@@ -153,14 +163,10 @@ class Catalog:
         ns = self._owners.get(owner)
         if ns is not None and ns.digest is not None:
             return ns.digest  # kept until the namespace changes: peers ask every minute
-        h = hashlib.sha256()
-        count = 0
-        for blob, entry in self.entries(owner):
-            h.update(f"{blob} {entry.version} {int(entry.deleted)}\n".encode("ascii"))
-            count += 1
+        digest = digest_of(self.entries(owner))
         if ns is not None:
-            ns.digest = (h.hexdigest(), count)
-        return h.hexdigest(), count
+            ns.digest = digest
+        return digest
 
     def newest(self, owner: str) -> int:
         """The highest version ever set in ``owner``'s namespace (a put's starts above it)."""

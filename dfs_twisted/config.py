@@ -35,6 +35,8 @@ SETTINGS: dict[str, str] = {
     "max-peers": _TEXT,
     "audit-period": _TEXT,
     "audit-sample": _TEXT,
+    "replicas": _TEXT,
+    "repair-after": _TEXT,
     "log-format": _TEXT,
     "log-level": _TEXT,
     "no-relay": _FLAG,

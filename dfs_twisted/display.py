@@ -73,14 +73,18 @@ def files_table(entries: Iterable[dict[str, Any]], long: bool) -> list[str]:
         lines = [f"{'NAME':<{width}}  {'SIZE':>12}  REPLICAS"]
     for name, e in zip(names, rows, strict=True):
         where = "" if e.get("here", True) else "  (on peers only)"
+        copies = str(e["replicas"])
+        wanted = e.get("wanted")
+        if isinstance(wanted, int) and e["replicas"] < wanted:
+            copies += f" of {wanted}"  # degraded: fewer copies than this org wants
         if long:
             mtime = e.get("mtime")
             when = local_time(mtime) if isinstance(mtime, int | float) else "-"
             lines.append(
-                f"{name:<{width}}  {human_size(e['size']):>10}  {when:<16}  {e['replicas']}{where}"
+                f"{name:<{width}}  {human_size(e['size']):>10}  {when:<16}  {copies}{where}"
             )
         else:
-            lines.append(f"{name:<{width}}  {e['size']:>12}  {e['replicas']}{where}")
+            lines.append(f"{name:<{width}}  {e['size']:>12}  {copies}{where}")
     return lines
 
 
@@ -94,6 +98,14 @@ def status_table(status: dict[str, Any], now: float | None = None) -> str:
     ]
     for owner, size in storage["held_for_others"].items():
         lines.append(f"        {human_size(size)} held for {shown(owner)[:16]}")
+    for peer, size in storage.get("held_for_us", {}).items():
+        lines.append(f"        {human_size(size)} of ours held by {shown(peer)[:16]}")
+    if "replicas" in storage:
+        under = storage.get("under_replicated", 0)
+        lines.append(
+            f"copies  {shown(storage['replicas'])} peers per file"
+            + (f", {count(under, 'file', 'files')} short of that" if under else "")
+        )
     if "free_bytes" in storage:
         lines.append(f"disk    {human_size(storage['free_bytes'])} free")
     scrub = status.get("scrub")

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -54,22 +54,25 @@ def ensure_private_dir(path: Path) -> None:
         )
 
 
-def write_secret(path: Path, data: bytes) -> None:
-    """Write a 0600 file atomically (temp, fsync, rename, fsync dir)."""
+def write_secret(path: Path, data: bytes, fsync: Callable[[int], None] = os.fsync) -> None:
+    """Write a 0600 file atomically (temp, fsync, rename, fsync dir).
+
+    ``fsync``: how the file and its directory are made durable (tests record it).
+    """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        fsync(dir_fd)
     finally:
         os.close(dir_fd)
 

@@ -31,6 +31,7 @@ class Liveness:
         close: Callable[[str], None],
         ping_timeout: float,
         stall_timeout: float,
+        ping_interval: float = PING_INTERVAL,
     ) -> None:
         """``busy()``: a transfer is under way; ``holding()``: this side holds reading."""
         self._clock = clock
@@ -40,6 +41,7 @@ class Liveness:
         self._close = close
         self._ping_timeout = ping_timeout
         self._stall_timeout = stall_timeout
+        self._ping_interval = ping_interval
         self._pinger: task.LoopingCall | None = None
         self._outstanding = False
         self._stall: Any = None
@@ -54,7 +56,7 @@ class Liveness:
         """The session is ready: start pinging."""
         self._pinger = task.LoopingCall(self._tick)
         self._pinger.clock = self._clock
-        self._pinger.start(PING_INTERVAL, now=False)
+        self._pinger.start(self._ping_interval, now=False)
 
     def watch(self) -> None:
         """Look out for a stall, if a transfer is under way (after each receipt)."""

@@ -202,7 +202,7 @@ def _repeat_key(event: dict[str, Any]) -> tuple[Any, ...]:
 class NodeTags:
     """Which node of this process an event comes from, by the objects on its call stack.
 
-    Each node registers its long-lived objects (file server, peer factory, API,
+    Each node registers its long-lived objects (files, peer factory, API,
     ...) under its label. An event is tagged with the label of the first
     registered object found as ``self`` on the stack, directly or through the
     attribute a connection keeps of its factory or site.

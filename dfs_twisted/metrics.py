@@ -214,6 +214,20 @@ class NodeCollector(Collector):
             if owner != files.node_id:
                 held.add_metric([owner], size)
         yield held
+        held_for_us = GaugeMetricFamily(
+            "dfs_held_for_us_bytes",
+            "Bytes of this org's files a peer is known to hold, by its node id.",
+            labels=["peer_id"],
+        )
+        for peer, size in sorted(files.held_for_us().items()):
+            held_for_us.add_metric([peer], size)
+        yield held_for_us
+        under = GaugeMetricFamily(
+            "dfs_under_replicated_files",
+            "This org's files with fewer peer copies known than --replicas wants.",
+        )
+        under.add_metric([], files.under_replicated())
+        yield under
 
         yield self._peer_up()
 

@@ -1,4 +1,4 @@
-"""`NodeService`: builds a node (store, keys, peers, file server, API) from options."""
+"""`NodeService`: builds a node (store, keys, peers, files, API) from options."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService
 from twisted.internet import task
@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
@@ -31,7 +32,7 @@ from .config import CONFIG_FILE, render_config
 from .crypto import OrgKey
 from .diskqueue import DiskQueue
 from .fdlimit import raise_fd_limit
-from .files import Files, Owner
+from .files import Files, Owner, Redundancy
 from .files.holdings import Holdings, load_catalog
 from .files.migrate import rewrite_legacy, unrecorded
 from .identity import (
@@ -117,7 +118,7 @@ def tune_malloc() -> None:
 
 
 class NodeService(MultiService):
-    """One organization's node: peer listener, peer links, file server and HTTP API."""
+    """One organization's node: peer listener, peer links, files and HTTP API."""
 
     def __init__(
         self,
@@ -138,14 +139,16 @@ class NodeService(MultiService):
         sync_period: float = 60.0,
         audit_period: float = 600.0,
         audit_sample: int = 8,
+        redundancy: Redundancy | None = None,
+        repair_after: float = 3600.0,
         create: bool = True,
-        reactor: Any = None,
+        reactor: PosixReactorBase | None = None,
     ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
-            reactor = default_reactor
+            reactor = cast(PosixReactorBase, default_reactor)
         self.reactor = reactor
         self.port = port
         self.data_dir = Path(data_dir)
@@ -163,6 +166,8 @@ class NodeService(MultiService):
         self.sync_period = sync_period
         self.audit_period = audit_period
         self.audit_sample = audit_sample
+        self.redundancy = redundancy or Redundancy()
+        self.repair_after = repair_after
         self._audits: task.LoopingCall | None = None
         self.create = create
         self.private = self.data_dir / "private"
@@ -228,6 +233,8 @@ class NodeService(MultiService):
             KnownOrgs(self.private / "known_orgs.json"),
             relay=self.relay,
             audit_sample=self.audit_sample,
+            redundancy=self.redundancy,
+            repair_after=self.repair_after,
         )
         self.tls = MutualTLS(self.identity)
         self.factory = PeerFactory(
@@ -445,7 +452,7 @@ def _exit_status_1() -> None:
     os._exit(1)
 
 
-def _endpoint(reactor: Any, description: str, flag: str) -> IStreamServerEndpoint:
+def _endpoint(reactor: PosixReactorBase, description: str, flag: str) -> IStreamServerEndpoint:
     try:
         endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
@@ -495,6 +502,8 @@ def node_from_options(options: Any) -> NodeService:
         sync_period=options["sync-period"],
         audit_period=options["audit-period"],
         audit_sample=options["audit-sample"],
+        redundancy=Redundancy(options["replicas"]),
+        repair_after=options["repair-after"],
         create=not options["no-create"],
     )
 

@@ -111,6 +111,19 @@ def endpoint_interface(description: str) -> tuple[str, str | None]:
     return kind, interface
 
 
+def parse_replicas(text: str) -> int | None:
+    """``all`` (None: every peer) or a number of peers, as given to ``--replicas``."""
+    if text == "all":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        raise ValueError(f"takes 'all' or a number of peers, not {text!r}") from None
+    if count < 1:
+        raise ValueError("must be at least 1 (or 'all')")
+    return count
+
+
 DEFAULTS: dict[str, Setting] = {
     "listen": "127.0.0.1",
     "api": "tcp:0:interface=127.0.0.1",
@@ -124,6 +137,8 @@ DEFAULTS: dict[str, Setting] = {
     "max-peers": "128",
     "audit-period": "10m",
     "audit-sample": "8",
+    "replicas": "all",
+    "repair-after": "1h",
     "log-format": "text",
     "log-level": "info",
     "no-relay": False,
@@ -184,6 +199,18 @@ class NodeOptions(usage.Options):
             "how often to ask holders to prove they hold this org's blobs (default 10m; 0 never)",
         ],
         ["audit-sample", None, None, "blobs audited per peer each time (default 8)"],
+        [
+            "replicas",
+            None,
+            None,
+            "peers that hold a copy of each of this org's files: a number, or all (default)",
+        ],
+        [
+            "repair-after",
+            None,
+            None,
+            "how long a holder may be away before its copies go elsewhere (default 1h)",
+        ],
         ["log-format", None, None, "text (default) or json (one JSON object per line)"],
         [
             "log-level",
@@ -278,6 +305,8 @@ class NodeOptions(usage.Options):
             ("scrub-period", parse_duration),
             ("sync-period", parse_duration),
             ("audit-period", parse_duration),
+            ("repair-after", parse_duration),
+            ("replicas", parse_replicas),
         ):
             try:
                 self[name] = parse(text[name])

@@ -26,7 +26,12 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -124,7 +129,7 @@ class PeerRegistry(MultiService):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         pinned: Callable[[str], str | None] | None = None,
         seen_file: Path | None = None,
     ) -> None:
@@ -264,6 +269,12 @@ class PeerRegistry(MultiService):
     def live(self) -> list[PeerProtocol]:
         """One session per connected peer node (the oldest, if both sides dialled)."""
         return [sessions[0] for sessions in self._sessions.values() if sessions]
+
+    def known(self) -> dict[str, float | None]:
+        """Every peer node met, by node id: when it was last seen (None: connected now)."""
+        known: dict[str, float | None] = {n: s.last_seen for n, s in self._seen.items()}
+        known.update((node_id, None) for node_id, group in self._sessions.items() if group)
+        return known
 
     def sessions(self) -> list[PeerProtocol]:
         """Every authenticated session, a second one to the same peer included."""

@@ -73,6 +73,7 @@ class Limits:
     # A PING unanswered, and nothing else received, for this long: the peer is
     # unreachable (a cut link sends no FIN; TCP alone would notice in ~15 minutes).
     ping_timeout: float = 30.0
+    ping_interval: float = PING_INTERVAL  # seconds between PINGs of a ready session
     max_streams: int = 16  # concurrent STOREs received, and FETCHes served, per connection
     # Connections still in TLS or HELLO at once, in all and from one address: past
     # either bound the oldest waiting one is dropped, so idle sockets cannot lock
@@ -157,6 +158,7 @@ class PeerProtocol(Protocol):
             self.close,
             factory.limits.ping_timeout,
             factory.limits.stall_timeout,
+            factory.limits.ping_interval,
         )
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         factory.waiting(self)

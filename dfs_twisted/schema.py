@@ -31,6 +31,9 @@ class PeerRow(TypedDict):
 class Storage(TypedDict):
     own_bytes: int
     held_for_others: dict[str, int]  # owner node id -> bytes held here for that org
+    held_for_us: dict[str, int]  # peer node id -> bytes of this org's files it holds
+    under_replicated: int  # this org's files with fewer peer copies known than wanted
+    replicas: str  # "all", or how many peers hold a copy of each file
     free_bytes: int
     quota_bytes: int
     reserve_bytes: int
@@ -85,6 +88,7 @@ class FileRow(TypedDict):
     name: str
     size: int
     replicas: int
+    wanted: int | None  # copies wanted of this org's own files (None: another org's)
     here: bool
     blob: str
     mtime: int

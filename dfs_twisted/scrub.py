@@ -19,6 +19,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import task, threads
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -68,7 +69,7 @@ class Scrubber(Service):
         state: Path,
         period: float,
         rate: int,
-        reactor: Any,
+        reactor: PosixReactorBase,  # its clock and its thread pool
     ) -> None:
         self.files = files
         self.state = state

@@ -14,7 +14,7 @@ from typing import BinaryIO, Protocol
 from twisted.internet.defer import Deferred
 
 from . import wire
-from .crypto import Tombstone
+from .crypto import Release, Tombstone
 from .store import BlobKey
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "RemoteError",
     "SessionClosed",
     "delete_message",
+    "release_message",
 ]
 
 PUSH_BLOCK = 1 << 20  # bytes read from a stored blob per write to a peer
@@ -148,6 +149,12 @@ class PeerClient:
         if not isinstance(reply, wire.Ack):
             raise RemoteError("bad_reply", "DELETE answered with something else")
 
+    async def release(self, release: Release) -> None:
+        """Let the peer drop its copy of a blob version (RemoteError if it refuses)."""
+        reply = await self._ask(release_message(release))
+        if not isinstance(reply, wire.Ack):
+            raise RemoteError("bad_reply", "RELEASE answered with something else")
+
     async def push(self, key: BlobKey, version: int, blob: BinaryIO, size: int) -> None:
         """Stream a stored blob to the peer as it reads it; return once it answered."""
         stream = self.session.store(wire.Store(key.owner, key.blob, size, version))
@@ -155,6 +162,18 @@ class PeerClient:
             await self.session.when_writable()
             stream.write(block)
         await stream.finish()
+
+
+def release_message(release: Release) -> wire.Release:
+    """The RELEASE that lets one holder drop its copy."""
+    return wire.Release(
+        release.owner,
+        release.blob,
+        release.version,
+        release.holder,
+        release.owner_key.hex(),
+        release.signature.hex(),
+    )
 
 
 def delete_message(tomb: Tombstone) -> wire.Delete:

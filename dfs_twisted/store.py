@@ -21,11 +21,14 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-__all__ = ["BlobKey", "BlobStore", "BlobWriter", "InvalidId", "parse_id"]
+__all__ = ["BlobKey", "BlobStore", "BlobWriter", "Fsync", "InvalidId", "parse_id"]
+
+# How a file or directory is made durable: os.fsync, or a test's recording one.
+Fsync = Callable[[int], None]
 
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 _PREFIX_RE = re.compile(r"[0-9a-f]{2}")
@@ -65,16 +68,16 @@ class BlobKey:
         parse_id(self.blob)
 
 
-def _fsync_dir(path: str | os.PathLike[str]) -> None:
+def _fsync_dir(path: str | os.PathLike[str], fsync: Fsync = os.fsync) -> None:
     """Make a directory's entries (creations, renames, unlinks) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
 
-def _make_blob_dirs(final_path: pathlib.Path) -> None:
+def _make_blob_dirs(final_path: pathlib.Path, fsync: Fsync = os.fsync) -> None:
     bb_dir = final_path.parent
     owner_dir = bb_dir.parent.parent
     for d in (owner_dir, bb_dir.parent, bb_dir):
@@ -84,7 +87,7 @@ def _make_blob_dirs(final_path: pathlib.Path) -> None:
             continue
         # A new directory entry lives in its parent: sync that too, or the
         # whole subtree may vanish after a crash.
-        _fsync_dir(d.parent)
+        _fsync_dir(d.parent, fsync)
 
 
 def _is_prefix(name: str) -> bool:
@@ -99,9 +102,15 @@ class BlobWriter:
     """A blob being written: to a temp file under root/tmp, invisible until commit()."""
 
     def __init__(
-        self, key: BlobKey, fd: int, tmp_path: pathlib.Path, final_path: pathlib.Path
+        self,
+        key: BlobKey,
+        fd: int,
+        tmp_path: pathlib.Path,
+        final_path: pathlib.Path,
+        fsync: Fsync = os.fsync,
     ) -> None:
         self.key = key
+        self._fsync = fsync
         self.written = 0
         self._fd: int | None = fd
         self._tmp_path = tmp_path
@@ -153,9 +162,13 @@ class BlobWriter:
             try:
                 # Data must be on disk before the rename makes it visible,
                 # otherwise a crash could leave a visible but truncated blob.
-                os.fsync(fd)
-            finally:
+                self._fsync(fd)
+            except BaseException:
+                # Never published: nothing may be left of it in tmp.
                 os.close(fd)
+                self._unlink_tmp()
+                raise
+            os.close(fd)
             try:
                 self._make_dirs()
                 os.replace(self._tmp_path, self._final_path)
@@ -164,7 +177,7 @@ class BlobWriter:
                 raise
             self._committed = True
             # Persist the rename itself.
-            _fsync_dir(self._final_path.parent)
+            _fsync_dir(self._final_path.parent, self._fsync)
 
     def abort(self) -> None:
         """Discard the blob. Idempotent; a no-op after commit()."""
@@ -178,7 +191,7 @@ class BlobWriter:
             self._unlink_tmp()
 
     def _make_dirs(self) -> None:
-        _make_blob_dirs(self._final_path)
+        _make_blob_dirs(self._final_path, self._fsync)
 
     def _unlink_tmp(self) -> None:
         try:
@@ -190,8 +203,10 @@ class BlobWriter:
 class BlobStore:
     """Blobs on disk, grouped per owner."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], fsync: Fsync = os.fsync) -> None:
+        """``fsync``: how files and directories are made durable (tests record it)."""
         self.root = pathlib.Path(root)
+        self._fsync = fsync
         self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         self._tmp = self.root / _TMP_DIR
         self._tmp.mkdir(mode=_DIR_MODE, exist_ok=True)
@@ -230,7 +245,7 @@ class BlobStore:
                 # Someone removed the store under a running node: start it afresh.
                 self._tmp.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
                 continue
-            return BlobWriter(key, fd, tmp_path, final_path)
+            return BlobWriter(key, fd, tmp_path, final_path, self._fsync)
 
     def open(self, key: BlobKey) -> BinaryIO | None:
         try:
@@ -256,7 +271,7 @@ class BlobStore:
         """Remove a blob, durably."""
         if not self.unlink(key):
             return False
-        _fsync_dir(self.path_for(key).parent)
+        _fsync_dir(self.path_for(key).parent, self._fsync)
         return True
 
     def unlink(self, key: BlobKey) -> bool:
@@ -288,7 +303,7 @@ class BlobStore:
             os.unlink(path)
         except (FileNotFoundError, NotADirectoryError):
             return
-        _fsync_dir(path.parent)
+        _fsync_dir(path.parent, self._fsync)
 
     def tombstones(self, owner: str) -> list[str]:
         return [name for name, _ in self._iter_blobs(owner, None, _TOMB_SUFFIX)]

@@ -11,11 +11,12 @@ import json
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import reactor as _reactor
 from twisted.internet import task, tcp
 from twisted.internet.interfaces import IConsumer
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -25,8 +26,8 @@ from dfs_twisted.protocol import PeerProtocol
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
-# Twisted's interfaces are not types mypy can check calls against.
-reactor: Any = _reactor
+# The module is the running reactor: typed as what it is.
+reactor = cast(PosixReactorBase, _reactor)
 
 POLL = 0.01  # seconds between checks of a condition
 PATIENCE = 10.0  # seconds before a condition that never comes true fails the test
@@ -168,7 +169,7 @@ def blob_path(node: NodeService, owner: str, blob: str) -> Path:
 
 
 async def put(node: NodeService, name: str, data: bytes) -> tuple[str, int]:
-    """Store ``data`` as ``name`` through the file server; return (blob, replicas)."""
+    """Store ``data`` as ``name`` through the node's files; return (blob, replicas)."""
     upload = node.files.begin_put(name, len(data), None)
     for start in range(0, len(data), 100_000):
         upload.write(data[start : start + 100_000])
@@ -177,7 +178,7 @@ async def put(node: NodeService, name: str, data: bytes) -> tuple[str, int]:
 
 
 async def get(node: NodeService, name: str) -> tuple[bytes, str]:
-    """A file's bytes through the file server, and where they came from."""
+    """A file's bytes through the node's files, and where they came from."""
     download = await node.files.open_download(name)
     consumer: Any = BytesConsumer()  # an IConsumer, which mypy cannot see
     await download.stream_to(consumer)

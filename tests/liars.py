@@ -1,4 +1,4 @@
-"""A peer that speaks the real protocol but lies: a node's own file server, a few
+"""A peer that speaks the real protocol but lies: a node's own `files.Server`, a few
 answers changed.
 
 `Liar` takes over the answers of a started node's `files.server` (its own methods

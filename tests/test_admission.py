@@ -9,10 +9,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.admission import Admission, AdmissionError, NetworkKey, load_allow_list
 from dfs_twisted.launcher import BIN, NodeProcess, free_port
+
+from .inprocess import NodeTestCase
 
 A = "a" * 64
 B = "b" * 64
@@ -24,6 +27,7 @@ class TempDirCase(SynchronousTestCase):
         self.addCleanup(shutil.rmtree, self.dir, True)
 
 
+@pytest.mark.unit
 class NetworkKeyTests(TempDirCase):
     def test_create_load_round_trip_and_mode(self) -> None:
         path = self.dir / "net.key"
@@ -70,6 +74,7 @@ class NetworkKeyTests(TempDirCase):
         self.assertIsNone(rules.proof(b"s" * 32, A))
 
 
+@pytest.mark.unit
 class AllowListTests(TempDirCase):
     def test_ids_and_comments(self) -> None:
         path = self.dir / "allow"
@@ -89,6 +94,7 @@ class AllowListTests(TempDirCase):
         self.assertIn(":2:", str(caught.exception))
 
 
+@pytest.mark.processes
 class NodeAdmissionTests(TempDirCase):
     """Real twistd nodes with and without the federation's network key."""
 
@@ -173,3 +179,29 @@ class NodeAdmissionTests(TempDirCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("--network-key FILE or --allow FILE", result.stdout + result.stderr)
         self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+
+@pytest.mark.inprocess
+class SessionBindingTests(NodeTestCase):
+    """The proof's binding comes from the real TLS session: the same on its two ends,
+    another on every other connection, so a proof captured on one is refused on the next."""
+
+    async def test_a_proof_from_one_connection_is_refused_on_another(self) -> None:
+        a_port = free_port()
+        a = self.make_node(a_port, org="alpha")
+        b = self.make_node(peers=[a_port], org="beta")
+        c = self.make_node(peers=[a_port], org="gamma")
+        await self.connected(a, b)
+        await self.connected(a, c)
+        a_b, b_a = self.session(a, b)._binding(), self.session(b, a)._binding()
+        a_c = self.session(a, c)._binding()
+        assert a_b is not None and a_c is not None
+        self.assertEqual(a_b, b_a)
+        self.assertEqual(len(a_b), 32)
+        self.assertNotEqual(a_b, a_c)
+
+        key = NetworkKey.generate()
+        rules = Admission(network_key=key)
+        captured = key.proof(a_b, b.node_id)  # what b sent a on their connection
+        self.assertIsNone(rules.refuse_proof(a_b, b.node_id, captured))
+        self.assertEqual(rules.refuse_proof(a_c, b.node_id, captured), "wrong network key")

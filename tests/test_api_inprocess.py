@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
+import pytest
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +23,7 @@ from dfs_twisted.node import NodeService
 
 from .inprocess import NodeTestCase
 
-reactor: Any = _reactor
+reactor = cast(PosixReactorBase, _reactor)  # the module is the running reactor
 
 # Over one encryption chunk, so the body streams through the upload in many pieces.
 DATA = os.urandom(2 * 1024 * 1024 + 7)
@@ -84,6 +86,7 @@ class ApiTestCase(NodeTestCase):
         return json.loads(body)
 
 
+@pytest.mark.inprocess
 class ApiTests(ApiTestCase):
     async def test_api_url_written(self) -> None:
         node = await self.node()
@@ -300,6 +303,7 @@ class RawHttpTestCase(ApiTestCase):
         return answers[0]
 
 
+@pytest.mark.inprocess
 class LimitTests(RawHttpTestCase):
     async def test_absurd_content_length_is_refused_before_the_upload(self) -> None:
         node = await self.node()
@@ -321,6 +325,7 @@ class LimitTests(RawHttpTestCase):
         self.assertEqual(response.code, 201)
 
 
+@pytest.mark.inprocess
 class HealthTests(RawHttpTestCase):
     async def test_health_needs_no_token_and_says_nothing_else(self) -> None:
         node = await self.node()
@@ -345,6 +350,7 @@ class HealthTests(RawHttpTestCase):
         self.assertEqual((status, body), (503, b"unavailable\n"))
 
 
+@pytest.mark.inprocess
 class ScrubNowTests(ApiTestCase):
     async def test_scrub_now_needs_the_token_and_starts_a_pass(self) -> None:
         from .inprocess import eventually
@@ -364,6 +370,7 @@ class ScrubNowTests(ApiTestCase):
         await eventually(lambda: node.scrubber.last is not first, "the second pass")
 
 
+@pytest.mark.unit
 class RequestHeadTests(SynchronousTestCase):
     """`apiserver.request_head` reads Twisted's private request line: pinned here."""
 
@@ -392,6 +399,7 @@ class RequestHeadTests(SynchronousTestCase):
         channel.connectionLost(Failure(ConnectionDone()))
 
 
+@pytest.mark.unit
 class ErrorMapTests(SynchronousTestCase):
     """One place turns exceptions into statuses; its table, end to end."""
 
@@ -418,3 +426,38 @@ class ErrorMapTests(SynchronousTestCase):
         # Anything else is the node's own failure: a 500, logged, with no detail.
         self.assertIsNone(http_error(KeyError("x"), None))
         self.assertIsNone(http_error(RuntimeError("x"), None))
+
+
+@pytest.mark.unit
+class TokenCheckTests(SynchronousTestCase):
+    """The token is compared with ``hmac.compare_digest``, whose time does not depend
+    on where the first wrong byte is (an ``==`` would tell a timing attacker)."""
+
+    def test_token_compared_in_constant_time(self) -> None:
+        import hmac
+        from pathlib import Path
+        from typing import cast
+
+        from dfs_twisted.api import Api
+        from dfs_twisted.keys import Keyring
+
+        api = Api(cast(Any, None), "the-token", "org", Keyring(Path(self.mktemp())))
+        compared: list[tuple[bytes, bytes]] = []
+        original = hmac.compare_digest
+
+        def recording(a: bytes, b: bytes) -> bool:
+            compared.append((a, b))
+            return original(a, b)
+
+        self.patch(hmac, "compare_digest", recording)
+        self.assertTrue(api.authorized([b"Bearer the-token"]))
+        self.assertFalse(api.authorized([b"Bearer the-tokeN"]))
+        self.assertFalse(api.authorized([]))
+        self.assertEqual(
+            compared,
+            [
+                (b"Bearer the-token", b"Bearer the-token"),
+                (b"Bearer the-tokeN", b"Bearer the-token"),
+                (b"", b"Bearer the-token"),
+            ],
+        )

@@ -17,11 +17,15 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import NodeProcess, free_port
 
+from .environment import cannot_run
 from .shared import wait_until
+
+pytestmark = pytest.mark.processes
 
 IDLE_SOCKETS = 300
 TRICKLERS = 5
@@ -101,7 +105,7 @@ class ConnectionFloodTests(ApiProcessTestCase):
     def prlimit(self, soft: int, hard: int) -> list[str]:
         binary = shutil.which("prlimit")
         if binary is None:
-            raise SkipTest("no prlimit (util-linux) on PATH")
+            cannot_run("no prlimit (util-linux) on PATH")
         return [binary, f"--nofile={soft}:{hard}", "--"]
 
     def test_idle_and_trickling_sockets_do_not_lock_out_the_token_holder(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -18,6 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from dfs_twisted.api import Api, ApiSite
 from dfs_twisted.apigate import ApiChannel, WaitingConnections
 from dfs_twisted.keys import Keyring
+
+pytestmark = pytest.mark.unit
 
 TOKEN = "the-token"
 # The status page: the one answer served both with and without the token.
@@ -63,7 +66,7 @@ class WaitingConnectionsTests(SynchronousTestCase):
 class ChannelTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        # The file server is never reached: the page and the gate need only the token.
+        # The files are never reached: the page and the gate need only the token.
         api = Api(cast(Any, None), TOKEN, "org", Keyring(Path(self.mktemp())))
         self.site = ApiSite(
             api,

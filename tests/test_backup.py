@@ -11,6 +11,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -21,6 +22,7 @@ from dfs_twisted.launcher import BIN, NodeProcess, free_port
 PASSPHRASE = "correct horse battery staple"
 
 
+@pytest.mark.unit
 class ArchiveTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="dfs-backup-"))
@@ -86,6 +88,7 @@ def run_dfs(*args: str, passphrase: str | None = None) -> subprocess.CompletedPr
     return subprocess.run([str(BIN / "dfs"), *args], capture_output=True, timeout=120, env=env)
 
 
+@pytest.mark.processes
 class BackupRestoreTests(SynchronousTestCase):
     """A node's private/ saved, its machine lost, restored elsewhere, its files recovered."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,6 +15,8 @@ from dfs_twisted.crypto import Encryptor, OrgKey, Tombstone
 from dfs_twisted.files.holdings import load_catalog
 from dfs_twisted.index import Row, StoreIndex
 from dfs_twisted.store import BlobKey, BlobStore
+
+pytestmark = pytest.mark.unit
 
 A = "a" * 64
 IDS = [f"{i:064x}" for i in range(1, 8)]

@@ -7,11 +7,15 @@ import io
 import sys
 from typing import Any
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
-from dfs_twisted.cli import PROGRESS_FROM, _bar, parser
+from dfs_twisted.cli import parser
+from dfs_twisted.cli.output import PROGRESS_FROM, progress_bar
 from dfs_twisted.display import ago, files_table, human_size, rate, shown, status_table
 from dfs_twisted.names import check_new_name
+
+pytestmark = pytest.mark.unit
 
 STATUS = {
     "node_id": "a" * 64,
@@ -175,14 +179,16 @@ class ParserTests(SynchronousTestCase):
 class ProgressTests(SynchronousTestCase):
     def test_no_bar_off_a_terminal_when_quiet_or_small(self) -> None:
         self.patch(sys, "stderr", io.StringIO())  # not a terminal
-        self.assertTrue(_bar(argparse.Namespace(quiet=False), 1 << 30, "put").disable)
+        self.assertTrue(progress_bar(argparse.Namespace(quiet=False), 1 << 30, "put").disable)
 
         class Terminal(io.StringIO):
             def isatty(self) -> bool:
                 return True
 
         self.patch(sys, "stderr", Terminal())
-        self.assertFalse(_bar(argparse.Namespace(quiet=False), 1 << 30, "put").disable)
-        self.assertTrue(_bar(argparse.Namespace(quiet=True), 1 << 30, "put").disable)
-        self.assertTrue(_bar(argparse.Namespace(quiet=False), PROGRESS_FROM - 1, "get").disable)
-        self.assertFalse(_bar(argparse.Namespace(quiet=False), None, "put").disable)
+        self.assertFalse(progress_bar(argparse.Namespace(quiet=False), 1 << 30, "put").disable)
+        self.assertTrue(progress_bar(argparse.Namespace(quiet=True), 1 << 30, "put").disable)
+        self.assertTrue(
+            progress_bar(argparse.Namespace(quiet=False), PROGRESS_FROM - 1, "get").disable
+        )
+        self.assertFalse(progress_bar(argparse.Namespace(quiet=False), None, "put").disable)

@@ -26,15 +26,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeProcess, free_port, start_network
 
+from .environment import cannot_run
 from .shared import SharedFixture
+
+pytestmark = pytest.mark.processes
 
 ESCAPE = "\x1b[31mRED\x1b[0m"
 
@@ -453,7 +457,7 @@ class TokenTests(CliTestCase):
         prefix: list[str] = []
         if os.geteuid() == 0:
             if shutil.which("setpriv") is None:
-                raise SkipTest("running as root and setpriv is missing")
+                cannot_run("running as root and setpriv is missing")
             where.chmod(0o755)
             os.chown(access, 65534, 65534)
             prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

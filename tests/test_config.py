@@ -9,6 +9,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.python import usage
@@ -31,6 +32,7 @@ def dfs(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.unit
 class ConfigFileTests(SynchronousTestCase):
     def test_parse_as_flag_text(self) -> None:
         settings = parse_config(
@@ -80,6 +82,7 @@ class ConfigFileTests(SynchronousTestCase):
         self.assertEqual(resolved["org"], "x")
 
 
+@pytest.mark.unit
 class OptionsWithConfigTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="dfs-config-"))
@@ -126,6 +129,7 @@ class OptionsWithConfigTests(SynchronousTestCase):
         self.assertIn("dfs init", str(error))
 
 
+@pytest.mark.processes
 class InitTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="dfs-init-"))

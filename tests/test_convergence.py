@@ -7,56 +7,16 @@ nodes the middle one relays each org's changes to the far end.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import sqlite3
-import tempfile
-from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+import pytest
 
 from dfs_twisted.launcher import NodeProcess, free_port
 
-from .shared import wait_until
+from .shared import ConvergenceTestCase, held, tombstones, wait_until
 
-
-def held(node: NodeProcess, owner: str) -> dict[str, bytes]:
-    """Blob id -> ciphertext of ``owner``'s blobs in ``node``'s store."""
-    root = node.data_dir / "store" / owner
-    if not root.exists():
-        return {}
-    return {p.name: p.read_bytes() for p in root.glob("??/??/*")}
-
-
-def tombstones(node: NodeProcess, owner: str) -> set[str]:
-    """The blob ids of ``owner``'s deletions recorded in ``node``'s index."""
-    db = sqlite3.connect(f"file:{node.data_dir / 'store' / 'index.sqlite'}?mode=ro", uri=True)
-    with contextlib.closing(db):
-        rows = db.execute("SELECT blob FROM entries WHERE owner = ? AND deleted = 1", (owner,))
-        return {blob for (blob,) in rows}
-
-
-class ConvergenceTestCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dfs-converge-"))
-        self.addCleanup(shutil.rmtree, self.root, True)
-
-    def node(self, name: str, port: int, peers: list[int], *extra: str) -> NodeProcess:
-        node = NodeProcess(port, self.root / name, peers, org=name, extra=extra)
-        self.addCleanup(node.stop)
-        node.start().wait_ready()
-        return node
-
-    def put(self, node: NodeProcess, name: str, data: bytes) -> None:
-        node.dfs("put", "-", "--name", name, input=data)
-
-    def get(self, node: NodeProcess, name: str) -> bytes:
-        return node.dfs("get", name).stdout
-
-    def ls(self, node: NodeProcess) -> dict[str, int]:
-        rows = json.loads(node.dfs("ls", "--json").stdout)
-        return {row["name"]: row["replicas"] for row in rows}
+pytestmark = pytest.mark.processes
 
 
 class AwayPeerTests(ConvergenceTestCase):

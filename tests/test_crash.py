@@ -8,11 +8,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeProcess, free_port, start_network
 
 from .shared import wait_until
+
+pytestmark = pytest.mark.processes
 
 SIZE = 120 * 1024 * 1024  # big enough to be caught in the middle
 

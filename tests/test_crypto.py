@@ -8,6 +8,7 @@ import itertools
 import random
 import struct
 
+import pytest
 from blake3 import blake3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -38,6 +39,8 @@ from dfs_twisted.crypto import (
     plaintext_size,
     validate_name,
 )
+
+pytestmark = pytest.mark.unit
 
 CS = 64 * 1024  # smallest allowed chunk size keeps the tests fast
 SIGNER = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
@@ -438,6 +441,16 @@ class TamperTests(SynchronousTestCase):
         # Header of one file with the body of another.
         assert_rejected(self, self.blob[:hl] + other[hl:], self.data)
 
+    def test_blob_filed_under_another_name_is_refused(self) -> None:
+        # An insider (the owner's own node, buggy or subverted) files a blob under the
+        # id of one name while its sealed metadata names another: reading it fails.
+        class Insider(OrgKey):
+            def blob_id(self, name: str) -> str:
+                return super().blob_id("somewhere else.txt")
+
+        blob, _ = encrypt(b"misfiled", key=Insider(KEY.root))
+        self.assertRaises(IntegrityError, decrypt, blob)
+
     def test_owner_blob_mismatch(self) -> None:
         blob_id = KEY.blob_id("reports/2026/q1.pdf")
         plain, _, _ = decrypt(self.blob, owner=OWNER, blob_id=blob_id)
@@ -586,6 +599,17 @@ class TombstoneTests(SynchronousTestCase):
             IntegrityError,
             Tombstone(mine.owner, theirs.owner_key, mine.blob, 42, theirs.signature).verify,
         )
+
+    def test_a_key_signing_for_another_owner_is_refused(self) -> None:
+        # Another org signs a deletion of our blob with its own key, naming us as the
+        # owner: the signature is good, but the key is not the owner's.
+        mine = Tombstone.sign(SIGNER, "ee" * 32, 42)
+        theirs_key = OTHER_SIGNER.public_key().public_bytes_raw()
+        unsigned = Tombstone(mine.owner, theirs_key, mine.blob, 42, bytes(64))
+        forged = Tombstone(
+            mine.owner, theirs_key, mine.blob, 42, OTHER_SIGNER.sign(unsigned._message())
+        )
+        self.assertRaises(IntegrityError, forged.verify)
 
     def test_deterministic(self) -> None:
         # The owner can sign a lost tombstone again and get the same record.

@@ -12,10 +12,13 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.cli import parser
 from dfs_twisted.options import NodeOptions
+
+pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", REPO / "docs" / "operating.md"]

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -41,6 +42,7 @@ def decrypt(key: object, data: bytes) -> bytes:
     return plain + last
 
 
+@pytest.mark.unit
 class GrantTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.signer = Ed25519PrivateKey.generate()
@@ -97,6 +99,7 @@ class GrantTests(SynchronousTestCase):
         self.assertRaises(GrantError, Grant.from_bytes, b"{" * 20000)
 
 
+@pytest.mark.processes
 class GrantNetworkTests(SynchronousTestCase):
     """The seed's three nodes: A shares one file with C."""
 

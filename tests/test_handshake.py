@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
 from dfs_twisted.admission import Admission, NetworkKey
 from dfs_twisted.handshake import Close, Handshake, Ready, Refuse, SendHello, Stage
 from dfs_twisted.identity import PeerPins
+
+pytestmark = pytest.mark.unit
 
 ME, PEER, OTHER = "a" * 64, "b" * 64, "c" * 64
 BINDING = b"\x01" * 32

@@ -11,6 +11,7 @@ import os
 import struct
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dfs_twisted.crypto import SIGNATURE_SIZE, file_key, parse_header
@@ -19,6 +20,8 @@ from dfs_twisted.node import NodeService
 
 from .inprocess import BytesConsumer, NodeTestCase, blob_path, eventually, free_port, get, put
 from .liars import Liar
+
+pytestmark = pytest.mark.inprocess
 
 # Five 1 MiB chunks and a bit: a damaged chunk in the middle of the stream.
 DATA = os.urandom(5 * (1 << 20) + 12345)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from OpenSSL import SSL
@@ -45,6 +46,8 @@ from dfs_twisted.launcher import NodeProcess, free_port, start_network
 from dfs_twisted.wire import MessageType
 
 from .shared import SharedFixture, wait_until
+
+pytestmark = pytest.mark.processes
 
 IO_TIMEOUT = 10.0  # bound on any one socket operation of the attacker
 HOSTILE_ORG = "mallory"

@@ -7,6 +7,7 @@ import json
 import stat
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -23,6 +24,8 @@ from dfs_twisted.identity import (
     load_or_create_secret,
     node_id_of,
 )
+
+pytestmark = pytest.mark.unit
 
 ID_A = "a" * 64
 ID_B = "b" * 64

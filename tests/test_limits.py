@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import cast
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
@@ -22,8 +23,8 @@ from dfs_twisted.protocol import PING_INTERVAL, IncomingBlob, Limits, PeerFactor
 from dfs_twisted.session import PeerSession
 from dfs_twisted.space import GiB, NoSpace, SpaceAccount, SpaceLimits, parse_size
 
-from .test_protocol import FakeHandler, TLSStringTransport, identity, sent
-from .test_wire import encode_all, framed
+from .fakes import FakeHandler, TLSStringTransport, identity, sent
+from .strategies import encode_all, framed
 
 FUZZ = settings(database=None, deadline=None, max_examples=150)
 
@@ -88,6 +89,7 @@ class LiveProtocolCase(SynchronousTestCase):
         return proto, transport
 
 
+@pytest.mark.unit
 class ConnectionLimitTests(LiveProtocolCase):
     LIMITS = Limits(handshake_timeout=10, stall_timeout=60, max_streams=2, max_unauthenticated=3)
 
@@ -199,6 +201,26 @@ class ConnectionLimitTests(LiveProtocolCase):
         self.assertFalse(transport.disconnecting)
 
 
+@pytest.mark.unit
+class StallTimeoutTests(LiveProtocolCase):
+    """A stall timeout shorter than the ping's: the stall watchdog, not the ping, closes.
+
+    (With the defaults an unanswered PING closes a silent link first, so the tests
+    above would pass without the watchdog.)"""
+
+    LIMITS = Limits(stall_timeout=5, ping_timeout=60)
+
+    def test_transfer_that_stops_is_closed_at_the_stall_timeout(self) -> None:
+        proto, transport = self.connected()
+        proto.dataReceived(wire.encode(wire.Store(OWNER, "d" * 64, 100, 1), 1))
+        proto.dataReceived(wire.encode(wire.Data(b"x" * 10, end=False), 1))
+        self.clock.advance(4)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+
+@pytest.mark.unit
 class SpaceTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.held = {OWNER: 0}
@@ -239,6 +261,7 @@ class SpaceTests(SynchronousTestCase):
         self.assertEqual(caught.exception.code, "disk_full")
 
 
+@pytest.mark.processes
 class QuotaProcessTests(SynchronousTestCase):
     """A real node with a small quota refuses a peer's replicas beyond it."""
 
@@ -270,6 +293,7 @@ class QuotaProcessTests(SynchronousTestCase):
         self.assertEqual(len(owner.dfs("ls", "--json").stdout.decode().split('"name"')), 4)
 
 
+@pytest.mark.unit
 class LiveProtocolFuzzTests(LiveProtocolCase):
     """Random and mutated frame streams fed to a live, admitted PeerProtocol."""
 

@@ -13,13 +13,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher, formatEvent
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeProcess, free_port
 from dfs_twisted.logs import NodeTags, RepeatFilter, json_line, observer_for
 
+from .environment import cannot_run
 from .shared import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +39,7 @@ def event(**fields: Any) -> dict[str, Any]:
     return base | fields
 
 
+@pytest.mark.unit
 class JsonLineTests(SynchronousTestCase):
     def test_plain_object(self) -> None:
         record = json.loads(json_line(event(size=12, blob=b"\xffab")))
@@ -60,6 +63,7 @@ class JsonLineTests(SynchronousTestCase):
         self.assertEqual((record["field_msg"], record["field_time"]), ("mine", 3))
 
 
+@pytest.mark.unit
 class ObserverTests(SynchronousTestCase):
     def lines(self, level: LogLevel, events: list[dict[str, Any]], fmt: str = "json") -> list[str]:
         out = io.StringIO()
@@ -115,6 +119,7 @@ class Factory:
         self.handler = handler
 
 
+@pytest.mark.unit
 class NodeTagTests(SynchronousTestCase):
     def test_events_are_tagged_with_the_node_on_the_stack(self) -> None:
         publisher = LogPublisher()
@@ -135,6 +140,7 @@ class NodeTagTests(SynchronousTestCase):
         )
 
 
+@pytest.mark.processes
 class NodeLogTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="dfs-logs-"))
@@ -179,7 +185,7 @@ class NodeLogTests(SynchronousTestCase):
                 except OSError:
                     busy.append(port)
         if busy:
-            raise SkipTest(f"tac/three_nodes.tac needs the ports 3000-5000; busy: {busy}")
+            cannot_run(f"tac/three_nodes.tac needs the ports 3000-5000; busy: {busy}")
         log = self.dir / "tac.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DFS_")}
         env["DFS_ROOT"] = str(self.dir)

@@ -8,7 +8,10 @@ rolls a file back to an older version because a peer holds only that one.
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dfs_twisted import wire
@@ -23,6 +26,8 @@ from dfs_twisted.store import BlobKey
 
 from .inprocess import NodeTestCase, blob_path, eventually, free_port, get, put
 from .liars import Liar, deleted_at_max, newer_with_replayed_proof
+
+pytestmark = pytest.mark.inprocess
 
 REPORT = os.urandom(200_000)
 NOTES = os.urandom(5_000)
@@ -125,6 +130,24 @@ class RollbackTests(NodeTestCase):
         self.assertEqual(recovered, [])
         self.assertFalse(victim.store.exists(key))  # version one was not brought back
         self.assertTrue(any("newest version is not on any connected peer" in e for e in errors))
+
+    async def test_a_lost_store_does_not_lose_the_newest_version(self) -> None:
+        # The ledger, in private/, outlives store/ and its index: after the loss the
+        # node still knows version 2 was written, and does not take H's version 1.
+        h_port = free_port()
+        honest = self.make_node(h_port, org="honest", space=SpaceLimits(quota=100_000))
+        data_dir = Path(self.mktemp())
+        victim = self.make_node(peers=[h_port], org="victim", data_dir=data_dir)
+        await self.connected(victim, honest)
+        await put(victim, "f", b"version one")
+        _, replicas = await put(victim, "f", os.urandom(300_000))
+        self.assertEqual(replicas, 1)  # H refused it
+        await victim.stopService()
+        shutil.rmtree(data_dir / "store")
+        again = self.make_node(peers=[h_port], org="victim", data_dir=data_dir)
+        await self.connected(again, honest)
+        with self.assertRaises(NewestUnavailable):
+            await again.files.open_download("f")
 
 
 def signed_blob(
@@ -283,3 +306,25 @@ class AuditTests(NodeTestCase):
         session = self.session(victim, liar_node)
         self.assertTrue(await victim.files.auditor.audit(session, key, entry.version))
         self.assertEqual(await self.replicas(victim, "f"), 3)
+
+
+class ForgedReplicaTests(NodeTestCase):
+    """A holder checks the end of a replica too: its last chunk's signature."""
+
+    async def test_a_replica_with_an_altered_or_missing_end_is_refused_and_not_kept(
+        self,
+    ) -> None:
+        h_port = free_port()
+        holder = self.make_node(h_port, org="holder")
+        sender = self.make_node(peers=[h_port], org="sender")
+        await self.connected(holder, sender)
+        session = self.session(sender, holder)
+        owner, blob, data = signed_blob("f", 100_000)
+        altered = data[:-1] + bytes([data[-1] ^ 1])  # the last chunk's signature
+        self.assertEqual(await send(session, owner, blob, altered), "bad_blob")
+        cut = data[:-64]  # the signature of the last chunk left off
+        self.assertEqual(await send(session, owner, blob, cut), "bad_blob")
+        self.assertFalse(holder.store.exists(BlobKey(owner, blob)))
+        self.assertIsNone(holder.files.catalog.get(BlobKey(owner, blob)))
+        # The real blob is still taken: nothing of the refused ones was left behind.
+        self.assertEqual(await send(session, owner, blob, data), "ok")

@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -59,6 +60,7 @@ def scrape(node: NodeProcess) -> str:
     return body.decode("utf-8")
 
 
+@pytest.mark.processes
 class MetricsNetworkTests(SynchronousTestCase):
     """Three real node processes; C does a put, gets and a delete, then everyone is scraped."""
 
@@ -229,14 +231,23 @@ class _Files:
     space: _Space = field(default_factory=_Space)
     auditor: _Auditor = field(default_factory=_Auditor)
     stored: dict[str, int] = field(default_factory=dict)
+    ours: dict[str, int] = field(default_factory=dict)  # peer -> bytes of ours it holds
+    short: int = 0
 
     def usage(self) -> dict[str, int]:
         return self.stored
+
+    def held_for_us(self) -> dict[str, int]:
+        return self.ours
+
+    def under_replicated(self) -> int:
+        return self.short
 
 
 ME, P1, P2 = "a" * 64, "b" * 64, "c" * 64
 
 
+@pytest.mark.unit
 class NodeMetricsUnitTests(SynchronousTestCase):
     def test_instances_share_nothing(self) -> None:
         one, two = NodeMetrics(), NodeMetrics()
@@ -291,6 +302,12 @@ class NodeMetricsUnitTests(SynchronousTestCase):
         self.assertEqual(value(m, "dfs_peer_received_bytes_total", peer_id=P2), 7)
         self.assertEqual(value(m, "dfs_peer_sent_bytes_total", peer_id=P2), 8)
         self.assertEqual(value(m, "dfs_free_disk_bytes"), 123)
+        self.assertNotIn("dfs_held_for_us_bytes", m)
+        self.assertEqual(value(m, "dfs_under_replicated_files"), 0)
+        files.ours, files.short = {P1: 4096}, 3
+        m = parse(metrics.exposition().decode())
+        self.assertEqual(m["dfs_held_for_us_bytes"], {(("peer_id", P1),): 4096})
+        self.assertEqual(value(m, "dfs_under_replicated_files"), 3)
 
         # Both go down: the pinned address keeps its id, the accepted peer is remembered.
         peers.rows = [

@@ -12,11 +12,15 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
+
 from dfs_twisted.crypto import FORMAT_VERSION, parse_header
 from dfs_twisted.files import FileNotFound
 from dfs_twisted.store import BlobKey
 
 from .inprocess import NodeTestCase, eventually, free_port, get
+
+pytestmark = pytest.mark.inprocess
 
 FIXTURE = Path(__file__).parent / "data" / "v2-node"
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
 from dfs_twisted.mux import Multiplexer, RequestRefused
 from dfs_twisted.session import RemoteError, SessionClosed
+
+pytestmark = pytest.mark.unit
 
 A = "a" * 64
 B = "b" * 64

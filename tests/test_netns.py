@@ -24,11 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeProcess
 
+from .environment import cannot_run
 from .netns import HOSTS, NetnsLab
+
+pytestmark = pytest.mark.netns
 
 PORTS = {"a": 3000, "b": 4000, "c": 5000}  # each namespace has its own ports
 DIALS = {"a": (), "b": ("a",), "c": ("a", "b")}  # the seed: B dials A, C dials A and B
@@ -81,7 +85,7 @@ class Network:
     def __init__(self, test: SynchronousTestCase) -> None:
         reason = NetnsLab.unavailable()
         if reason is not None:
-            raise SkipTest(reason)
+            cannot_run(reason)
         self.root = Path(tempfile.mkdtemp(prefix="dfs-netns-"))
         test.addCleanup(shutil.rmtree, self.root, True)
         self.lab = NetnsLab()

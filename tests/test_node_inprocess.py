@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+import pytest
 from twisted.internet import task
 from twisted.internet.defer import Deferred
 
@@ -28,6 +29,8 @@ from .inprocess import (
     put,
     reactor,
 )
+
+pytestmark = pytest.mark.inprocess
 
 # More than one encryption chunk and many DATA frames, still quick on loopback.
 DATA = os.urandom(3 * 1024 * 1024 + 12345)

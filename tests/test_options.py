@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.options import NodeOptions, PeerAddress, parse_duration, parse_peer, parse_peers
+
+pytestmark = pytest.mark.unit
 
 
 def parse(*args: str) -> NodeOptions:

@@ -33,12 +33,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import NodeProcess, free_port, start_network
 from dfs_twisted.page import status_page
 
 from .browser import Browser, chromium_binary
+from .environment import cannot_run
 from .shared import SeedNetwork, SharedFixture, wait_until
 
 FILE_NAME = "status page <check> & co.txt"
@@ -99,6 +101,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
+@pytest.mark.unit
 class PageHtmlTests(SynchronousTestCase):
     """The document itself, served to anyone: no browser needed."""
 
@@ -137,6 +140,7 @@ class PageHtmlTests(SynchronousTestCase):
         self.assertIn("form-action 'none'", csp)
 
 
+@pytest.mark.processes
 class PackageDataTests(SynchronousTestCase):
     """The page's HTML, CSS and JS are files of the package, found wherever it is installed."""
 
@@ -220,6 +224,46 @@ class PageNetwork(SeedNetwork):
             raise
 
 
+def served_html(test: SynchronousTestCase, url: str) -> str:
+    """``GET /`` as anyone gets it: no token."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        test.assertEqual(response.status, 200)
+        body: str = response.read().decode()
+    return body
+
+
+@pytest.mark.processes
+class ServedPageTests(SharedFixture, SynchronousTestCase):
+    """What the node serves at ``/``, read as HTML: no browser needed, so never skipped."""
+
+    @classmethod
+    def make_shared(cls) -> PageNetwork:
+        return PageNetwork()
+
+    def setUp(self) -> None:
+        self.net: PageNetwork = self.shared()
+        self.addCleanup(self._shared_done)
+
+    def served_html(self) -> str:
+        return served_html(self, self.net.url)
+
+    def test_javascript_off(self) -> None:
+        """Without the script, the served HTML is all there is: org, explanation, note."""
+        body = self.served_html()
+        for secret in (FILE_NAME, html.escape(FILE_NAME), self.net.token):
+            self.assertNotIn(secret, body)
+        dom = Dom(body)
+        self.assertTrue(dom.hidden("login"), "a login form that cannot work without JS")
+        self.assertTrue(dom.hidden("dash"))
+        self.assertEqual(dom.rows_of("peer") + dom.rows_of("file"), [])
+        text = dom.all_text()
+        self.assertIn(f"node-{self.net.a.port}", text)
+        self.assertIn("JavaScript is off", text)
+        self.assertIn("API token", text)
+        self.assertIn("<noscript>", body)
+
+
+@pytest.mark.browser
 class StatusPageBrowserTests(SharedFixture, SynchronousTestCase):
     """The page in headless Chromium against the real network."""
 
@@ -235,7 +279,7 @@ class StatusPageBrowserTests(SharedFixture, SynchronousTestCase):
     def setUp(self) -> None:
         binary = chromium_binary()
         if binary is None:
-            raise SkipTest("no chromium or chromium-browser on PATH (.ci/run installs it)")
+            cannot_run("no chromium or chromium-browser on PATH (.ci/run installs it)")
         self.browser = binary
         self.net: PageNetwork = self.shared()
         self.addCleanup(self._shared_done)
@@ -334,26 +378,7 @@ class StatusPageBrowserTests(SharedFixture, SynchronousTestCase):
         self.assertNotIn(FILE_NAME, dom.all_text())
 
     def served_html(self) -> str:
-        """``GET /`` as anyone gets it: no token."""
-        with urllib.request.urlopen(self.net.url, timeout=10) as response:
-            self.assertEqual(response.status, 200)
-            body: str = response.read().decode()
-        return body
-
-    def test_javascript_off(self) -> None:
-        """Without the script, the served HTML is all there is: org, explanation, note."""
-        body = self.served_html()
-        for secret in (FILE_NAME, html.escape(FILE_NAME), self.net.token):
-            self.assertNotIn(secret, body)
-        dom = Dom(body)
-        self.assertTrue(dom.hidden("login"), "a login form that cannot work without JS")
-        self.assertTrue(dom.hidden("dash"))
-        self.assertEqual(dom.rows_of("peer") + dom.rows_of("file"), [])
-        text = dom.all_text()
-        self.assertIn(f"node-{self.net.a.port}", text)
-        self.assertIn("JavaScript is off", text)
-        self.assertIn("API token", text)
-        self.assertIn("<noscript>", body)
+        return served_html(self, self.net.url)
 
     def test_screenshots(self) -> None:
         shots = Path(self.mktemp()).absolute()
@@ -429,7 +454,7 @@ class PageSession:
     def __init__(self, test: SynchronousTestCase, node: NodeProcess, **size: int) -> None:
         binary = chromium_binary()
         if binary is None:
-            raise SkipTest("no chromium or chromium-browser on PATH (.ci/run installs it)")
+            cannot_run("no chromium or chromium-browser on PATH (.ci/run installs it)")
         self.url = (node.data_dir / "api.url").read_text().strip()
         self.token = (node.data_dir / "private" / "api_token").read_text().strip()
         self.browser = Browser(binary, **size)
@@ -449,6 +474,7 @@ class PageSession:
         )
 
 
+@pytest.mark.browser
 class StatusPageActionTests(SharedFixture, SynchronousTestCase):
     """The page's buttons and live figures, clicked and read in Chromium.
 
@@ -467,7 +493,7 @@ class StatusPageActionTests(SharedFixture, SynchronousTestCase):
 
     def setUp(self) -> None:
         if chromium_binary() is None:
-            raise SkipTest("no chromium or chromium-browser on PATH (.ci/run installs it)")
+            cannot_run("no chromium or chromium-browser on PATH (.ci/run installs it)")
         self.net: PageNetwork = self.shared()
         self.addCleanup(self._shared_done)
 
@@ -624,12 +650,13 @@ class StatusPageActionTests(SharedFixture, SynchronousTestCase):
             self.assertEqual(len(set(tops)), 1, f"the scrub line wraps at {width}px: {tops}")
 
 
+@pytest.mark.browser
 class AwayPeerPageTests(SynchronousTestCase):
     """A peer that went away: its row says when it was last seen."""
 
     def test_last_seen_of_a_peer_that_is_away(self) -> None:
         if chromium_binary() is None:
-            raise SkipTest("no chromium or chromium-browser on PATH (.ci/run installs it)")
+            cannot_run("no chromium or chromium-browser on PATH (.ci/run installs it)")
         root = Path(tempfile.mkdtemp(prefix="dfs-away-"))
         self.addCleanup(shutil.rmtree, root, True)
         a_port, b_port = free_port(), free_port()

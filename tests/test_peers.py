@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
@@ -79,6 +80,7 @@ def session(dialled: str | None, node_id: str = PEER, listen: str = "127.0.0.1:4
     return s
 
 
+@pytest.mark.unit
 class RefusalBackoffTests(SynchronousTestCase):
     def test_delays_grow_to_minutes(self) -> None:
         self.assertLess(refusal_delay(1), 10)
@@ -114,6 +116,7 @@ class RefusalBackoffTests(SynchronousTestCase):
         self.assertEqual(registry.status()[0]["state"], "connected")
 
 
+@pytest.mark.unit
 class StatusRowsTests(SynchronousTestCase):
     def test_a_node_connected_at_a_new_address_replaces_its_old_row(self) -> None:
         pins = {"127.0.0.1:4000": PEER}
@@ -152,6 +155,7 @@ class StatusRowsTests(SynchronousTestCase):
         self.assertEqual(row["last_seen"], saved[PEER]["last_seen"])
 
 
+@pytest.mark.processes
 class MovedPeerTests(SynchronousTestCase):
     """Real nodes: B moves to another port; A's status and metrics follow it."""
 

@@ -23,11 +23,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeFailed, NodeProcess, free_port, start_network
 
+from .environment import cannot_run
 from .shared import SeedNetwork, SharedFixture, wait_until
+
+pytestmark = pytest.mark.processes
 
 REPO = Path(__file__).resolve().parent.parent
 TAC = REPO / "tac"
@@ -658,7 +662,7 @@ class TacTests(ProcessTestCase):
     def test_three_nodes_tac(self) -> None:
         busy = [port for port in (3000, 4000, 5000) if port_busy(port)]
         if busy:
-            raise SkipTest(f"tac/three_nodes.tac needs the fixed ports 3000-5000; busy: {busy}")
+            cannot_run(f"tac/three_nodes.tac needs the fixed ports 3000-5000; busy: {busy}")
         root = self.tempdir()
         process = self.start_tac(TAC / "three_nodes.tac", clean_env(DFS_ROOT=str(root)), root)
         nodes = {port: self.attach(port, root / str(port), process) for port in (3000, 4000, 5000)}

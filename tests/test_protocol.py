@@ -1,7 +1,7 @@
 """PeerProtocol driven in memory: hostile and out-of-order input closes the connection.
 
 No TLS here: a StringTransport stands in for the TLS transport and reports a
-certificate when asked. The handler is a recording fake standing for the file server.
+certificate when asked. The handler is a recording fake standing for the node's `files.Server`.
 """
 
 from __future__ import annotations
@@ -11,81 +11,30 @@ import json
 from pathlib import Path
 from typing import cast
 
-from OpenSSL import crypto
+import pytest
 from twisted.internet import task
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
-from dfs_twisted.identity import NodeIdentity, PeerPins, ensure_private_dir
+from dfs_twisted.identity import PeerPins, ensure_private_dir
 from dfs_twisted.protocol import (
     PING_INTERVAL,
-    BlobSource,
-    IncomingBlob,
     Limits,
     PeerFactory,
     PeerProtocol,
     RemoteError,
-    RequestRefused,
     SessionClosed,
 )
-from dfs_twisted.session import PeerSession
+
+from .fakes import FakeHandler, TLSStringTransport, identity, sent
+
+pytestmark = pytest.mark.unit
 
 OWNER = "c" * 64
 BLOB = "d" * 64
-
-
-class TLSStringTransport(StringTransport):
-    """A StringTransport that presents a peer certificate, like a TLS transport."""
-
-    def __init__(self, peer: NodeIdentity | None, peer_address: IPv4Address | None = None) -> None:
-        super().__init__(peerAddress=peer_address)
-        self.aborted = False
-        self._cert = None if peer is None else crypto.X509.from_cryptography(peer.certificate)
-
-    def getPeerCertificate(self) -> crypto.X509 | None:
-        return self._cert
-
-    def abortConnection(self) -> None:
-        self.aborted = True
-        super().abortConnection()
-
-
-class FakeHandler:
-    """Records what the protocol asks of the file server."""
-
-    def __init__(self) -> None:
-        self.ready: list[PeerSession] = []
-        self.lost: list[str] = []
-        self.stores: list[wire.Store] = []
-        self.refuse_stores = False
-
-    def session_ready(self, session: PeerSession) -> None:
-        self.ready.append(session)
-
-    def session_lost(self, session: PeerSession, reason: str) -> None:
-        self.lost.append(reason)
-
-    def open_store(self, session: PeerSession, request: wire.Store) -> IncomingBlob:
-        self.stores.append(request)
-        raise RequestRefused("forbidden", "not yours")
-
-    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> BlobSource:
-        raise RequestRefused("not_found", "no such blob")
-
-    def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
-        raise RequestRefused("forbidden", "not yours")
-
-
-def identity(test: SynchronousTestCase) -> NodeIdentity:
-    private = Path(test.mktemp())
-    ensure_private_dir(private)
-    return NodeIdentity.load_or_create(private)
 
 
 def tampered(frame: bytes, **changes: object) -> bytes:
@@ -95,10 +44,6 @@ def tampered(frame: bytes, **changes: object) -> bytes:
     body.update(changes)
     raw = json.dumps(body).encode()
     return wire.HEADER.pack(decoded.type, decoded.flags, decoded.request_id, len(raw)) + raw
-
-
-def sent(transport: StringTransport) -> list[wire.Message]:
-    return [wire.decode(f) for f in wire.FrameDecoder().feed(transport.value())]
 
 
 class HostileInputTests(SynchronousTestCase):

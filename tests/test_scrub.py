@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dfs_twisted.launcher import NodeProcess, free_port
 
-from .shared import wait_until
-from .test_convergence import ConvergenceTestCase, held
+from .shared import ConvergenceTestCase, held, wait_until
+
+pytestmark = pytest.mark.processes
 
 
 def flip_a_byte(path: Path, offset: int) -> None:

@@ -17,9 +17,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeProcess, free_port
+
+from .environment import cannot_run
+
+pytestmark = pytest.mark.processes
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "contrib" / "dfs.service"
@@ -30,7 +35,7 @@ STATE = "/var/lib/dfs"
 def systemd_analyze() -> str:
     path = shutil.which("systemd-analyze")
     if path is None:
-        raise SkipTest("systemd-analyze is not installed (the unit is checked where it is)")
+        cannot_run("systemd-analyze is not installed (the unit is checked where it is)")
     return path
 
 
@@ -64,7 +69,7 @@ class UnitFileTests(SynchronousTestCase):
             timeout=60,
         )
         if "--offline" in result.stderr:
-            raise SkipTest("this systemd-analyze cannot rate a unit file offline")
+            cannot_run("this systemd-analyze cannot rate a unit file offline")
         match = re.search(r"Overall exposure level for dfs.service: ([\d.]+) (\w+)", result.stdout)
         assert match is not None, result.stdout + result.stderr
         self.assertLessEqual(float(match.group(1)), 2.0, match.group(0))

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.crypto import OrgKey
@@ -21,6 +22,7 @@ from .shared import seed_network
 A, B = "a" * 64, "ab" + "c" * 62
 
 
+@pytest.mark.unit
 class ReadKeyTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="dfs-keys-"))
@@ -91,6 +93,7 @@ class ReadKeyTests(SynchronousTestCase):
         self.assertEqual(ring.find(A[:16]), shadow)
 
 
+@pytest.mark.processes
 class SharingTests(SynchronousTestCase):
     """The seed's promise: an org handed another's key reads that org's files."""
 

@@ -16,9 +16,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+import pytest
+from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeProcess, free_port
+
+from .environment import cannot_run
+
+pytestmark = pytest.mark.processes
 
 REPO = Path(__file__).resolve().parent.parent
 TAC = REPO / "tac"
@@ -129,7 +134,7 @@ class PrivateDirTests(StartupTestCase):
         if os.geteuid() == 0:
             # root reads anything: run the node as another user instead.
             if shutil.which("setpriv") is None:
-                raise SkipTest("running as root and setpriv is missing")
+                cannot_run("running as root and setpriv is missing")
             self.dir.chmod(0o755)
             (self.dir / "node").chmod(0o755)
             prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

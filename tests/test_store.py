@@ -10,11 +10,14 @@ import pathlib
 import stat
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.store import BlobKey, BlobStore, InvalidId, parse_id
+
+pytestmark = pytest.mark.unit
 
 
 def hid(n: int, prefix: str = "") -> str:

@@ -12,6 +12,8 @@ each part lives in its own module and is handed only what it works with:
 
 from __future__ import annotations
 
+import dataclasses
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 
@@ -19,6 +21,7 @@ from ..catalog import Catalog
 from ..crypto import file_key
 from ..grants import Grant
 from ..identity import KnownOrg, KnownOrgs
+from ..keys import ReadKey
 from ..ledger import Ledger
 from ..peers import PeerRegistry
 from ..session import PeerSession
@@ -31,6 +34,7 @@ from .fetch import Clock, Fetcher
 from .get import Download, Reader
 from .holdings import Holdings, read_header
 from .owner import Owner
+from .placement import Placement, Redundancy
 from .put import PeerOutcome, PutResult, Upload
 from .recover import FileEntry, Recovery
 from .serve import Server
@@ -45,8 +49,10 @@ __all__ = [
     "NewestUnavailable",
     "Owner",
     "PeerOutcome",
+    "Placement",
     "PutInProgress",
     "PutResult",
+    "Redundancy",
     "UnknownPeer",
     "Upload",
 ]
@@ -66,6 +72,8 @@ class Files:
         known: KnownOrgs,
         relay: bool = True,
         audit_sample: int = 8,
+        redundancy: Redundancy | None = None,
+        repair_after: float = 3600.0,
     ) -> None:
         self.owner = owner
         self.holdings = holdings
@@ -75,18 +83,23 @@ class Files:
         self._known = known
         self._uploads: dict[BlobKey, Upload] = {}
         self.fetcher = Fetcher(holdings, peers.live, clock)
-        self.sync = Sync(owner.node_id, holdings, peers.live, relay)
+        self.placement = Placement(redundancy or Redundancy(), peers.known, repair_after)
+        # Placed copies go only where the owner puts them: a node that passed other
+        # orgs' blobs on to every peer would undo that.
+        relay = relay and self.placement.everywhere
+        self.sync = Sync(owner, holdings, peers.live, relay, self.placement)
         self.server = Server(owner.node_id, holdings, space, known, self.sync)
         self._reader = Reader(owner, holdings, ledger, self.fetcher, clock)
-        self._remover = Remover(owner, holdings, ledger, peers.live)
-        self.auditor = Auditor(owner.node_id, holdings, peers.live, self._resend, audit_sample)
+        self._remover = Remover(owner, holdings, ledger, peers.live, self.placement)
+        self.auditor = Auditor(
+            owner.node_id, holdings, peers.live, self._resend, self.placement, audit_sample
+        )
         self._recovery = Recovery(
             owner, holdings, ledger, peers.live, self.fetcher, self.sync, self.auditor
         )
         self.open_download = self._reader.open_download
         self.open_granted = self._reader.open_granted
         self.delete = self._remover.delete
-        self.list_files = self._recovery.list_files
         self.recover = self._recovery.recover
         self.repair = self.fetcher.repair
         self.damaged = holdings.damaged
@@ -114,6 +127,31 @@ class Files:
         if entry is not None and not entry.deleted:
             Deferred.fromCoroutine(self.sync.offer(session, key, entry))
 
+    async def list_files(self, reader: ReadKey | None = None) -> list[FileEntry]:
+        """This org's files (or, with ``reader``, another org's), with their copies."""
+        entries = await self._recovery.list_files(reader)
+        if reader is None:
+            wanted = 1 + self.placement.wanted()
+            entries = [dataclasses.replace(e, wanted=wanted) for e in entries]
+        return entries
+
+    def _own_current(self) -> dict[str, tuple[int, int]]:
+        """This org's live blobs here: blob -> (version, size)."""
+        return {
+            blob: (entry.version, entry.size)
+            for blob, entry in self.catalog.entries(self.node_id)
+            if not entry.deleted
+        }
+
+    def under_replicated(self) -> int:
+        """This org's files with fewer peer copies known than it wants."""
+        current = self._own_current()
+        return self.placement.under_replicated((b, v) for b, (v, _) in current.items())
+
+    def held_for_us(self) -> dict[str, int]:
+        """Bytes of this org's files each peer is known to hold, by node id."""
+        return self.placement.held_by(self._own_current())
+
     def usage(self) -> dict[str, int]:
         return self.catalog.usage()
 
@@ -123,16 +161,18 @@ class Files:
         if key in self._uploads:
             # Two versions racing to the disk could leave the older one there.
             raise PutInProgress(f"a put of {name!r} is in progress already")
+        targets = set(self.placement.targets(key.blob))
         upload = Upload(
             self.owner,
             self.holdings,
             self.ledger,
             self.auditor,
-            self.peers.live(),
+            [s for s in self.peers.live() if s.info.node_id in targets],
             name,
             size,
             upstream,
             self._put_ended,
+            self.placement,
         )
         self._uploads[key] = upload
         return upload

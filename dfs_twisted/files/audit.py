@@ -24,6 +24,7 @@ from ..crypto import CryptoError, audit_digest, check_chunk, chunk_at, last_chun
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
 from .holdings import Holdings, read_header
+from .placement import Placement
 
 log = Logger()
 
@@ -43,12 +44,14 @@ class Auditor:
         holdings: Holdings,
         peers: Callable[[], Sequence[PeerSession]],
         resend: Callable[[PeerSession, BlobKey], object],
+        placement: Placement,
         sample: int = 8,
     ) -> None:
         self._node_id = node_id
         self._holdings = holdings
         self._peers = peers
         self._resend = resend
+        self._placement = placement
         self.sample = sample
         self.results: dict[tuple[str, str], AuditResult] = {}  # (peer, blob) -> the last
         self.passed = 0
@@ -83,8 +86,10 @@ class Auditor:
         self.results[(peer, key.blob)] = AuditResult(version, passed, time.time(), error)
         if passed:
             self.passed += 1
+            self._placement.holds(peer, key.blob, version)
         else:
             self.failed += 1
+            self._placement.lost(peer, key.blob)
             log.warn(
                 "peer {org} failed the audit of {blob}: {error}; sending it again",
                 org=session.info.org,

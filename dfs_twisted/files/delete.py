@@ -13,6 +13,7 @@ from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from .errors import FileNotFound
 from .holdings import Holdings
 from .owner import Owner
+from .placement import Placement
 from .put import PeerOutcome
 
 log = Logger()
@@ -25,11 +26,13 @@ class Remover:
         holdings: Holdings,
         ledger: Ledger,
         peers: Callable[[], Sequence[PeerSession]],
+        placement: Placement,
     ) -> None:
         self._owner = owner
         self._holdings = holdings
         self._ledger = ledger
         self._peers = peers
+        self._placement = placement
 
     async def delete(self, name: str) -> tuple[bool, list[PeerOutcome]]:
         """Remove here and on every live peer, leaving a signed tombstone everywhere.
@@ -49,6 +52,7 @@ class Remover:
         tomb = Tombstone.sign(self._owner.signer, key.blob, version)
         await self._holdings.bury(tomb, key.owner)
         await self._ledger.record(LedgerEntry(key.blob, version, True, tomb.signature))
+        self._placement.forget(key.blob)
         outcomes = []
         for session in self._peers():
             peer = session.info

@@ -131,6 +131,15 @@ class Holdings:
         if older:
             self.store.unlink(key)
 
+    async def release(self, key: BlobKey, version: int) -> bool:
+        """Drop a replica its owner released (this version exactly); True if dropped."""
+        held = self.catalog.get(key)
+        if held is None or held.deleted or held.version != version:
+            return False
+        self._forget(key)
+        await self.disk.run(self._remove_if_older, key, version + 1)
+        return True
+
     def tombstone(self, key: BlobKey) -> Tombstone | None:
         """The stored tombstone of ``key`` (None: none, or it no longer verifies)."""
         record = self.index.tomb(key)

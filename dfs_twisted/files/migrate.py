@@ -3,7 +3,7 @@
 - Its own blobs of format 2 are rewritten in format 3 (`rewrite_legacy`), as new
   versions: the same name, time and content, with a signature on every chunk.
   Its peers take the new versions at the next sync and drop their old copies;
-  until then they go on verifying and serving the old ones (legacy.py).
+  until then they go on verifying and serving the old ones (crypto/legacy.py).
 - The ledger catches up with the store (`unrecorded`): a node older than the
   ledger, or one whose private/ was restored from an older backup, holds versions
   of its own files that its ledger lacks; they are recorded, so that reads and

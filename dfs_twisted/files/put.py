@@ -19,6 +19,7 @@ from ..store import BlobKey
 from .audit import Auditor
 from .holdings import Holdings
 from .owner import Owner
+from .placement import ROOM_CODES, Placement
 
 log = Logger()
 
@@ -61,6 +62,7 @@ class Upload:
         size: int | None,
         upstream: IPushProducer | None,
         ended: Callable[[Upload], None],
+        placement: Placement,
     ) -> None:
         self._holdings = holdings
         self._ledger = ledger
@@ -68,6 +70,7 @@ class Upload:
         self._name = name
         self._upstream = upstream
         self._ended = ended
+        self._placement = placement
         # Why the uploader is paused: slow peers, a full disk queue.
         self._holds: set[object] = set()
         self.version = holdings.next_version(owner.node_id, ledger.newest)
@@ -160,7 +163,10 @@ class Upload:
             try:
                 await reply
                 outcomes.append(PeerOutcome(peer.org, peer.node_id, True))
+                self._placement.holds(peer.node_id, self.blob, self.version)
             except (RemoteError, SessionClosed) as e:
+                if isinstance(e, RemoteError) and e.code in ROOM_CODES:
+                    self._placement.refused(peer.node_id, self.blob)  # the next peer, then
                 # "have": a relayed copy of this very version got there first, the
                 # peer says. It counts once the peer proves it, by an audit.
                 have = isinstance(e, RemoteError) and e.code == "have"

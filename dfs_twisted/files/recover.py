@@ -47,6 +47,7 @@ class FileEntry:
     mtime: int
     replicas: int
     here: bool = True  # held by this node (else only by peers: `recover` brings it back)
+    wanted: int | None = None  # copies this org wants of its own files (here included)
 
 
 class Recovery:

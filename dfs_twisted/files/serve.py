@@ -21,6 +21,7 @@ from ..crypto import (
     BlobHeader,
     CryptoError,
     FormatError,
+    Release,
     SealCheck,
     Tombstone,
     audit_digest,
@@ -144,7 +145,8 @@ class IncomingReplica:
         try:
             self._seal.feed(data)
         except CryptoError as e:
-            raise self._refuse(f"bad blob header: {e}") from None
+            part = "blob header" if self._seal.header is None else "blob"
+            raise self._refuse(f"bad {part}: {e}") from None
         header = self._seal.header
         if not had_header and header is not None and header.version != self.version:
             raise self._refuse("blob header has another version than announced")
@@ -317,6 +319,8 @@ class Server:
     def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
         if isinstance(request, wire.Delete):
             return Deferred.fromCoroutine(self._answer_delete(session, request))
+        if isinstance(request, wire.Release):
+            return Deferred.fromCoroutine(self._answer_release(request))
         if isinstance(request, wire.Digest):
             digest, count = self._holdings.catalog.digest(request.owner)
             return succeed(wire.DigestReply(digest, count))
@@ -363,6 +367,29 @@ class Server:
             if page:
                 after = page[-1][0]
         return wire.ListReply(tuple(entries), more)
+
+    async def _answer_release(self, request: wire.Release) -> wire.Message:
+        """Drop a replica its owner no longer wants here; only the owner's signature,
+        for this node, this blob and this version, does it."""
+        try:
+            release = Release(
+                request.owner,
+                bytes.fromhex(request.key),
+                request.blob,
+                request.version,
+                request.holder,
+                bytes.fromhex(request.signature),
+            ).verify()
+        except CryptoError as e:
+            raise RequestRefused(Code.BAD_SIGNATURE, f"release does not verify: {e}") from None
+        if release.holder != self._node_id:
+            raise RequestRefused(Code.BAD_SIGNATURE, "the release is for another holder")
+        if release.owner == self._node_id:
+            raise RequestRefused(Code.FORBIDDEN, "this node keeps its own files")
+        key = BlobKey(release.owner, release.blob)
+        if await self._holdings.release(key, release.version):
+            log.info("released replica {blob} for {owner}", blob=key.blob, owner=key.owner)
+        return wire.Ack()
 
     async def _answer_delete(self, session: PeerSession, request: wire.Delete) -> wire.Message:
         self._authorize_write(session, request.owner)

@@ -14,11 +14,14 @@ from collections.abc import Callable, Sequence
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..catalog import Entry
-from ..crypto import CryptoError
+from .. import wire
+from ..catalog import Entry, digest_of
+from ..crypto import CryptoError, Release
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
 from .holdings import Holdings
+from .owner import Owner
+from .placement import ROOM_CODES, Placement
 
 log = Logger()
 
@@ -26,15 +29,18 @@ log = Logger()
 class Sync:
     def __init__(
         self,
-        node_id: str,
+        owner: Owner,
         holdings: Holdings,
         peers: Callable[[], Sequence[PeerSession]],
         relay: bool,
+        placement: Placement,
     ) -> None:
-        self._node_id = node_id
+        self._owner = owner
+        self._node_id = owner.node_id
         self._holdings = holdings
         self._peers = peers
         self.relay = relay
+        self.placement = placement
         self._syncing: set[PeerSession] = set()
 
     def sync_all(self) -> None:
@@ -75,18 +81,34 @@ class Sync:
             owners += [o for o in catalog.owners() if o not in (self._node_id, peer)]
         sent = 0
         for owner in owners:
-            if await client.digest(owner) == catalog.digest(owner):
-                continue
-            theirs = await client.list_all(owner)
-            stale = [
+            own = owner == self._node_id
+            placing = own and not self.placement.everywhere
+            # What the peer should hold: all of it, or (placing copies) this org's
+            # blobs it is a target for, and every tombstone.
+            due = [
                 (blob, entry)
                 for blob, entry in catalog.entries(owner)
+                if not placing or entry.deleted or self.placement.is_target(peer, blob)
+            ]
+            expected = digest_of(due) if placing else catalog.digest(owner)
+            if await client.digest(owner) == expected:
+                if own:
+                    self.placement.learn(peer, {b: e.version for b, e in due if not e.deleted})
+                continue
+            theirs = await client.list_all(owner)
+            if own:
+                self._learn(peer, theirs)
+            stale = [
+                (blob, entry)
+                for blob, entry in due
                 if (other := theirs.get(blob)) is None or other.version < entry.version
             ]
             for blob, entry in stale:
                 if session.closed:
                     return sent
                 sent += await self.offer(session, BlobKey(owner, blob), entry)
+            if own:
+                await self._release_surplus(session, theirs)
         if sent:
             log.info("caught up {org}: sent {sent} changes", org=session.info.org, sent=sent)
         return sent
@@ -106,8 +128,12 @@ class Sync:
                     return 0  # deleted meanwhile
                 with f:
                     await client.push(key, entry.version, f, os.fstat(f.fileno()).st_size)
+                if key.owner == self._node_id:
+                    self.placement.holds(session.info.node_id, key.blob, entry.version)
             return 1
         except RemoteError as e:
+            if key.owner == self._node_id and e.code in ROOM_CODES:
+                self.placement.refused(session.info.node_id, key.blob)
             if e.code in ("have", "busy", "not_found"):
                 return 0
             # Out of room or of rate there is expected, and retried each sync: not a warning.
@@ -132,3 +158,32 @@ class Sync:
             if session is source or session.info.node_id == key.owner:
                 continue
             Deferred.fromCoroutine(self.offer(session, key, entry))
+
+    def _learn(self, peer: str, theirs: dict[str, wire.ListEntry]) -> None:
+        """What a peer listed of this org's namespace: the versions this org proves."""
+        newest = self._holdings.catalog.newest(self._node_id)
+        self.placement.learn(
+            peer,
+            {
+                blob: claim.version
+                for blob, claim in theirs.items()
+                if not claim.deleted and self._owner.proves(blob, claim, newest)
+            },
+        )
+
+    async def _release_surplus(
+        self, session: PeerSession, theirs: dict[str, wire.ListEntry]
+    ) -> None:
+        """Let a peer drop the copies it holds beyond their blobs' targets."""
+        peer = session.info.node_id
+        for blob, claim in theirs.items():
+            if claim.deleted or peer not in self.placement.surplus(blob, claim.version):
+                continue
+            release = Release.sign(self._owner.signer, blob, claim.version, peer)
+            try:
+                await PeerClient(session).release(release)
+            except (RemoteError, SessionClosed) as e:
+                log.info("{org} kept a surplus copy: {error}", org=session.info.org, error=str(e))
+                return
+            self.placement.lost(peer, blob)
+            log.info("released {blob} on {org}", blob=blob, org=session.info.org)

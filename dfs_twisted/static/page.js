@@ -229,6 +229,7 @@
     const peers = Array.isArray(status.peers) ? status.peers : [];
     const storage = status.storage || {};
     const held = storage.held_for_others || {};
+    const heldForUs = storage.held_for_us || {};
     const quota = isNum(storage.quota_bytes) && storage.quota_bytes > 0
       ? storage.quota_bytes : null;
     const connected = peers.filter((p) => p.state === "connected").length;
@@ -284,7 +285,7 @@
     const speed = rates(peers);
     const pb = $("peers-body");
     pb.replaceChildren();
-    if (!peers.length) emptyRow(pb, 10, "No peers configured or connected.");
+    if (!peers.length) emptyRow(pb, 11, "No peers configured or connected.");
     for (const p of peers) {
       const tr = el("tr", null, "peer");
       cell(tr, p.org ?? DASH);
@@ -308,6 +309,9 @@
       const hold = cell(tr, ours === null ? DASH : size(ours), "num hold",
                         ours === null ? "" : ours + " bytes held here for this org");
       if (ours !== null && quota) hold.appendChild(quotaBar(ours, quota));
+      const theirs = p.node_id ? (isNum(heldForUs[p.node_id]) ? heldForUs[p.node_id] : 0) : null;
+      cell(tr, theirs === null ? DASH : size(theirs), "num holds-ours",
+           theirs === null ? "" : theirs + " bytes of this org's files held there");
       cell(tr, p.last_error || DASH, p.last_error ? "err" : "");
       pb.appendChild(tr);
     }
@@ -319,12 +323,13 @@
     const list = Array.isArray(files) ? files : [];
     let under = 0;
     for (const f of list) {
-      const low = isNum(f.replicas) && f.replicas < want;
+      const wanted = isNum(f.wanted) ? f.wanted : want;
+      const low = isNum(f.replicas) && f.replicas < wanted;
       if (low) under++;
       const tr = el("tr", null, low ? "file under" : "file");
       cell(tr, f.name ?? "", "name");
       cell(tr, size(f.size), "num", isNum(f.size) ? f.size + " bytes" : "");
-      cell(tr, isNum(f.replicas) ? f.replicas + " / " + want : DASH, "num");
+      cell(tr, isNum(f.replicas) ? f.replicas + " / " + wanted : DASH, "num");
       cell(tr, when(f.mtime));
       const s = cell(tr, "");
       s.appendChild(low ? el("span", "under-replicated", "badge warn")

@@ -16,15 +16,9 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .crypto import (
-    MAX_CHUNK_INDEX,
-    SIGNATURE_SIZE,
-    TAG,
-    BlobHeader,
-    FormatError,
-    IntegrityError,
-    _verify,
-)
+from .blob import BlobHeader
+from .format import MAX_CHUNK_INDEX, SIGNATURE_SIZE, TAG, FormatError, IntegrityError
+from .orgkey import verify_signature
 
 _SEAL_CONTEXT = b"dfs-twisted v2 blob seal\x00"
 _TRAILER_PLAIN = struct.Struct(">Q32s")
@@ -66,7 +60,7 @@ class LegacySealCheck:
 
     def finish(self) -> None:
         plaintext_size(self._header, self._length)
-        _verify(
+        verify_signature(
             self._header.owner_key,
             bytes(self._tail),
             _SEAL_CONTEXT + self._hash.digest(),

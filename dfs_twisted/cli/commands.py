@@ -1,0 +1,426 @@
+"""The commands that talk to a running node, one function each."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import http.client
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+from cryptography import x509
+from tqdm import tqdm
+
+from .. import backup
+from ..access import AccessFile
+from ..client import BLOCK, ApiFailure, CliError, NodeClient, decode, find_node_dir, umask
+from ..config import CONFIG_FILE
+from ..crypto import CryptoError, OrgKey
+from ..display import count, files_table, rate, shown, status_table
+from ..identity import CERT_FILE, SecretFileError, create_secret, node_id_of
+from ..keys import Keyring, ReadKey, ReadKeyError
+from ..names import check_new_name
+from .output import WATCH_SECONDS, OutputClosed, progress_bar, read_blocks, result, say, warn
+
+PASSPHRASE_ENV = "DFS_PASSPHRASE"
+
+
+def file_path(name: str) -> str:
+    return "/v1/files/" + quote(name, safe="")
+
+
+def _org_query(args: argparse.Namespace) -> str:
+    return "" if args.org is None else "?org=" + quote(args.org, safe="")
+
+
+def _named(name: str, call: Callable[[], Any]) -> Any:
+    """Run ``call``; a "no such file" answer names the file."""
+    try:
+        return call()
+    except ApiFailure as e:
+        if e.status == 404 and str(e).startswith("no such file"):
+            raise CliError(f"{shown(name)}: {e}") from None
+        raise
+
+
+def _check_org(spec: str | None) -> None:
+    if spec is not None and spec.startswith("id:"):
+        prefix = spec[3:]
+        if len(prefix) < 8:
+            raise CliError(f"--org {shown(spec)}: an id prefix needs at least 8 hex characters")
+
+
+def _local(client: NodeClient, what: str) -> Path:
+    if client.local_dir is None:
+        raise CliError(f"{what} reads the node's private/: run it with --node DIR on its machine")
+    return client.local_dir
+
+
+# -- commands that talk to a node
+
+
+def cmd_put(client: NodeClient, args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    name = args.name if args.name is not None else Path(args.path).name
+    if args.path == "-" and args.name is None:
+        raise CliError("--name is required when reading stdin")
+    try:
+        check_new_name(name)
+    except ValueError as e:
+        raise CliError(f"cannot store {shown(name)}: {e}") from None
+    if args.path == "-":
+        with progress_bar(args, None, "put") as bar:
+            body = read_blocks(sys.stdin.buffer, bar)
+            answer = decode(client.request("PUT", file_path(name), body))
+    else:
+        path = Path(args.path)
+        try:
+            f = path.open("rb")
+        except OSError as e:
+            raise CliError(f"cannot read {path}: {e.strerror}") from None
+        with f:
+            if not path.is_file():
+                raise CliError(f"{path} is not a regular file")
+            size = os.fstat(f.fileno()).st_size
+            headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+            with progress_bar(args, size, "put") as bar:
+                body = read_blocks(f, bar)
+                answer = decode(client.request("PUT", file_path(name), body, headers))
+    peers = answer["peers"]
+    held = [p for p in peers if p["ok"]]
+    result(args, {"name": name, **answer})
+    say(
+        args,
+        f"stored {shown(name)}: {rate(answer['size'], time.monotonic() - started)}, here and "
+        f"on {len(held)} of {len(peers)} connected peers "
+        f"({count(answer['replicas'], 'copy', 'copies')})",
+    )
+    for p in peers:
+        if not p["ok"]:
+            warn(f"peer {shown(p['org'])} did not store it: {shown(p['error'])}")
+
+
+def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    to_stdout = args.output is None or args.output == "-"
+    if args.json and to_stdout:
+        raise CliError("--json needs -o OUT (without it the file itself goes to stdout)")
+    _check_org(args.org)
+    if args.grant is not None:
+        if args.name is not None or args.org is not None:
+            raise CliError("--grant names the file and its org: give no NAME or --org")
+        try:
+            grant = Path(args.grant).read_bytes()
+        except OSError as e:
+            raise CliError(f"cannot read {args.grant}: {e.strerror}") from None
+        try:
+            args.name = str(json.loads(grant)["name"])
+        except (ValueError, KeyError, TypeError):
+            raise CliError(f"{args.grant} is not a grant file") from None
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(grant))}
+        response = client.request("POST", "/v1/grants/read", grant, headers)
+    elif args.name is None:
+        raise CliError("get needs a NAME (or --grant FILE)")
+    else:
+        response = client.request("GET", file_path(args.name) + _org_query(args))
+    if response.status >= 400:
+        _named(args.name, lambda: decode(response))
+    source = response.getheader("x-dfs-source", "local")
+    org_id = response.getheader("x-dfs-org")
+    expected = int(response.getheader("content-length", "-1"))
+    bar = progress_bar(args, expected, "get")
+    on_terminal = not bar.disable  # closing the bar sets disable
+    if to_stdout:
+        with bar:
+            received = _copy(response, sys.stdout.buffer, bar)
+        try:
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
+    else:
+        received = _write_output(response, Path(args.output), expected, bar)
+    if received != expected:
+        raise CliError(
+            f"transfer of {shown(args.name)} was cut after {received} of {expected} bytes: "
+            "the node stopped sending (damaged data, or a peer lost mid-read: see its log); "
+            "retrying fetches it from a peer"
+        )
+    # Only now: the node restores its local copy once the whole stream verified.
+    if org_id is not None:
+        print(f"{shown(args.name)} of org id:{shown(org_id)}", file=sys.stderr)
+    if source != "local" and args.org is not None:
+        print(f"{shown(args.name)}: read from peer {shown(source)}", file=sys.stderr)
+    elif source != "local":
+        print(
+            f"local copy of {shown(args.name)} missing or damaged: fetched it from peer "
+            f"{shown(source)} and restored the local copy",
+            file=sys.stderr,
+        )
+    result(
+        args,
+        {"name": args.name, "size": received, "output": args.output, "source": source}
+        | ({"org_id": org_id} if org_id else {}),
+    )
+    if on_terminal and not args.json:
+        # On a terminal, after the bar: what was done, and how fast.
+        print(
+            f"got {shown(args.name)}: {rate(received, time.monotonic() - started)}",
+            file=sys.stderr,
+        )
+
+
+def _write_output(
+    response: http.client.HTTPResponse, out: Path, expected: int, bar: tqdm[Any]
+) -> int:
+    """Stream into a new temp file beside OUT, renamed to OUT once complete.
+
+    The temp file has a random name and is created exclusively: a link planted
+    beside OUT is never followed, and a cut transfer leaves nothing behind.
+    """
+    directory = out.parent
+    try:
+        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{out.name}.", suffix=".part")
+    except OSError as e:
+        raise CliError(f"cannot write {out}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f, bar:
+            received = _copy(response, f, bar)
+        if received == expected:
+            os.chmod(temp, 0o666 & ~umask())
+            os.replace(temp, out)
+    except OutputClosed:
+        raise CliError(f"cannot write {out}") from None
+    except OSError as e:
+        raise CliError(f"cannot write {out}: {e.strerror}") from None
+    finally:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+    return received
+
+
+def _copy(response: http.client.HTTPResponse, out: IO[bytes], bar: tqdm[Any]) -> int:
+    """Copy the body to ``out``; stop at the end of what the node sent."""
+    received = 0
+    buffer = memoryview(bytearray(BLOCK))  # refilled, for the reason in read_blocks
+    while True:
+        try:
+            n = response.readinto(buffer)
+        except (http.client.IncompleteRead, OSError):
+            break  # the node cut the transfer: the caller compares sizes
+        if not n:
+            break
+        try:
+            out.write(buffer[:n])
+        except BrokenPipeError:
+            raise OutputClosed from None
+        except OSError as e:
+            raise CliError(f"cannot write the output: {e.strerror}") from None
+        received += n
+        bar.update(n)
+    return received
+
+
+def cmd_share(client: NodeClient, args: argparse.Namespace) -> None:
+    grant = _named(
+        args.name, lambda: client.json("POST", "/v1/shares", {"name": args.name, "to": args.to})
+    )
+    try:
+        create_secret(Path(args.output), (json.dumps(grant, indent=1) + "\n").encode())
+    except SecretFileError as e:
+        raise CliError(str(e)) from None
+    recipient = str(grant.get("recipient", "?"))
+    result(args, {"name": args.name, "to": args.to, "org_id": recipient, "output": args.output})
+    say(args, f"wrote a grant of {shown(args.name)} for {shown(args.to)} to {args.output}")
+    say(args, f"  recipient: org id:{shown(recipient)}")
+    say(args, "  it opens this version of this one file, on that org's node only:")
+    say(args, f"  dfs get --grant {Path(args.output).name} -o OUT")
+
+
+def cmd_rm(client: NodeClient, args: argparse.Namespace) -> None:
+    answer = _named(args.name, lambda: client.json("DELETE", file_path(args.name)))
+    removed = [p for p in answer["peers"] if p["ok"]]
+    here = "here and " if answer["deleted_here"] else ""
+    result(args, {"name": args.name, **answer})
+    say(args, f"deleted {shown(args.name)}: {here}on {len(removed)} peers")
+
+
+def cmd_key_export(client: NodeClient, args: argparse.Namespace) -> None:
+    node_dir = _local(client, "key export")
+    status = client.json("GET", "/v1/status")
+    try:
+        key = OrgKey.from_bytes((node_dir / "private" / "org.key").read_bytes())
+    except (OSError, CryptoError) as e:
+        raise CliError(f"cannot read this org's key: {e}") from None
+    try:
+        ReadKey(status["node_id"], status["org"], key).write_new(Path(args.output))
+    except ReadKeyError as e:
+        raise CliError(str(e)) from None
+    result(args, {"org": status["org"], "org_id": status["node_id"], "output": args.output})
+    say(args, f"wrote the read key of org {shown(status['org'])} to {args.output}")
+    say(args, "  it lets its holder read every file of this org: hand it over privately")
+
+
+def cmd_key_import(client: NodeClient, args: argparse.Namespace) -> None:
+    node_dir = _local(client, "key import")
+    try:
+        key = ReadKey.from_bytes(Path(args.file).read_bytes())
+    except OSError as e:
+        raise CliError(f"cannot read {args.file}: {e.strerror}") from None
+    except ReadKeyError as e:
+        raise CliError(f"{args.file}: {e}") from None
+    if key.org_id == client.json("GET", "/v1/status")["node_id"]:
+        raise CliError(f"{args.file} is this org's own key")
+    Keyring(node_dir / "private" / "keys").add(key)
+    result(args, {"org": key.org, "org_id": key.org_id})
+    say(args, f"imported the read key of org {shown(key.org)} (id:{key.org_id})")
+    say(args, f"  read its files with: dfs get NAME --org id:{key.org_id[:16]}")
+
+
+def cmd_ls(client: NodeClient, args: argparse.Namespace) -> None:
+    _check_org(args.org)
+    response = client.request("GET", "/v1/files" + _org_query(args))
+    org_id = response.getheader("x-dfs-org")
+    entries = decode(response)
+    if args.json:
+        keys = ("name", "size", "replicas") + (("mtime", "here", "wanted") if args.long else ())
+        print(json.dumps([{k: e.get(k) for k in keys} for e in entries]))
+        return
+    if org_id is not None:
+        print(f"files of org id:{shown(org_id)}")
+    if not entries:
+        print("no files")
+        return
+    for line in files_table(entries, args.long):
+        print(line)
+    elsewhere = sum(not e.get("here", True) for e in entries)
+    if elsewhere and args.org is None:
+        print(f"{elsewhere} held by peers only: dfs recover brings them back here")
+
+
+def cmd_status(client: NodeClient, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(client.json("GET", "/v1/status"), indent=2))
+        return
+    if not args.watch:
+        print(status_table(client.json("GET", "/v1/status")))
+        return
+    try:
+        while True:
+            table = status_table(client.json("GET", "/v1/status"))
+            # Home the cursor and clear the screen, then redraw: no flicker of scrolling.
+            print(
+                f"\033[H\033[2J{table}\n\n(refreshing every {WATCH_SECONDS:.0f} s; Ctrl-C to stop)"
+            )
+            time.sleep(WATCH_SECONDS)
+    except KeyboardInterrupt:
+        return
+
+
+def cmd_recover(client: NodeClient, args: argparse.Namespace) -> None:
+    answer = client.json("POST", "/v1/recover")
+    result(args, answer)
+    for name in answer["recovered"]:
+        say(args, f"recovered {shown(name)}")
+    for error in answer["errors"]:
+        warn(shown(error))
+    say(args, f"recovered {count(len(answer['recovered']), 'file', 'files')}")
+
+
+def cmd_access(client: NodeClient, args: argparse.Namespace) -> None:
+    node_dir = _local(client, "access")
+    status = client.json("GET", "/v1/status")
+    token = (node_dir / "private" / "api_token").read_text().strip()
+    access = AccessFile(status["node_id"], status["org"], token)
+    try:
+        create_secret(Path(args.output), access.to_bytes())
+    except SecretFileError as e:
+        raise CliError(str(e)) from None
+    result(args, {"node_id": status["node_id"], "org": status["org"], "output": args.output})
+    say(args, f"wrote access to node id:{status['node_id']} to {args.output}")
+    say(args, "  it holds the API token: copy it privately; use it with")
+    say(args, f"  dfs --api https://HOST:PORT/ --token-file {Path(args.output).name} status")
+
+
+def cmd_backup(client: NodeClient | None, args: argparse.Namespace) -> None:
+    node_dir = find_node_dir(args.node) if args.node else None
+    if node_dir is None:
+        raise CliError("backup reads a node's private/: give --node DIR")
+    try:
+        entries = backup.collect(node_dir)
+        passphrase = _passphrase(args, confirm=True)
+        archive = backup.seal(entries, passphrase)
+    except backup.BackupError as e:
+        raise CliError(str(e)) from None
+    try:
+        create_secret(Path(args.output), archive)
+    except SecretFileError as e:
+        raise CliError(str(e)) from None
+    node_id = node_id_in(node_dir)
+    result(args, {"node_id": node_id, "files": len(entries), "output": args.output})
+    say(args, f"wrote {count(len(entries), 'file', 'files')} of node id:{node_id} to {args.output}")
+    say(args, "  encrypted with the passphrase: keep both, apart; restore with dfs restore")
+
+
+def cmd_restore(args: argparse.Namespace) -> None:
+    try:
+        archive = Path(args.file).read_bytes()
+    except OSError as e:
+        raise CliError(f"cannot read {args.file}: {e.strerror}") from None
+    target = Path(args.dir)
+    try:
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise backup.BackupError(f"{target} exists and is not empty: give a new directory")
+        entries = backup.unseal(archive, _passphrase(args, confirm=False))
+        backup.restore(entries, target)
+    except backup.BackupError as e:
+        raise CliError(f"{args.file}: {e}" if "passphrase" in str(e) else str(e)) from None
+    node_id = node_id_in(target)
+    result(args, {"node_id": node_id, "files": len(entries), "data_dir": args.dir})
+    say(
+        args, f"restored node id:{node_id} into {args.dir} ({count(len(entries), 'file', 'files')})"
+    )
+    has_config = (target / CONFIG_FILE).exists()
+    say(
+        args,
+        f"  start it: twistd -n dfs --data-dir {args.dir}" + ("" if has_config else " --port N"),
+    )
+    say(args, f"  then fetch its files back from peers: dfs --node {args.dir} recover")
+
+
+def node_id_in(node_dir: Path) -> str:
+    try:
+        return node_id_of(
+            x509.load_pem_x509_certificate((node_dir / "private" / CERT_FILE).read_bytes())
+        )
+    except (OSError, ValueError):
+        return "?"
+
+
+def _passphrase(args: argparse.Namespace, confirm: bool) -> str:
+    """From --passphrase-file, else $DFS_PASSPHRASE, else asked on the terminal."""
+    if args.passphrase_file is not None:
+        try:
+            text = Path(args.passphrase_file).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"cannot read {args.passphrase_file}: {e}") from None
+        return text.rstrip("\r\n")
+    if os.environ.get(PASSPHRASE_ENV):
+        return os.environ[PASSPHRASE_ENV]
+    if not sys.stdin.isatty():
+        raise CliError(
+            f"no passphrase: give --passphrase-file FILE or set {PASSPHRASE_ENV} (or run it "
+            "on a terminal to be asked)"
+        )
+    passphrase = getpass.getpass("passphrase: ")
+    if confirm:
+        backup.check_passphrase(passphrase)
+        if getpass.getpass("passphrase again: ") != passphrase:
+            raise CliError("the two passphrases differ")
+    return passphrase

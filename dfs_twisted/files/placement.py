@@ -1,0 +1,177 @@
+"""Which peers should hold each of this org's blobs, and which do.
+
+With ``--replicas all`` (the default) every peer this node knows holds every
+blob, as in the seed's story. With ``--replicas N`` each blob goes to N peers,
+chosen by rendezvous (highest-random-weight) hashing of the blob id and the
+peer's node id: every node ranks the peers the same way for a blob, and a peer
+that joins or leaves moves only the blobs it ranks first for, not everyone's.
+
+A peer stays among a blob's targets while it is connected or has been away for
+less than ``repair_after``; one away longer, or one that refused the blob for
+want of space, is passed over and the next peer in rank order takes its place
+(the owner's sync then sends it the blob). When the peer passed over is back and
+every target holds the blob, the copies beyond the targets are released: the
+owner signs a release, and only a release signed by the owner makes a holder
+drop a replica.
+
+What a peer holds of this namespace is learnt from what it acknowledged (a put, a
+sync), from its listings (when anti-entropy compares) and from audits; a peer
+that fails an audit of a version is not counted as holding it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from blake3 import blake3
+
+from ..wire import Code
+
+__all__ = ["REFUSAL_MEMORY", "ROOM_CODES", "Placement", "Redundancy", "rank"]
+
+REFUSAL_MEMORY = 3600.0  # seconds a peer that refused a blob for space is passed over
+ROOM_CODES = frozenset({Code.QUOTA, Code.DISK_FULL})  # the refusals that pass a peer over
+
+
+def rank(blob: str, peers: Iterable[str]) -> list[str]:
+    """``peers`` (node ids) in rendezvous order for ``blob``: the first are its holders."""
+    blob_bytes = bytes.fromhex(blob)
+
+    def weight(peer: str) -> bytes:
+        return blake3(blob_bytes + bytes.fromhex(peer)).digest()
+
+    return sorted(peers, key=weight, reverse=True)
+
+
+@dataclass(frozen=True)
+class Redundancy:
+    """How many peers hold a copy of each blob besides the owner (None: every peer)."""
+
+    replicas: int | None = None
+
+    def __str__(self) -> str:
+        return "all" if self.replicas is None else str(self.replicas)
+
+
+class Placement:
+    """The targets of each of this org's blobs, and the peers known to hold it."""
+
+    def __init__(
+        self,
+        redundancy: Redundancy,
+        known: Callable[[], dict[str, float | None]],
+        repair_after: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``known()``: every peer node met, with when it was last seen (None: now)."""
+        self.redundancy = redundancy
+        self.repair_after = repair_after
+        self._known = known
+        self._clock = clock
+        self._held: dict[str, dict[str, int]] = {}  # blob -> peer -> version it holds
+        self._refused: dict[tuple[str, str], float] = {}  # (peer, blob) -> when
+
+    @property
+    def everywhere(self) -> bool:
+        return self.redundancy.replicas is None
+
+    def _available(self) -> list[str]:
+        """Peers that may be chosen now: connected, or away for less than repair_after."""
+        now = self._clock()
+        return [
+            peer
+            for peer, last_seen in self._known().items()
+            if last_seen is None or now - last_seen < self.repair_after
+        ]
+
+    def targets(self, blob: str) -> list[str]:
+        """The peers that should hold ``blob`` now, in rank order."""
+        available = self._available()
+        wanted = self.redundancy.replicas
+        if wanted is None:
+            return available
+        now = self._clock()
+        chosen = []
+        for peer in rank(blob, available):
+            refused = self._refused.get((peer, blob))
+            if refused is not None and now - refused < REFUSAL_MEMORY:
+                continue
+            chosen.append(peer)
+            if len(chosen) == wanted:
+                break
+        return chosen
+
+    def wanted(self) -> int:
+        """How many peer copies each blob should have."""
+        if self.redundancy.replicas is not None:
+            return self.redundancy.replicas
+        return len(self._available())
+
+    def is_target(self, peer: str, blob: str) -> bool:
+        return self.everywhere or peer in self.targets(blob)
+
+    # -- what peers hold
+
+    def holds(self, peer: str, blob: str, version: int) -> None:
+        """``peer`` holds ``version`` of ``blob`` (it acknowledged it, or proved it)."""
+        self._held.setdefault(blob, {})[peer] = version
+        self._refused.pop((peer, blob), None)
+
+    def lost(self, peer: str, blob: str) -> None:
+        """``peer`` no longer holds ``blob`` (released it, or failed an audit)."""
+        holders = self._held.get(blob)
+        if holders is not None:
+            holders.pop(peer, None)
+            if not holders:
+                del self._held[blob]
+
+    def refused(self, peer: str, blob: str) -> None:
+        """``peer`` refused ``blob`` for want of room: the next peer takes its place."""
+        self._refused[(peer, blob)] = self._clock()
+
+    def forget(self, blob: str) -> None:
+        """The blob is deleted: nobody is expected to hold it any more."""
+        self._held.pop(blob, None)
+
+    def learn(self, peer: str, held: dict[str, int]) -> None:
+        """``peer`` listed this namespace: exactly these blobs, at these versions."""
+        for blob, holders in list(self._held.items()):
+            if peer in holders and blob not in held:
+                self.lost(peer, blob)
+        for blob, version in held.items():
+            self.holds(peer, blob, version)
+
+    def holders(self, blob: str, version: int) -> list[str]:
+        """The peers known to hold exactly ``version`` of ``blob``."""
+        return [p for p, v in self._held.get(blob, {}).items() if v == version]
+
+    def under_replicated(self, files: Iterable[tuple[str, int]]) -> int:
+        """How many of ``files`` (blob, version) have fewer peer copies than wanted."""
+        wanted = self.wanted()
+        return sum(len(self.holders(blob, version)) < wanted for blob, version in files)
+
+    def held_by(self, sizes: dict[str, tuple[int, int]]) -> dict[str, int]:
+        """Bytes of this org's blobs each peer holds, from ``sizes`` (blob -> version,
+        size) of the current versions."""
+        held: dict[str, int] = {}
+        for blob, holders in self._held.items():
+            current = sizes.get(blob)
+            if current is None:
+                continue
+            version, size = current
+            for peer, v in holders.items():
+                if v == version:
+                    held[peer] = held.get(peer, 0) + size
+        return held
+
+    def surplus(self, blob: str, version: int) -> list[str]:
+        """Holders beyond the targets, once every target holds ``version``: to release."""
+        if self.everywhere:
+            return []
+        targets = self.targets(blob)
+        holders = self.holders(blob, version)
+        if len(targets) < (self.redundancy.replicas or 0) or not set(targets) <= set(holders):
+            return []  # not fully placed yet: an extra copy is still worth keeping
+        return [p for p in holders if p not in targets]

@@ -1,0 +1,193 @@
+"""Durability: nothing is acknowledged before the file and its directory are synced.
+
+A kill -9 cannot show a missing fsync (the page cache outlives the process), so
+these tests give the code a recording sync function instead of os.fsync: it
+syncs for real, and notes which file or directory it synced and what the disk
+looked like at that moment. The order of those calls is the promise.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+from typing import cast
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from dfs_twisted import backup
+from dfs_twisted.backup import Entry
+from dfs_twisted.database import Database
+from dfs_twisted.diskqueue import DiskQueue
+from dfs_twisted.identity import write_secret
+from dfs_twisted.store import BlobKey, BlobStore
+
+from .inprocess import eventually
+
+pytestmark = pytest.mark.unit
+
+OWNER = "aa" + "1" * 62
+BLOB = "bc" + "2" * 62
+KEY = BlobKey(OWNER, BLOB)
+
+
+def fd_path(fd: int) -> Path:
+    """What an open descriptor names now (Linux)."""
+    return Path(os.readlink(f"/proc/self/fd/{fd}"))
+
+
+class RecordingSync:
+    """os.fsync that notes each path synced, and whether ``watch`` existed then."""
+
+    def __init__(self, watch: Path | None = None) -> None:
+        self.watch = watch
+        self.calls: list[tuple[Path, bool]] = []  # (what was synced, watch existed)
+        self._lock = threading.Lock()  # the disk thread calls it too
+
+    def __call__(self, fd: int) -> None:
+        os.fsync(fd)
+        seen = self.watch is not None and self.watch.exists()
+        with self._lock:
+            self.calls.append((fd_path(fd), seen))
+
+    @property
+    def paths(self) -> list[Path]:
+        return [path for path, _ in self.calls]
+
+
+class StoreSyncTests(SynchronousTestCase):
+    def test_commit_syncs_the_file_before_the_rename_and_the_directory_after(self) -> None:
+        root = Path(self.mktemp()).resolve()
+        store = BlobStore(root)
+        final = store.path_for(KEY)
+        sync = RecordingSync(watch=final)
+        store = BlobStore(root, fsync=sync)
+        writer = store.begin(KEY)
+        writer.write(b"ciphertext")
+        self.assertEqual(sync.calls, [])
+        writer.commit()
+
+        # First the data, while the blob is not yet visible under its name.
+        first, visible = sync.calls[0]
+        self.assertEqual(first.parent, root / "tmp")
+        self.assertFalse(visible, "the file was synced after it became visible")
+        # Each new directory's entry, in its parent: owner, aa, bb.
+        self.assertEqual(sync.paths[1:4], [root, root / OWNER, root / OWNER / BLOB[:2]], sync.paths)
+        # Last the directory holding the renamed blob, which exists by then.
+        self.assertEqual(sync.calls[-1], (final.parent, True))
+        self.assertEqual(final.read_bytes(), b"ciphertext")
+
+    def test_delete_syncs_the_directory(self) -> None:
+        root = Path(self.mktemp()).resolve()
+        sync = RecordingSync()
+        store = BlobStore(root, fsync=sync)
+        writer = store.begin(KEY)
+        writer.write(b"x")
+        writer.commit()
+        sync.calls.clear()
+        self.assertTrue(store.delete(KEY))
+        self.assertEqual(sync.paths, [store.path_for(KEY).parent])
+
+    def test_a_failed_fsync_leaves_no_temp_file_and_publishes_nothing(self) -> None:
+        root = Path(self.mktemp())
+
+        def failing(fd: int) -> None:
+            raise OSError(errno.EIO, "I/O error")
+
+        store = BlobStore(root, fsync=failing)
+        writer = store.begin(KEY)
+        writer.write(b"never durable")
+        with self.assertRaises(OSError):
+            writer.commit()
+        self.assertEqual(os.listdir(root / "tmp"), [])
+        self.assertFalse(store.exists(KEY))
+        writer.abort()  # still safe afterwards
+
+
+class QueuedCommitTests(TestCase):
+    """Through the disk thread, as a node commits: the Deferred waits for the last sync."""
+
+    timeout = 30
+
+    async def test_commit_fires_only_after_the_directory_sync(self) -> None:
+        root = Path(self.mktemp()).resolve()
+        final = BlobStore(root).path_for(KEY)
+        gate = threading.Event()
+        self.addCleanup(gate.set)  # never leave the disk thread blocked
+        sync = RecordingSync(watch=final)
+
+        def held_at_the_directory(fd: int) -> None:
+            # The directory holding the blob: hold it there until the test looks.
+            if fd_path(fd) == final.parent and final.exists():
+                gate.wait(20)
+            sync(fd)
+
+        store = BlobStore(root, fsync=held_at_the_directory)
+        queue = DiskQueue(cast(IReactorFromThreads, reactor))
+        queue.start()
+        self.addCleanup(queue.stop)
+        blob = queue.blob(store.begin(KEY))
+        blob.write(b"y" * 100_000)
+        committed: Deferred[None] = blob.commit()
+        # The rename happened and the thread is in the directory's sync ...
+        await eventually(final.exists, "the rename")
+        self.assertFalse(committed.called, "acknowledged before the directory was synced")
+        gate.set()
+        await committed
+        self.assertEqual(sync.calls[-1], (final.parent, True))
+        file_syncs = [seen for path, seen in sync.calls if path.parent == root / "tmp"]
+        self.assertEqual(file_syncs, [False])
+
+
+class SecretSyncTests(SynchronousTestCase):
+    def test_write_secret_syncs_the_file_then_its_directory(self) -> None:
+        private = Path(self.mktemp()).resolve()
+        private.mkdir()
+        path = private / "node.key"
+        sync = RecordingSync(watch=path)
+        write_secret(path, b"secret", fsync=sync)
+        [(file, visible), (directory, renamed)] = sync.calls
+        self.assertEqual(file.parent, private)
+        self.assertNotEqual(file, path)  # the temp file, before its rename
+        self.assertFalse(visible)
+        self.assertEqual((directory, renamed), (private, True))
+        self.assertEqual(path.read_bytes(), b"secret")
+
+
+class RestoreSyncTests(SynchronousTestCase):
+    def test_restore_syncs_every_file_and_directory(self) -> None:
+        base = Path(self.mktemp()).resolve()
+        base.mkdir()
+        target = base / "node"
+        entries = [
+            Entry("dfs.toml", b'org = "acme"\n'),
+            Entry("private/node.key", b"KEY"),
+            Entry("private/keys/" + "a" * 64 + ".key", b"READ KEY"),
+        ]
+        sync = RecordingSync()
+        backup.restore(entries, target, fsync=sync)
+        files = {target / e.path for e in entries}
+        dirs = {base, target, target / "private", target / "private" / "keys"}
+        self.assertEqual(set(sync.paths), files | dirs)
+        # Each file before its directory, each directory before its parent.
+        order = sync.paths
+        for path in files | dirs - {base}:
+            self.assertLess(order.index(path), order.index(path.parent), path)
+
+
+class DatabaseSyncTests(SynchronousTestCase):
+    def test_commits_are_synced_in_full(self) -> None:
+        path = Path(self.mktemp())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = Database(path, "CREATE TABLE IF NOT EXISTS t (x INTEGER);")
+        self.addCleanup(db.close)
+        # What SQLite actually applies, not what the code meant to set: 2 is FULL.
+        [(level,)] = db.writer.execute("PRAGMA synchronous").fetchall()
+        self.assertEqual(level, 2)
+        [(mode,)] = db.writer.execute("PRAGMA journal_mode").fetchall()
+        self.assertEqual(mode, "wal")

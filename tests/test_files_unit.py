@@ -1,0 +1,248 @@
+"""Put, serve, sync and recover between nodes linked in memory (tests/loopback.py).
+
+The same file logic and multiplexer as a running node, without TLS, sockets or
+threads: each step happens synchronously, so these tests read as the protocol does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from twisted.internet.defer import Deferred, succeed
+from twisted.trial.unittest import SynchronousTestCase
+
+from dfs_twisted import wire
+from dfs_twisted.crypto import Decryptor
+from dfs_twisted.files.delete import Remover
+from dfs_twisted.files.owner import Owner
+from dfs_twisted.files.put import Upload
+from dfs_twisted.session import PeerSession
+from dfs_twisted.store import BlobKey
+from tests.loopback import MemoryNode, link, outcome, settled
+
+pytestmark = pytest.mark.unit
+
+DATA = os.urandom(3 * (1 << 20) + 123)  # more than one chunk, the last one short
+
+
+class LoopbackCase(SynchronousTestCase):
+    def node(
+        self, org: str, *, owner: Owner | None = None, quota: int = 1 << 30, relay: bool = True
+    ) -> MemoryNode:
+        node = MemoryNode(Path(self.mktemp()), org, owner=owner, quota=quota, relay=relay)
+        self.addCleanup(node.close)
+        return node
+
+    def stored(self, node: MemoryNode, key: BlobKey) -> bytes | None:
+        f = node.holdings.open(key)
+        if f is None:
+            return None
+        with f:
+            return f.read()
+
+    def plaintext(self, owner: MemoryNode, blob: bytes) -> bytes:
+        dec = Decryptor(owner.owner.key)
+        body = dec.feed(blob)
+        last, _record = dec.finish()
+        return body + last
+
+
+class PutTests(LoopbackCase):
+    def test_put_stores_here_and_on_every_linked_peer(self) -> None:
+        a, b, c = self.node("a"), self.node("b"), self.node("c")
+        link(a, b)
+        link(a, c)
+        result = settled(a.put("report.pdf", DATA))
+        self.assertEqual(result.replicas, 3)
+        self.assertEqual([p.org for p in result.peers if p.ok], ["b", "c"])
+        key = BlobKey(a.node_id, result.blob)
+        mine = self.stored(a, key)
+        assert mine is not None
+        self.assertEqual(self.stored(b, key), mine)
+        self.assertEqual(self.stored(c, key), mine)
+        self.assertEqual(self.plaintext(a, mine), DATA)
+        # The holders hold ciphertext only, and know who sent it.
+        self.assertNotIn(DATA[:64], mine)
+        entry = b.holdings.held(key)
+        assert entry is not None
+        self.assertEqual((entry.version, entry.sender), (result_version(a, key), a.node_id))
+
+    def test_a_peer_over_its_quota_is_reported_and_keeps_nothing(self) -> None:
+        a, b = self.node("a"), self.node("b", quota=1 << 20)
+        link(a, b)
+        result = settled(a.put("big", DATA))
+        self.assertEqual(result.replicas, 1)
+        [outcome] = result.peers
+        self.assertFalse(outcome.ok)
+        self.assertIn("quota", outcome.error or "")
+        key = BlobKey(a.node_id, result.blob)
+        self.assertIsNone(b.holdings.held(key))
+        self.assertEqual(list(b.holdings.store.root.rglob(result.blob + "*")), [])
+        self.assertIsNotNone(self.stored(a, key))
+
+    def test_a_peer_that_goes_away_mid_put_fails_only_that_peer(self) -> None:
+        a, b, c = self.node("a"), self.node("b"), self.node("c")
+        at_a_b, _ = link(a, b)
+        link(a, c)
+        upload = Upload(
+            a.owner,
+            a.holdings,
+            a.ledger,
+            a.auditor,
+            a.live(),
+            "x",
+            len(DATA),
+            None,
+            lambda _: None,
+            a.placement,
+        )
+        upload.write(DATA[: 1 << 20])
+        at_a_b.close("cable cut")
+        upload.write(DATA[1 << 20 :])
+        result = settled(upload.finish())
+        self.assertEqual([(p.org, p.ok) for p in result.peers], [("b", False), ("c", True)])
+        key = BlobKey(a.node_id, result.blob)
+        self.assertIsNone(b.holdings.held(key))
+        self.assertEqual(self.plaintext(a, self.stored(c, key) or b""), DATA)
+
+
+def result_version(node: MemoryNode, key: BlobKey) -> int:
+    entry = node.holdings.held(key)
+    assert entry is not None
+    return entry.version
+
+
+class ServeTests(LoopbackCase):
+    def test_an_altered_chunk_is_refused_and_nothing_is_kept(self) -> None:
+        a, b = self.node("a"), self.node("b")
+        result = settled(a.put("x", DATA))
+        key = BlobKey(a.node_id, result.blob)
+        blob = bytearray(self.stored(a, key) or b"")
+        blob[len(blob) // 2] ^= 1
+        at_a, _ = link(a, b)
+        stream = at_a.store(wire.Store(key.owner, key.blob, len(blob), result_version(a, key)))
+        stream.write(bytes(blob))
+        failure = outcome(stream.finish())
+        self.assertIn(
+            "bad blob: chunk 1: the owner's signature does not verify", str(failure.value)
+        )
+        self.assertIsNone(b.holdings.held(key))
+        self.assertEqual(list(b.holdings.store.root.rglob(key.blob + "*")), [])
+
+    def test_nobody_but_the_owner_writes_into_its_namespace_on_its_node(self) -> None:
+        a, b = self.node("a"), self.node("b")
+        result = settled(a.put("x", DATA))
+        key = BlobKey(a.node_id, result.blob)
+        blob = self.stored(a, key) or b""
+        _, at_b = link(a, b)
+        # b replays a's own real blob back to a, under a's id: a is the owner.
+        stream = at_b.store(wire.Store(key.owner, key.blob, len(blob), result_version(a, key)))
+        stream.write(blob)
+        failure = outcome(stream.finish())
+        self.assertIn("forbidden", str(failure.value))
+
+    def test_listing_carries_the_record_that_proves_each_version(self) -> None:
+        a, b = self.node("a"), self.node("b")
+        at_a, _ = link(a, b)
+        result = settled(a.put("x", DATA))
+        reply = settled(at_a.request(wire.List(a.node_id, None)))
+        assert isinstance(reply, wire.ListReply)
+        [entry] = reply.entries
+        key = BlobKey(a.node_id, result.blob)
+        held = a.holdings.held(key)
+        assert held is not None
+        self.assertEqual((entry.blob, entry.version), (result.blob, held.version))
+        self.assertEqual(bytes.fromhex(entry.proof), held.proof)
+
+
+class SyncTests(LoopbackCase):
+    def test_catch_up_sends_what_the_peer_lacks_then_nothing(self) -> None:
+        a, b = self.node("a"), self.node("b")
+        first = settled(a.put("one", DATA))
+        at_a, _ = link(a, b)
+        second = settled(a.put("two", b"small"))
+        self.assertEqual(settled(a.sync.catch_up(at_a)), 1)  # "two" is there already
+        for blob in (first.blob, second.blob):
+            self.assertIsNotNone(b.holdings.held(BlobKey(a.node_id, blob)))
+        self.assertEqual(settled(a.sync.catch_up(at_a)), 0)
+
+    def test_a_deletion_reaches_a_peer_that_was_away(self) -> None:
+        a, b = self.node("a"), self.node("b")
+        at_a, _ = link(a, b)
+        result = settled(a.put("gone", DATA))
+        at_a.close("away")
+        a.sessions.clear()
+        settled(Remover(a.owner, a.holdings, a.ledger, a.live, a.placement).delete("gone"))
+        key = BlobKey(a.node_id, result.blob)
+        held = b.holdings.held(key)
+        assert held is not None and not held.deleted
+        at_a, _ = link(a, b)
+        self.assertEqual(settled(a.sync.catch_up(at_a)), 1)
+        held = b.holdings.held(key)
+        assert held is not None
+        self.assertTrue(held.deleted)
+        self.assertIsNone(self.stored(b, key))
+
+    def test_relay_passes_a_blob_on_and_no_relay_does_not(self) -> None:
+        for relay in (True, False):
+            a, b, c = self.node("a"), self.node("b", relay=relay), self.node("c")
+            link(a, b)
+            result = settled(a.put("x", DATA))
+            at_b, _ = link(b, c)
+            sent = settled(b.sync.catch_up(at_b))
+            held = c.holdings.held(BlobKey(a.node_id, result.blob))
+            self.assertEqual((sent, held is not None), (1, True) if relay else (0, False))
+
+
+class RecoverTests(LoopbackCase):
+    def test_a_node_that_lost_everything_gets_it_back(self) -> None:
+        a, b = self.node("a"), self.node("b")
+        link(a, b)
+        result = settled(a.put("keep.txt", DATA))
+        fresh = self.node("a", owner=a.owner)  # same keys, empty store and ledger
+        link(fresh, b)
+        restored, failed = settled(fresh.recovery.recover())
+        self.assertEqual((restored, failed), (["keep.txt"], []))
+        key = BlobKey(a.node_id, result.blob)
+        self.assertEqual(self.plaintext(fresh, self.stored(fresh, key) or b""), DATA)
+
+    def test_claims_without_the_owners_proof_are_ignored(self) -> None:
+        a, liar, honest = self.node("a"), self.node("b"), self.node("c")
+        link(a, liar)
+        link(a, honest)
+        result = settled(a.put("keep.txt", DATA))
+        key = BlobKey(a.node_id, result.blob)
+        real = a.holdings.held(key)
+        assert real is not None
+        truthful = liar.server.answer
+        claims = [
+            # A deletion at the highest version, with no tombstone to back it.
+            wire.ListEntry(key.blob, 2**64 - 1, True, ""),
+            # A newer version, "proven" by the real version's record replayed.
+            wire.ListEntry(key.blob, real.version + 1, False, real.proof.hex()),
+        ]
+        for claim in claims:
+
+            def lying(
+                session: PeerSession, request: wire.ControlRequest, claim: wire.ListEntry = claim
+            ) -> Deferred[wire.Message]:
+                if isinstance(request, wire.List):
+                    return succeed(wire.ListReply((claim,), False))
+                return truthful(session, request)
+
+            liar.server.answer = lying  # type: ignore[method-assign]
+            fresh = self.node("a", owner=a.owner)  # same keys, empty store and ledger
+            link(fresh, liar)
+            link(fresh, honest)
+            restored, failed = settled(fresh.recovery.recover())
+            # The proven version, from the honest holder: the claim changed nothing.
+            self.assertEqual((restored, failed), (["keep.txt"], []), claim)
+            self.assertEqual(fresh.ledger.newest, real.version)
+            self.assertEqual(self.plaintext(fresh, self.stored(fresh, key) or b""), DATA)
+            # Nothing was signed because a peer said so: every holder keeps the file.
+            for node in (liar, honest):
+                held = node.holdings.held(key)
+                assert held is not None
+                self.assertEqual((held.version, held.deleted), (real.version, False))
