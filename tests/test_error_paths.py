@@ -27,7 +27,7 @@ from dfs_twisted.files.fetch import FETCH_TIMEOUT, Fetcher
 from dfs_twisted.files.get import _PeerSource
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import RequestRefused
-from dfs_twisted.session import RemoteError
+from dfs_twisted.session import RemoteError, SessionClosed
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
@@ -223,6 +223,17 @@ class ReplicaTests(TwoNodes):
             (caught.exception.code, caught.exception.message),
             ("bad_request", "blob shorter than announced"),
         )
+        self.assertIsNone(b.files.catalog.get(key))
+        await eventually(lambda: temp_files(b) == [], "b to drop the partial replica")
+
+    async def test_a_replica_longer_than_announced_ends_the_session(self) -> None:
+        a, b = await self.pair()
+        key, version, blob = sealed(a, "long.bin", BIG)
+        stream = self.session(a, b).store(wire.Store(key.owner, key.blob, len(blob) - 1, version))
+        stream.write(blob)
+        # A peer that sends more than it announced breaks the protocol: B hangs up.
+        with self.assertRaises(SessionClosed):
+            await stream.finish()
         self.assertIsNone(b.files.catalog.get(key))
         await eventually(lambda: temp_files(b) == [], "b to drop the partial replica")
 
