@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast mutants lint bench clean
+.PHONY: demo test test-fast mutants coverage lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,22 @@ test-fast: $(STAMP)
 # Slow (about 5 minutes) and not part of CI; see README, Testing.
 mutants: $(STAMP)
 	$(BIN)/python tools/mutants.py
+
+# Coverage of the whole suite, the twistd and dfs processes the tests start included:
+# tests/coverage_hook/sitecustomize.py starts coverage in every Python process, and
+# is on the path for this run only. The report: build/coverage/report.txt (and html/).
+COVERAGE := build/coverage
+coverage: $(STAMP)
+	rm -rf $(COVERAGE) && mkdir -p $(COVERAGE)
+	chmod 1777 $(COVERAGE)  # some tests run a node as another user: it writes its data too
+	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml \
+	COVERAGE_FILE=$(CURDIR)/$(COVERAGE)/data \
+	PYTHONPATH=$(CURDIR)/tests/coverage_hook$${PYTHONPATH:+:$$PYTHONPATH} \
+	$(BIN)/python -m pytest -q $(or $(TESTS),tests); status=$$?; \
+	$(BIN)/coverage combine --quiet --data-file=$(COVERAGE)/data $(COVERAGE) && \
+	$(BIN)/coverage report --data-file=$(COVERAGE)/data > $(COVERAGE)/report.txt && \
+	$(BIN)/coverage html --quiet --data-file=$(COVERAGE)/data -d $(COVERAGE)/html && \
+	$(BIN)/python tests/coverage_groups.py $(COVERAGE)/data; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check dfs_twisted tests bench tools twisted

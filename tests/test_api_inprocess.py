@@ -122,6 +122,18 @@ class ApiTests(ApiTestCase):
         # The page as served shows the org; the rest comes from /v1/status with the token.
         self.assertIn(b'<h1 id="org">alpha</h1>', body)
         self.assertNotIn(b"secret-plans", body)
+        # What the page shows once loaded (its data, with the token) and the metrics
+        # are live answers that could carry names: they carry none. The listing,
+        # asked the same way, does: the name was there to be leaked.
+        response, listing = await self.call("GET", "/v1/files")
+        self.assertEqual(response.code, 200)
+        self.assertIn(b"secret-plans.txt", listing)
+        for path in ("/v1/status", "/metrics", "/health"):
+            response, body = await self.call("GET", path)
+            self.assertEqual(response.code, 200, path)
+            self.assertNotIn(b"secret-plans", body, path)
+        status = self.json(*await self.call("GET", "/v1/status"))
+        self.assertGreater(status["storage"]["own_bytes"], 0)  # the file is counted
 
     async def test_put_then_get_streams_the_bytes(self) -> None:
         await self.node()
@@ -210,9 +222,21 @@ class ApiTests(ApiTestCase):
 
     async def test_unknown_path_without_token_reveals_nothing(self) -> None:
         await self.node()
-        response, body = await self.call("GET", "/v1/files", token=None)
-        self.assertEqual(response.code, 401)
-        self.assertEqual(self.json(response, body), {"error": "missing or wrong API token"})
+        # Without the token an unknown path under /v1/ answers exactly as a known one
+        # does: 401, never the 404 that would tell which paths exist.
+        answers = []
+        for method, path in (
+            ("GET", "/v1/nope"),
+            ("GET", "/v1/nope/deeper"),
+            ("POST", "/v1/status"),
+            ("GET", "/v1/files"),  # a known path, for comparison
+        ):
+            response, body = await self.call(method, path, token=None)
+            answers.append((response.code, self.json(response, body)))
+        self.assertEqual(answers, [(401, {"error": "missing or wrong API token"})] * 4)
+        # With the token the same unknown paths are 404 (test_unknown_paths_are_404).
+        response, _ = await self.call("GET", "/v1/nope")
+        self.assertEqual(response.code, 404)
 
 
 class _RawClient(Protocol):

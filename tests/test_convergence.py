@@ -79,7 +79,8 @@ class RecoverTests(ConvergenceTestCase):
         self.assertEqual(len(held(c, a_id)), 2)
 
         out = a.dfs("recover").stdout.decode()
-        self.assertIn("1", out)
+        # The newest version of changed.txt, and nothing of the deleted file.
+        self.assertEqual(out.splitlines(), ["recovered changed.txt", "recovered 1 file"])
         self.assertEqual(self.get(a, "changed.txt"), b"new\n")
         missing = a.dfs("get", "deleted.txt", check=False)
         self.assertNotEqual(missing.returncode, 0)

@@ -474,9 +474,20 @@ class HandshakeAttackTests(HostileTestCase):
             no_cert.handshake()
         except ConnectionClosed:
             pass
-        for link in (garbage, http_client, no_cert):
+        # Each with its address and the reason it failed, as TLS saw it.
+        for link, reason in (
+            (garbage, "wrong version number"),
+            (http_client, "http request"),
+            (no_cert, "peer did not return a certificate"),
+        ):
             link.wait_closed()
-            wait_for_log(self.net.victim, f"127.0.0.1:{link.local_port}")
+            line = wait_for_log(self.net.victim, f"127.0.0.1:{link.local_port}")
+            self.assertIn(
+                f"connection from 127.0.0.1:{link.local_port} ended before its handshake "
+                "completed: ",
+                line,
+            )
+            self.assertIn(reason, line)
 
     def test_many_idle_connections_do_not_starve_peers(self) -> None:
         victim = self.net.victim

@@ -192,46 +192,66 @@ class EncodeRefusesTests(SynchronousTestCase):
         self.assertEqual(len(encode(Data(b"x" * MAX_DATA_BODY, end=True), 1)), MAX_DATA_BODY + 10)
 
     def test_invalid_fields(self) -> None:
-        bad: list[object] = [
-            Fetch("../../etc", B),
-            Store(A, B, -1, 1),
-            Store(A, B, 2**62, 1),
-            Store(A, B, 1, -1),
-            Store(A, B, 1, 2**64),
-            Delete(A, B, 1, C, "AB" * 64),
-            Delete(A, B, 1, C, "ab" * 63),
-            Delete(A, B, 1, "c", "ab" * 64),
-            HeadReply(1, "abc"),  # not whole bytes
-            HeadReply(1, "AB"),
-            HeadReply(1, "00" * (16 * 1024 + 1)),
-            List(A, limit=0),
-            List(A, limit=MAX_LIST_PAGE + 1),
-            ListReply((ListEntry(A, 1, False), ListEntry(B, 1, False)), more=False),  # descending
-            ListReply((ListEntry(A, 1, False),) * 2, more=False),  # duplicate
-            ListReply((ListEntry(A, -1, False),), more=False),
-            ListReply((ListEntry(A, 1, False, "abc"),), more=False),  # half a byte of proof
-            ListReply((ListEntry(A, 1, False, "00" * 141),), more=False),
-            Fetch(A, B, offset=-1),
-            Audit(A, B, 1, 2**32, C),
-            Audit(A, B, 1, 0, "short"),
-            ListReply(
-                tuple(ListEntry(f"{i:064x}", 1, False) for i in range(MAX_LIST_PAGE + 1)),
-                more=True,
+        # Each refused for the field and the problem named, not for any other reason.
+        bad: list[tuple[object, str]] = [
+            (Fetch("../../etc", B), "FETCH.owner: not a 64-char lowercase hex id"),
+            (Store(A, B, -1, 1), "STORE.size: -1 not in 0.."),
+            (Store(A, B, 2**62, 1), f"STORE.size: {2**62} not in 0.."),
+            (Store(A, B, 1, -1), "STORE.version: -1 not in 0.."),
+            (Store(A, B, 1, 2**64), f"STORE.version: {2**64} not in 0.."),
+            (Delete(A, B, 1, C, "AB" * 64), "DELETE.signature: not 128 lowercase hex"),
+            (Delete(A, B, 1, C, "ab" * 63), "DELETE.signature: not 128 lowercase hex"),
+            (Delete(A, B, 1, "c", "ab" * 64), "DELETE.key: not a 64-char lowercase hex id"),
+            (HeadReply(1, "abc"), "HEAD_REPLY.header: not lowercase hex bytes"),  # half a byte
+            (HeadReply(1, "AB"), "HEAD_REPLY.header: not lowercase hex bytes"),
+            (HeadReply(1, "00" * (16 * 1024 + 1)), "HEAD_REPLY.header: length 32770 not in"),
+            (List(A, limit=0), "LIST.limit: 0 not in 1.."),
+            (List(A, limit=MAX_LIST_PAGE + 1), f"LIST.limit: {MAX_LIST_PAGE + 1} not in 1.."),
+            (
+                ListReply((ListEntry(A, 1, False), ListEntry(B, 1, False)), more=False),
+                "LIST_REPLY.entries: not strictly ascending",  # descending
             ),
-            Error("Not-Found", "x"),
-            Error("x", "m" * 513),
-            Abort("\ud800"),
-            Hello(1, A, "", "h:1"),
-            Hello(1, A, "o\nrg", "h:1"),
-            Hello(1, A, "org", "no-port"),
-            Hello(1, A, "org", "h:65536"),
-            Hello(1, A, "org", "h:1", ("f",) * 33),
-            Hello(1, A, "org", "h:1", ("f" * 33,)),
-            FetchReply(True),  # bool is not an int
+            (
+                ListReply((ListEntry(A, 1, False),) * 2, more=False),
+                "LIST_REPLY.entries: not strictly ascending",  # a duplicate
+            ),
+            (ListReply((ListEntry(A, -1, False),), more=False), "LIST_REPLY.entries[]: -1 not in"),
+            (
+                ListReply((ListEntry(A, 1, False, "abc"),), more=False),
+                "LIST_REPLY.entries[]: not lowercase hex bytes",  # half a byte of proof
+            ),
+            (
+                ListReply((ListEntry(A, 1, False, "00" * 141),), more=False),
+                "LIST_REPLY.entries[]: length 282 not in",
+            ),
+            (Fetch(A, B, offset=-1), "FETCH.offset: -1 not in 0.."),
+            (Audit(A, B, 1, 2**32, C), f"AUDIT.index: {2**32} not in 0.."),
+            (Audit(A, B, 1, 0, "short"), "AUDIT.nonce: not a 64-char lowercase hex id"),
+            (
+                ListReply(
+                    tuple(ListEntry(f"{i:064x}", 1, False) for i in range(MAX_LIST_PAGE + 1)),
+                    more=True,
+                ),
+                f"LIST_REPLY.entries: {MAX_LIST_PAGE + 1} items, at most {MAX_LIST_PAGE}",
+            ),
+            (Error("Not-Found", "x"), "ERROR.code: not a [a-z_] token"),
+            (Error("x", "m" * 513), "ERROR.message: length 513 not in"),
+            (Abort("\ud800"), "ABORT.reason: contains a lone surrogate"),
+            (Hello(1, A, "", "h:1"), "HELLO.org: length 0 not in"),
+            (Hello(1, A, "o\nrg", "h:1"), "HELLO.org: contains a control character"),
+            (Hello(1, A, "org", "no-port"), "HELLO.listen: not host:port"),
+            (Hello(1, A, "org", "h:65536"), "HELLO.listen: not host:port"),
+            (Hello(1, A, "org", "h:1", ("f",) * 33), "HELLO.features: 33 items, at most 32"),
+            (Hello(1, A, "org", "h:1", ("f" * 33,)), "HELLO.features[]: length 33 not in"),
+            # A bool is an int to Python, never to the wire.
+            (FetchReply(True), "FETCH_REPLY.size: expected an integer, got bool"),
+            (ListReply((ListEntry(A, 1, 0),), more=False), "expected a boolean"),  # type: ignore[arg-type]
+            (ListReply((), more=1), "LIST_REPLY.more: expected a boolean"),  # type: ignore[arg-type]
         ]
-        for message in bad:
-            with self.assertRaises(ValueError, msg=repr(message)):
+        for message, reason in bad:
+            with self.assertRaises(ValueError, msg=repr(message)[:200]) as caught:
                 encode(message, 1)  # type: ignore[arg-type]
+            self.assertIn(reason, str(caught.exception), repr(message)[:200])
 
     def test_not_a_message(self) -> None:
         self.assertRaises(TypeError, encode, object(), 1)

@@ -53,6 +53,7 @@ class Mutant:
     tests: tuple[str, ...]
 
 
+PATHS = "tests/test_error_paths.py"
 CHUNK = "tests/test_crypto.py::ChunkSignatureTests"
 SEAL = "tests/test_crypto.py::SealTests"
 TOMB = "tests/test_crypto.py::TombstoneTests"
@@ -491,6 +492,72 @@ MUTANTS = [
         "        if release.holder != self._node_id:\n",
         "        if False:\n",
         ("tests/test_placement.py::PlacedNetworkTests",),
+    ),
+    Mutant(
+        "put-commits-here-before-peers",
+        "dfs_twisted/files/put.py",
+        "        try:\n            record = self._encryptor.record\n",
+        "        replies = [stream.finish() for _, stream in self._peers]\n"
+        "        try:\n            record = self._encryptor.record\n",
+        (f"{PATHS}::LocalWriteFailureTests",),
+    ),
+    Mutant(
+        "put-dropped-when-the-client-leaves",
+        "dfs_twisted/apiserver.py",
+        '            self.upload.abort("client went away")\n',
+        "            pass\n",
+        (f"{PATHS}::ClientLeavesTests",),
+    ),
+    Mutant(
+        "ls-lists-a-file-whose-blob-went-missing",
+        "dfs_twisted/files/recover.py",
+        "            f = self._holdings.open(key)\n",
+        "            f = store.open(key)\n",
+        (f"{PATHS}::MissingBlobListingTests",),
+    ),
+    Mutant(
+        "replica-shorter-than-announced",
+        "dfs_twisted/files/serve.py",
+        "        if self._size is not None and self._writer.written != self._size:\n",
+        "        if False:\n",
+        (f"{PATHS}::ReplicaTests",),
+    ),
+    Mutant(
+        "no-relay-refuses-relayed-replicas",
+        "dfs_twisted/files/serve.py",
+        "(self._sync.relay and owner != self._node_id)",
+        "(owner != self._node_id)",
+        (f"{PATHS}::ReplicaTests",),
+    ),
+    Mutant(
+        "fetch-arriving-short",
+        "dfs_twisted/files/fetch.py",
+        "            if self.size is not None and self.received != self.size:\n",
+        "            if False:\n",
+        (f"{PATHS}::FetchFailureTests",),
+    ),
+    Mutant(
+        "scrub-replaces-missing-blobs",
+        "dfs_twisted/scrub.py",
+        "                    if catalog.get(key) == entry:\n"
+        '                        await self._damaged(report, key, entry.version, "missing")\n',
+        "                    pass\n",
+        ("tests/test_scrub_paths.py::ScrubRepairTests",),
+    ),
+    Mutant(
+        "damaged-source-asked-last",
+        "dfs_twisted/files/fetch.py",
+        "        return sorted(self._peers(), key=lambda s: (s.info.node_id, key) in "
+        "self._suspects)\n",
+        "        return list(self._peers())\n",
+        ("tests/test_scrub_paths.py::AskedLastTests",),
+    ),
+    Mutant(
+        "concurrent-fetches-bounded",
+        "dfs_twisted/mux.py",
+        "                if len(self._serving) >= limit:\n",
+        "                if False:\n",
+        ("tests/test_mux_limits.py",),
     ),
     Mutant(
         "recover-counts-only-proven-claims",

@@ -154,6 +154,8 @@ class Fetcher:
             if org_key is not None:
                 open_metadata(org_key, header)
         except CryptoError as e:
+            # Nobody awaits the reply once given up: its CancelledError is expected.
+            reply.addErrback(lambda _: None)
             reply.cancel()
             fetch.abort()
             raise DamagedBlob(str(e)) from e
@@ -180,9 +182,10 @@ class Fetcher:
         """Fetch a good copy of a blob (``version`` or newer) from a live peer that has it.
 
         Works for any org's blob: only the owner's signature is checked.
-        Returns the org of the peer that supplied it, or None.
+        Returns the org of the peer that supplied it, or None. Peers that served a
+        damaged copy of it before are asked last, as reads do.
         """
-        for session in self._peers():
+        for session in self.sources(key):
             theirs = await PeerClient(session).entry(key)
             if theirs is None or theirs.deleted or theirs.version < version:
                 continue
@@ -191,6 +194,8 @@ class Fetcher:
             try:
                 await self.into_store(session, key, None, theirs.version)
             except (RemoteError, SessionClosed, DamagedBlob, TimeoutError) as e:
+                if isinstance(e, DamagedBlob):
+                    self.suspect(session.info.node_id, key)
                 log.info(
                     "{org} could not supply {blob}: {error}",
                     org=session.info.org,

@@ -130,7 +130,6 @@ class Upload:
         self._upstream = None  # the body is complete: never pause or resume it again
         self._emit(self._encryptor.finalize())
         streamed = time.monotonic() - self._started
-        replies = [stream.finish() for _, stream in self._peers]
         try:
             record = self._encryptor.record
             assert record is not None  # finalized
@@ -153,6 +152,11 @@ class Upload:
             self.abort("local write failed")
             raise
         local = time.monotonic() - self._started
+        # Peers commit when their stream ends: only once the version is committed
+        # here, so that no peer holds a version its owner failed to write (on a
+        # local failure the streams were aborted above). Their bytes are all sent
+        # already: what waits is each peer's final check and fsync.
+        replies = [stream.finish() for _, stream in self._peers]
         outcomes = []
         for (session, _), reply in zip(self._peers, replies, strict=True):
             peer = session.info

@@ -132,7 +132,10 @@ class Recovery:
             if held.deleted:
                 continue
             key = BlobKey(org.org_id, blob)
-            f = store.open(key)
+            # Through holdings: a blob gone from disk is forgotten here, so that the
+            # ledger (or a peer's proof) lists the file below as held elsewhere
+            # rather than it vanishing from `ls`.
+            f = self._holdings.open(key)
             if f is None:
                 continue
             try:
