@@ -6,10 +6,11 @@ No test module imports another test module; what several of them use lives here.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from OpenSSL import crypto
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -69,3 +70,97 @@ def identity(test: SynchronousTestCase) -> NodeIdentity:
 
 def sent(transport: StringTransport) -> list[wire.Message]:
     return [wire.decode(f) for f in wire.FrameDecoder().feed(transport.value())]
+
+
+# -- the multiplexer's side of a session, with no transport (test_mux, test_mux_limits)
+
+A = "a" * 64
+B = "b" * 64
+
+
+class Wire:
+    """mux.Output: every frame sent, decoded again."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[wire.Frame, wire.Message]] = []
+
+    def frame(self, data: bytes) -> None:
+        for f in wire.FrameDecoder().feed(data):
+            self.sent.append((f, wire.decode(f)))
+
+    def data(self, header: bytes, payload: bytes | memoryview) -> None:
+        self.frame(header + bytes(payload))
+
+    def messages(self) -> list[wire.Message]:
+        return [m for _, m in self.sent]
+
+
+class Blob:
+    """An IncomingBlob that keeps what it is sent."""
+
+    def __init__(self, refuse_after: int | None = None) -> None:
+        self.data = b""
+        self.aborted: str | None = None
+        self.finished = False
+        self._refuse_after = refuse_after
+
+    def write(self, data: bytes) -> None:
+        if self._refuse_after is not None and len(self.data) + len(data) > self._refuse_after:
+            raise RequestRefused("quota", "full")
+        self.data += data
+
+    def finish(self) -> Deferred[None]:
+        self.finished = True
+        return succeed(None)
+
+    def abort(self, reason: str) -> None:
+        self.aborted = reason
+
+
+class Source:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.size = len(data)
+        self.closed = False
+
+    def read(self, n: int) -> bytes:
+        piece, self._data = self._data[:n], self._data[n:]
+        return piece
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Handler:
+    def __init__(self) -> None:
+        self.blobs: list[Blob] = []
+        self.refuse_after: int | None = None
+        self.source = Source(b"")
+
+    def session_ready(self, session: Any) -> None: ...
+    def session_lost(self, session: Any, reason: str) -> None: ...
+
+    def open_store(self, session: Any, request: wire.Store) -> Blob:
+        blob = Blob(self.refuse_after)
+        self.blobs.append(blob)
+        return blob
+
+    def open_fetch(self, session: Any, request: wire.Fetch) -> Source:
+        return self.source
+
+    def answer(self, session: Any, request: wire.ControlRequest) -> Deferred[wire.Message]:
+        if isinstance(request, wire.Digest):
+            return succeed(wire.DigestReply(A, 3))
+        raise RequestRefused("not_found", "nothing here")
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.size: int | None = None
+        self.received = b""
+
+    def started(self, size: int) -> None:
+        self.size = size
+
+    def data(self, payload: bytes) -> None:
+        self.received += payload

@@ -183,3 +183,21 @@ async def get(node: NodeService, name: str) -> tuple[bytes, str]:
     consumer: Any = BytesConsumer()  # an IConsumer, which mypy cannot see
     await download.stream_to(consumer)
     return consumer.value, download.source
+
+
+def start_node(
+    test: NodeTestCase, port: int, peers: list[int], org: str, **options: Any
+) -> NodeService:
+    """Like ``test.make_node``, with any other NodeService ``options`` (limits, admission)."""
+    node = NodeService(
+        port=port,
+        data_dir=Path(test.mktemp()),
+        peers=[PeerAddress("127.0.0.1", p) for p in peers],
+        api="tcp:0:interface=127.0.0.1",
+        org=org,
+        **options,
+    )
+    node.startService()
+    test._nodes.append(node)
+    test.addCleanup(test._stop, node)
+    return node

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 from twisted.trial.unittest import FailTest, SkipTest, SynchronousTestCase
@@ -44,3 +46,17 @@ class CannotRunTests(SynchronousTestCase):
             with self.assertRaises(SkipTest) as raised:
                 cannot_run("no chromium here")
             self.assertEqual(str(raised.exception), "no chromium here")
+
+
+class LayoutTests(SynchronousTestCase):
+    def test_no_test_module_imports_another(self) -> None:
+        """What several test modules share lives in a helper module (fakes, inprocess,
+        shared, loopback...), so each test module can move or go on its own."""
+        here = Path(__file__).parent
+        pattern = re.compile(
+            r"^\s*(from\s+(\.|tests\.)test_\w+\s+import|import\s+tests\.test_)", re.M
+        )
+        offenders = [
+            p.name for p in sorted(here.glob("test_*.py")) if pattern.search(p.read_text())
+        ]
+        self.assertEqual(offenders, [])

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dfs_twisted import wire
 from dfs_twisted.mux import Multiplexer
 
-from .test_mux import A, Handler, Source, Wire
+from .fakes import A, Handler, Source, Wire
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,7 +34,6 @@ from dfs_twisted.crypto import (
 )
 from dfs_twisted.mux import OutgoingStream
 from dfs_twisted.node import NodeService
-from dfs_twisted.options import PeerAddress
 from dfs_twisted.protocol import PeerProtocol
 from dfs_twisted.session import PeerSession, RemoteError, SessionClosed
 from dfs_twisted.space import SpaceLimits
@@ -43,7 +41,7 @@ from dfs_twisted.store import BlobKey
 from dfs_twisted.transport import TLSClientEndpoint
 
 from .environment import cannot_run
-from .inprocess import NodeTestCase, eventually, free_port, reactor
+from .inprocess import NodeTestCase, eventually, free_port, reactor, start_node
 
 pytestmark = pytest.mark.inprocess
 
@@ -88,24 +86,6 @@ def v2_blob() -> SignedBlob:
     data = path.read_bytes()
     header = parse_header(data[:16384])
     return SignedBlob(BlobKey(owner, path.name), header.version, data, len(header.raw))
-
-
-def start_node(
-    test: NodeTestCase, port: int, peers: list[int], org: str, **options: Any
-) -> NodeService:
-    """Like ``test.make_node``, with any other NodeService ``options`` (limits, admission)."""
-    node = NodeService(
-        port=port,
-        data_dir=Path(test.mktemp()),
-        peers=[PeerAddress("127.0.0.1", p) for p in peers],
-        api="tcp:0:interface=127.0.0.1",
-        org=org,
-        **options,
-    )
-    node.startService()
-    test._nodes.append(node)
-    test.addCleanup(test._stop, node)
-    return node
 
 
 async def send(session: PeerSession, blob: SignedBlob, data: bytes) -> str:
