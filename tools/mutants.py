@@ -144,8 +144,12 @@ MUTANTS = [
     Mutant(
         "deletion-from-a-peer-is-verified",
         "dfs_twisted/files/serve.py",
-        "                bytes.fromhex(request.signature),\n            ).verify()\n",
-        "                bytes.fromhex(request.signature),\n            )\n",
+        "                bytes.fromhex(request.signature),\n            ).verify()\n"
+        "        except CryptoError as e:\n"
+        '            raise RequestRefused("bad_signature", f"tombstone does not verify',
+        "                bytes.fromhex(request.signature),\n            )\n"
+        "        except CryptoError as e:\n"
+        '            raise RequestRefused("bad_signature", f"tombstone does not verify',
         (AUTH, f"{LYING}::LyingListingTests"),
     ),
     # ------------------------------------------------------------ namespaces
