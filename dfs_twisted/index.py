@@ -22,11 +22,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from .catalog import Entry
+from .catalog import RECORD_SQL, Catalog, Entry
 from .database import Database, GroupCommit, version_from_db, version_to_db
 from .store import BlobKey
 
 INDEX_FILE = "index.sqlite"
+_MAX_CASE = 256  # most senders a load maps in SQL (a node meets a few)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -130,6 +131,47 @@ class StoreIndex:
                 version_from_db(version), size, bool(deleted), proof=bytes(proof), sender=sender
             )
             yield Row(BlobKey(owner, blob), entry, None if tomb is None else bytes(tomb))
+
+    def load(self) -> Catalog:
+        """The catalog, from the rows, in three queries: no Python work per row (a
+        million rows load in about a second, where one Entry each took ten)."""
+        db = self._db.reader
+        sent = db.execute(
+            "SELECT sender, sum(max(size, 4096)) FROM entries GROUP BY sender ORDER BY sender"
+        ).fetchall()
+        catalog = Catalog()
+        if len(sent) > _MAX_CASE:
+            for row in self.rows():  # an unusual index: the slow way
+                catalog.set(row.key, row.entry)
+            catalog.settled_all()
+            return catalog
+        case = " ".join(f"WHEN ? THEN {i}" for i in range(len(sent)))
+        sender = f"CASE sender {case} ELSE 0 END" if sent else "0"
+        namespaces = [
+            (owner, count, stored, charged, version_from_db(newest))
+            for owner, count, stored, charged, newest in db.execute(
+                "SELECT owner, count(*), sum(size), sum(max(size, 4096)), max(version) "
+                "FROM entries GROUP BY owner"
+            )
+        ]
+        leaves = db.execute(
+            "SELECT owner, substr(blob, 1, 4), group_concat(record, '') FROM "
+            f"(SELECT owner, blob, {RECORD_SQL.format(sender=sender)} AS record "
+            "FROM entries ORDER BY owner, blob) GROUP BY owner, substr(blob, 1, 4)",
+            [s for s, _ in sent],
+        )
+        catalog.restore(sent, namespaces, leaves)
+        return catalog
+
+    def proofs(self, owner: str, first: str, last: str) -> dict[str, tuple[int, bytes]]:
+        """(version, proof) of ``owner``'s rows with ``first`` <= blob <= ``last``."""
+        return {
+            blob: (version_from_db(version), bytes(proof))
+            for blob, version, proof in self._db.reader.execute(
+                "SELECT blob, version, proof FROM entries WHERE owner = ? AND blob BETWEEN ? AND ?",
+                (owner, first, last),
+            )
+        }
 
     def tomb(self, key: BlobKey) -> bytes | None:
         row = self._db.reader.execute(

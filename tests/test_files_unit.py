@@ -154,7 +154,8 @@ class ServeTests(LoopbackCase):
         held = a.holdings.held(key)
         assert held is not None
         self.assertEqual((entry.blob, entry.version), (result.blob, held.version))
-        self.assertEqual(bytes.fromhex(entry.proof), held.proof)
+        self.assertEqual(bytes.fromhex(entry.proof), a.holdings.proof(key, held))
+        self.assertTrue(entry.proof)
 
 
 class SyncTests(LoopbackCase):

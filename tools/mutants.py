@@ -170,15 +170,15 @@ MUTANTS = [
     Mutant(
         "newer-version-only",
         "dfs_twisted/catalog.py",
-        "return held is None or version > held.version",
+        "return record is None or version > _version(record[1])",
         "return True",
         (AUTH, "tests/test_node_inprocess.py::PublishOrderTests"),
     ),
     Mutant(
         "same-version-is-not-newer",
         "dfs_twisted/catalog.py",
-        "return held is None or version > held.version",
-        "return held is None or version >= held.version",
+        "return record is None or version > _version(record[1])",
+        "return record is None or version >= _version(record[1])",
         (AUTH, "tests/test_node_inprocess.py::PublishOrderTests"),
     ),
     Mutant(

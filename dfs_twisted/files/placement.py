@@ -22,7 +22,7 @@ that fails an audit of a version is not counted as holding it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from blake3 import blake3
@@ -135,10 +135,12 @@ class Placement:
         """The blob is deleted: nobody is expected to hold it any more."""
         self._held.pop(blob, None)
 
-    def learn(self, peer: str, held: dict[str, int]) -> None:
-        """``peer`` listed this namespace: exactly these blobs, at these versions."""
+    def learn(self, peer: str, held: dict[str, int], prefixes: Sequence[str] = ("",)) -> None:
+        """``peer`` listed this namespace (or the blob ids that start with one of
+        ``prefixes``): exactly these blobs there, at these versions."""
+        within = tuple(prefixes)
         for blob, holders in list(self._held.items()):
-            if peer in holders and blob not in held:
+            if peer in holders and blob not in held and blob.startswith(within):
                 self.lost(peer, blob)
         for blob, version in held.items():
             self.holds(peer, blob, version)

@@ -321,11 +321,10 @@ class Recovery:
             held = self._holdings.catalog.get(key)
             meta = open_metadata(self._owner.key, header)
             if held is not None and held.version == version:
-                record = BlobRecord.from_bytes(key.owner, key.blob, version, held.proof)
+                proof = self._holdings.proof(key, held)
+                record = BlobRecord.from_bytes(key.owner, key.blob, version, proof)
                 await self._ledger.record(
-                    LedgerEntry(
-                        key.blob, version, False, held.proof, meta.name, record.size, meta.mtime
-                    )
+                    LedgerEntry(key.blob, version, False, proof, meta.name, record.size, meta.mtime)
                 )
             return meta.name
         return None
