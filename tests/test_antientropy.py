@@ -159,3 +159,24 @@ class TreeSyncTests(SynchronousTestCase):
         self.assertEqual(settled(self.a.sync.catch_up(self.at_a)), 0)
         self.assertEqual(self.a.holdings.catalog.entries(self.a.node_id), self.before)
         self.assertEqual(self.held_by_b(), FILES)
+
+
+class KnownCopiesTests(SynchronousTestCase):
+    """What the status page polls every 2 s: this org's files with the copies known,
+    asked of no peer."""
+
+    def test_files_with_known_copies_ask_no_peer(self) -> None:
+        a = MemoryNode(Path(self.mktemp()), "a")
+        b = MemoryNode(Path(self.mktemp()), "b")
+        for node in (a, b):
+            self.addCleanup(node.close)
+        link(a, b)
+        settled(a.put("kept", b"here and on b"))
+        recorder = Recorder(b)
+        [known] = settled(a.recovery.list_files(ask=False))
+        self.assertEqual((known.name, known.replicas), ("kept", 2))
+        self.assertEqual(recorder.asked, [])
+        # Asking the peers (dfs ls) finds the same.
+        [asked] = settled(a.recovery.list_files())
+        self.assertEqual(asked.replicas, 2)
+        self.assertEqual(len(recorder.lists()), 1)

@@ -85,6 +85,13 @@ class TreeTests(SynchronousTestCase):
         after = {p: self.catalog.digest(A, p) for p in before}
         self.assertEqual([p for p in before if before[p] != after[p]], ["", "ab", "abcd"])
         self.assertEqual(after["abcd"][1], before["abcd"][1] + 1)
+        # A newer version, or a deletion, of the same blob changes them too: a peer
+        # holding an older version never compares equal.
+        for entry in (Entry(10**6 + 1, 1), Entry(10**6 + 2, 0, deleted=True)):
+            self.catalog.set(BlobKey(A, blob), entry)
+            again = {p: self.catalog.digest(A, p) for p in before}
+            self.assertEqual([p for p in after if after[p] != again[p]], ["", "ab", "abcd"])
+            after = again
 
     def test_entries_of_a_prefix_and_pages(self) -> None:
         self.change_some(400)

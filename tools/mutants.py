@@ -499,6 +499,24 @@ MUTANTS = [
         "                if True:\n",
         ("tests/test_files_unit.py::RecoverTests", f"{LYING}::LyingListingTests"),
     ),
+    # ------------------------------------------------------------ anti-entropy
+    Mutant(
+        "prefix-listing-moves-on",
+        "dfs_twisted/session.py",
+        "            if reply.entries and after is not None and reply.entries[0].blob <= after:\n",
+        "            if False:\n",
+        (
+            "tests/test_antientropy.py::TreeSyncTests::"
+            "test_a_listing_that_does_not_move_on_ends_the_catch_up",
+        ),
+    ),
+    Mutant(
+        "tree-digest-covers-versions",
+        "dfs_twisted/merkle.py",
+        "        h.update(_ENTRY.pack(*entry))\n",
+        "        h.update(entry[0])\n",
+        ("tests/test_merkle.py::TreeTests", "tests/test_antientropy.py::TreeSyncTests"),
+    ),
 ]
 
 

@@ -127,9 +127,10 @@ class Files:
         if entry is not None and not entry.deleted:
             Deferred.fromCoroutine(self.sync.offer(session, key, entry))
 
-    async def list_files(self, reader: ReadKey | None = None) -> list[FileEntry]:
-        """This org's files (or, with ``reader``, another org's), with their copies."""
-        entries = await self._recovery.list_files(reader)
+    async def list_files(self, reader: ReadKey | None = None, ask: bool = True) -> list[FileEntry]:
+        """This org's files (or, with ``reader``, another org's), with their copies
+        (``ask``: as every live peer lists them now; else as this node knows them)."""
+        entries = await self._recovery.list_files(reader, ask)
         if reader is None:
             wanted = 1 + self.placement.wanted()
             entries = [dataclasses.replace(e, wanted=wanted) for e in entries]

@@ -125,7 +125,7 @@ class Sync:
                 if listed:
                     theirs.update(await client.list_prefix(owner, prefix))
         if own:
-            self._learn(peer, theirs, prefixes)
+            self.learn(peer, theirs, prefixes)
         sent = 0
         for prefix in prefixes:
             for blob, entry in catalog.entries(owner, prefix):
@@ -180,7 +180,7 @@ class Sync:
             self.placement.learn(peer, {b: e.version for b, e in due if not e.deleted})
             return 0
         theirs = await client.list_all(owner)
-        self._learn(peer, theirs)
+        self.learn(peer, theirs)
         sent = 0
         for blob, entry in due:
             if (other := theirs.get(blob)) is None or other.version < entry.version:
@@ -236,7 +236,7 @@ class Sync:
                 continue
             Deferred.fromCoroutine(self.offer(session, key, entry))
 
-    def _learn(
+    def learn(
         self, peer: str, theirs: dict[str, wire.ListEntry], prefixes: Sequence[str] = ("",)
     ) -> None:
         """What a peer listed of this org's namespace (of ``prefixes`` of it): the
