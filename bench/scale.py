@@ -137,17 +137,25 @@ def node_figures(root: Path) -> dict[str, float]:
         )
     )
     node = NodeProcess(port, a)
-    start = time.perf_counter()
-    node.start()
+    figures = {}
+    # Twice: the first start may find no snapshot of the catalog (a new or upgraded
+    # index: it is read from its rows); the second follows a clean stop.
+    for start_up in ("first_startup_s", "startup_s"):
+        start = time.perf_counter()
+        node.start()
+        try:
+            node.wait_ready(timeout=600)
+            figures[start_up] = time.perf_counter() - start
+        finally:
+            if start_up == "first_startup_s":
+                node.stop()
     try:
-        node.wait_ready(timeout=600)
-        started = time.perf_counter() - start
         rss_started = node.peak_rss()
         start = time.perf_counter()
         listed = node.dfs("ls", "--json").stdout
         ls = time.perf_counter() - start
         return {
-            "startup_s": started,
+            **figures,
             "rss_mib": rss_started / MIB,
             "ls_s": ls,
             "ls_bytes": len(listed),
@@ -219,6 +227,7 @@ def main() -> None:
         make_fixture(root, args.blobs, org)
     print(f"{args.blobs:,} blobs; load average {os.getloadavg()[0]:.1f} at start")
     figures = node_figures(root)
+    print(f"first start-up (no snapshot):    {figures['first_startup_s']:.2f} s")
     print(f"start-up (twistd until api.url): {figures['startup_s']:.2f} s")
     print(f"peak RSS after start-up:         {figures['rss_mib']:.0f} MiB")
     print(f"dfs ls --json:                   {figures['ls_s']:.2f} s ({figures['ls_bytes']} bytes)")

@@ -116,13 +116,19 @@ class PeerClient:
             raise RemoteError("bad_reply", "DIGEST answered with something else")
         return {c.byte: (c.digest, c.count) for c in reply.children}
 
-    async def list_prefix(self, owner: str, prefix: str) -> dict[str, wire.ListEntry]:
+    async def list_prefix(
+        self, owner: str, prefix: str, expect: int = wire.MAX_LIST_PAGE
+    ) -> dict[str, wire.ListEntry]:
         """The entries the peer holds of ``owner``'s blobs whose ids start with
-        ``prefix``: a listing from just below it, until its entries leave it."""
+        ``prefix``: a listing from just below it, until its entries leave it.
+        ``expect``: how many the peer said it holds there (a first page of one more
+        sees the end of the prefix; a wrong count costs only another page)."""
         held: dict[str, wire.ListEntry] = {}
         after = merkle.list_after(prefix)
+        limit = max(1, min(wire.MAX_LIST_PAGE, expect + 1))
         while True:
-            reply = await self._ask(wire.List(owner, after))
+            reply = await self._ask(wire.List(owner, after, limit))
+            limit = wire.MAX_LIST_PAGE
             if not isinstance(reply, wire.ListReply):
                 raise RemoteError("bad_reply", "LIST answered with something else")
             if reply.entries and after is not None and reply.entries[0].blob <= after:

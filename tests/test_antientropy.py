@@ -79,16 +79,18 @@ class TreeSyncTests(SynchronousTestCase):
         self.assertIsNotNone(self.b.holdings.held(BlobKey(self.a.node_id, self.new)))
 
     def test_one_blob_costs_three_digests_and_one_leaf(self) -> None:
+        leaf = self.new[: merkle.LEAF_HEX]
+        _, held_there = self.b.holdings.catalog.digest(self.a.node_id, leaf)
         self.assertEqual(settled(self.a.sync.catch_up(self.at_a)), 1)
         self.check_nothing_lost()
-        leaf = self.new[: merkle.LEAF_HEX]
         self.assertEqual(
             self.recorder.asked,
             [
                 wire.Digest(self.a.node_id),
                 wire.Digest(self.a.node_id, "", children=True),
                 wire.Digest(self.a.node_id, leaf[:2], children=True),
-                wire.List(self.a.node_id, merkle.list_after(leaf)),
+                # One page, one entry longer than what b holds there: it ends the leaf.
+                wire.List(self.a.node_id, merkle.list_after(leaf), held_there + 1),
             ],
         )
         # Then the roots agree: one digest, nothing listed.

@@ -121,9 +121,9 @@ class Sync:
             found = await self._differing(client, owner)
             prefixes = [prefix for prefix, _ in found]
             theirs = {}
-            for prefix, listed in found:
-                if listed:
-                    theirs.update(await client.list_prefix(owner, prefix))
+            for prefix, count in found:
+                if count:
+                    theirs.update(await client.list_prefix(owner, prefix, count))
         if own:
             self.learn(peer, theirs, prefixes)
         sent = 0
@@ -137,13 +137,14 @@ class Sync:
                 sent += await self.offer(session, BlobKey(owner, blob), entry)
         return sent
 
-    async def _differing(self, client: PeerClient, owner: str) -> list[tuple[str, bool]]:
+    async def _differing(self, client: PeerClient, owner: str) -> list[tuple[str, int]]:
         """The prefixes where the peer's tree differs from this node's and this node
-        holds something, each with whether the peer does too (then it is listed;
-        else everything there is sent). The peer's digests are claims: a false one
-        only makes this node list more, or send the peer less of what it lacks."""
+        holds something, each with how many entries the peer says it holds there
+        (a leaf it holds some of is listed; else everything there is sent). The
+        peer's digests are claims: a false one only makes this node list more, or
+        send the peer less of what it lacks."""
         catalog = self._holdings.catalog
-        found: list[tuple[str, bool]] = []
+        found: list[tuple[str, int]] = []
         pending = [""]
         while pending:
             prefix = pending.pop(0)
@@ -154,9 +155,9 @@ class Sync:
                 if other == (digest, count):
                     continue
                 if other is None:
-                    found.append((child, False))
+                    found.append((child, 0))
                 elif len(child) == merkle.LEAF_HEX:
-                    found.append((child, True))
+                    found.append((child, max(other[1], 1)))
                 else:
                     pending.append(child)
         return found
