@@ -129,14 +129,8 @@ def _unused_run(*args: object) -> Deferred[None]:
 def node_figures(root: Path) -> dict[str, float]:
     """Start A as a real node: its start-up time, peak RSS and the time of `dfs ls`."""
     a = root / "a"
-    port = int(
-        next(
-            line.split("=")[1]
-            for line in (a / "dfs.toml").read_text().splitlines()
-            if line.startswith("port")
-        )
-    )
-    node = NodeProcess(port, a)
+    # A port free now (the one dfs init chose may be taken since; the flag wins).
+    node = NodeProcess(free_port(), a)
     figures = {}
     # Twice: the first start may find no snapshot of the catalog (a new or upgraded
     # index: it is read from its rows); the second follows a clean stop.

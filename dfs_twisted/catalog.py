@@ -63,6 +63,10 @@ _OFFSET = 1 << 63
 RECORD_SQL = "substr(blob, 5) || printf('%016x%02x%016x%04x', version, deleted, size, {sender})"
 
 
+def _hex(node: merkle.Node) -> tuple[str, int]:
+    return node[0].hex(), node[1]
+
+
 def _version(stored: int) -> int:
     return stored ^ _OFFSET
 
@@ -93,7 +97,7 @@ class Snapshot:
 
 class _Namespace:
     __slots__ = (
-        "_nodes",
+        "_firsts",
         "_order",
         "_root",
         "charged",
@@ -101,6 +105,7 @@ class _Namespace:
         "digests",
         "leaves",
         "newest",
+        "nodes",
         "stored",
     )
 
@@ -112,12 +117,14 @@ class _Namespace:
         # Highest version ever set: it never goes down, even when an entry is forgotten.
         self.newest = 0
         self._order: list[int] | None = None  # sorted prefixes, rebuilt after a leaf comes or goes
+        self._firsts: list[int] | None = None  # their first bytes, likewise
         self.digests: dict[int, bytes] = {}  # leaf digests still valid
-        self._nodes: dict[int, merkle.Node] = {}  # first-level digests still valid
+        self.nodes: dict[int, merkle.Node] = {}  # first-level digests still valid
         self._root: merkle.Node | None = None
 
     def order(self) -> list[int]:
         if self._order is None:
+            self._firsts = None
             self._order = sorted(self.leaves)
         return self._order
 
@@ -129,7 +136,7 @@ class _Namespace:
         elif self.leaves.pop(prefix, None) is not None:
             self._order = None
         self.digests.pop(prefix, None)
-        self._nodes.pop(prefix >> 8, None)
+        self.nodes.pop(prefix >> 8, None)
         self._root = None
 
     # -- the digest tree
@@ -154,14 +161,17 @@ class _Namespace:
         return order[lo:hi]
 
     def node(self, first: int) -> merkle.Node:
-        node = self._nodes.get(first)
+        node = self.nodes.get(first)
         if node is None:
             node = merkle.node_digest((p & 0xFF, self.leaf(p)) for p in self.leaves_under(first))
-            self._nodes[first] = node
+            self.nodes[first] = node
         return node
 
     def firsts(self) -> list[int]:
-        return sorted({p >> 8 for p in self.order()})
+        order = self.order()  # first: a new order forgets the first bytes
+        if self._firsts is None:
+            self._firsts = sorted({p >> 8 for p in order})
+        return self._firsts
 
     def root(self) -> merkle.Node:
         if self._root is None:
@@ -256,6 +266,12 @@ class Catalog:
                 [owner, ns.count, ns.stored, ns.charged, ns.newest]
                 for owner, ns in self._owners.items()
             ],
+            # First-level digests too: 256 an owner, a third of a second to compute.
+            "nodes": [
+                [owner, first, *_hex(ns.node(first))]
+                for owner, ns in self._owners.items()
+                for first in ns.firsts()
+            ],
         }
         # Every leaf's digest too (a second at a million entries, at the stop):
         # the first comparison after the next start needs them all.
@@ -281,6 +297,8 @@ class Catalog:
             ns.leaves[prefix] = leaf
             if digest is not None:
                 ns.digests[prefix] = digest
+        for owner, first, digest, count in snapshot.totals.get("nodes", []):
+            catalog._owners[owner].nodes[first] = (bytes.fromhex(digest), count)
         return catalog
 
     def settled(self, key: BlobKey, version: int) -> None:
