@@ -4,6 +4,7 @@ the one built entry by entry."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
-from dfs_twisted import merkle
+from dfs_twisted import merkle, wire
 from dfs_twisted.catalog import Catalog, Entry
 from dfs_twisted.index import Row, StoreIndex
 from dfs_twisted.store import BlobKey
@@ -187,3 +188,61 @@ class BulkLoadTests(SynchronousTestCase):
         third = StoreIndex(Path(index_path), _run).load()
         self.assertEqual(third.get(key), Entry(1, 1, sender="f" * 64))
         self.assertEqual(third.sent_by("e" * 64), 0)
+
+
+def frame(mtype: wire.MessageType, body: dict[str, Any]) -> wire.Frame:
+    raw = json.dumps(body).encode()
+    return wire.Frame(
+        mtype, wire.FLAG_REPLY if mtype == wire.MessageType.DIGEST_REPLY else 0, 1, raw
+    )
+
+
+class DigestWireTests(SynchronousTestCase):
+    """DIGEST of a prefix and its children: every field bounded, as every message."""
+
+    def test_prefixes_and_children_round_trip(self) -> None:
+        for message in (
+            wire.Digest(A),
+            wire.Digest(A, "ab", children=True),
+            wire.Digest(A, "abcd"),
+            wire.DigestReply(
+                "0" * 64, 3, tuple(wire.DigestChild(b, "1" * 64, b) for b in range(256))
+            ),
+        ):
+            [decoded] = [
+                wire.decode(f)
+                for f in wire.FrameDecoder().feed(
+                    wire.encode(message, 1, reply=isinstance(message, wire.DigestReply))
+                )
+            ]
+            self.assertEqual(decoded, message)
+        # The largest reply fits a control body well.
+        biggest = wire.DigestReply(
+            "0" * 64, 2**61, tuple(wire.DigestChild(b, "f" * 64, 2**61) for b in range(256))
+        )
+        self.assertLess(len(wire.encode(biggest, 1, reply=True)), wire.MAX_CONTROL_BODY // 2)
+
+    def test_bad_prefixes_and_children_are_refused(self) -> None:
+        for prefix in ["a", "abc", "abcdef", "AB", "zz", 12]:
+            with self.assertRaises(wire.ProtocolError):
+                wire.decode(
+                    frame(
+                        wire.MessageType.DIGEST, {"owner": A, "prefix": prefix, "children": False}
+                    )
+                )
+        good = [0, "1" * 64, 1]
+        for children in (
+            [good] * 257,  # more than a node has
+            [good, good],  # not ascending
+            [[256, "1" * 64, 1]],
+            [[0, "1" * 63, 1]],
+            [[0, "1" * 64, -1]],
+            [[0, "1" * 64]],
+        ):
+            with self.assertRaises(wire.ProtocolError):
+                wire.decode(
+                    frame(
+                        wire.MessageType.DIGEST_REPLY,
+                        {"digest": "0" * 64, "count": 1, "children": children},
+                    )
+                )
