@@ -6,7 +6,7 @@ and the next version number come from here, so none of them walks the disk.
 
 It is compact, to hold millions of entries in a few tens of MB: each owner's
 entries live in the leaves of its digest tree (merkle.py), one packed bytes
-object per two-byte prefix of blob ids, 49 bytes an entry. A change rewrites
+object per two-byte prefix of blob ids, 51 bytes an entry. A change rewrites
 one leaf (about 15 entries at a million) and marks its digests stale; they are
 computed again when asked for. The owner's proofs (140 bytes each) stay in the
 index on disk, except those of changes not yet written there.
@@ -26,7 +26,7 @@ from typing import Any
 from . import merkle
 from .store import BlobKey
 
-__all__ = ["BLOCK", "Catalog", "Entry", "Snapshot", "charge"]
+__all__ = ["BLOCK", "SNAPSHOT_FORMAT", "Catalog", "Entry", "Snapshot", "charge"]
 
 # What the quota charges a blob or tombstone at the least: one disk block, one
 # inode and an entry here. Without it a peer could fill a node with millions of
@@ -54,13 +54,17 @@ def charge(entry: Entry | None) -> int:
 # A leaf's entry: the blob id after the leaf's two bytes, the version as the index
 # stores it (offset by 2**63: see database.version_to_db), deleted, size, sender
 # (an index into Catalog._senders: a few distinct node ids, not one string each).
-_RECORD = struct.Struct(">30sQ?QH")
+# Four bytes of sender: owner ids cost nothing to make, and after a crash each
+# owner pays for its blobs, so a peer could make more than 65,535 senders.
+_RECORD = struct.Struct(">30sQ?QI")
 _SIZE = _RECORD.size
 _REST = 30
 _OFFSET = 1 << 63
+SNAPSHOT_FORMAT = 2  # the record's layout: a snapshot of another is not read
+
 # The same record made by SQLite from an index row, as hex (``sender``: an SQL
 # expression of the sender's index), so a load needs no Python work per row.
-RECORD_SQL = "substr(blob, 5) || printf('%016x%02x%016x%04x', version, deleted, size, {sender})"
+RECORD_SQL = "substr(blob, 5) || printf('%016x%02x%016x%08x', version, deleted, size, {sender})"
 
 
 def _hex(node: merkle.Node) -> tuple[str, int]:
@@ -100,6 +104,7 @@ class _Namespace:
         "_firsts",
         "_order",
         "_root",
+        "changes",
         "charged",
         "count",
         "digests",
@@ -112,6 +117,7 @@ class _Namespace:
     def __init__(self) -> None:
         self.leaves: dict[int, bytes] = {}  # two-byte prefix -> its entries, sorted
         self.count = 0
+        self.changes = 0  # how many times an entry was set or removed since start-up
         self.stored = 0  # bytes of live blobs
         self.charged = 0  # what the quota counts: every entry, at least a block
         # Highest version ever set: it never goes down, even when an entry is forgotten.
@@ -261,6 +267,7 @@ class Catalog:
         the index; those not written there yet would be lost: take it once every
         write is done)."""
         totals = {
+            "format": SNAPSHOT_FORMAT,
             "senders": [[s, self._sent.get(s, 0)] for s in self._senders],
             "owners": [
                 [owner, ns.count, ns.stored, ns.charged, ns.newest]
@@ -346,6 +353,7 @@ class Catalog:
             ns.charged += cost
             self._sent[entry.sender] = self._sent.get(entry.sender, 0) + cost
         end = (i + 1) * _SIZE if found else i * _SIZE
+        ns.changes += 1
         ns.changed(prefix, leaf[: i * _SIZE] + new + leaf[end:])
 
     def _uncharge(self, ns: _Namespace, size: int, sender_index: int) -> None:
@@ -395,6 +403,11 @@ class Catalog:
         """The prefixes (4 hex) of ``owner``'s non-empty leaves, in order."""
         ns = self._owners.get(owner)
         return [] if ns is None else [f"{p:04x}" for p in ns.order()]
+
+    def changes(self, owner: str) -> int:
+        """A number that goes up at every change of ``owner``'s entries."""
+        ns = self._owners.get(owner)
+        return 0 if ns is None else ns.changes
 
     def count(self, owner: str) -> int:
         ns = self._owners.get(owner)

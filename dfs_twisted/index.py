@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from .catalog import RECORD_SQL, Catalog, Entry, Snapshot
+from .catalog import RECORD_SQL, SNAPSHOT_FORMAT, Catalog, Entry, Snapshot
 from .database import Database, GroupCommit, version_from_db, version_to_db
 from .store import BlobKey
 
@@ -150,8 +150,11 @@ class StoreIndex:
         row = db.execute("SELECT value FROM state WHERE key = 'snapshot'").fetchone()
         if row is None:
             return None
+        totals = json.loads(row[0])
+        if totals.get("format") != SNAPSHOT_FORMAT:
+            return None  # another layout (an older node's): the rows are read
         leaves = db.execute("SELECT owner, prefix, leaf, digest FROM snapshot")
-        return Catalog.from_snapshot(Snapshot(json.loads(row[0]), leaves))
+        return Catalog.from_snapshot(Snapshot(totals, leaves))
 
     def rows(self) -> Iterator[Row]:
         for owner, blob, version, size, deleted, proof, sender, tomb in self._db.reader.execute(

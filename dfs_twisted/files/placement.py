@@ -72,6 +72,9 @@ class Placement:
         self._clock = clock
         self._held: dict[str, dict[str, int]] = {}  # blob -> peer -> version it holds
         self._refused: dict[tuple[str, str], float] = {}  # (peer, blob) -> when
+        # Goes up at every change of what peers are known to hold: totals computed
+        # from it (the page's, the metrics') are kept until it moves.
+        self.generation = 0
 
     @property
     def everywhere(self) -> bool:
@@ -116,11 +119,13 @@ class Placement:
 
     def holds(self, peer: str, blob: str, version: int) -> None:
         """``peer`` holds ``version`` of ``blob`` (it acknowledged it, or proved it)."""
+        self.generation += 1
         self._held.setdefault(blob, {})[peer] = version
         self._refused.pop((peer, blob), None)
 
     def lost(self, peer: str, blob: str) -> None:
         """``peer`` no longer holds ``blob`` (released it, or failed an audit)."""
+        self.generation += 1
         holders = self._held.get(blob)
         if holders is not None:
             holders.pop(peer, None)
@@ -133,6 +138,7 @@ class Placement:
 
     def forget(self, blob: str) -> None:
         """The blob is deleted: nobody is expected to hold it any more."""
+        self.generation += 1
         self._held.pop(blob, None)
 
     def learn(self, peer: str, held: dict[str, int], prefixes: Sequence[str] = ("",)) -> None:
