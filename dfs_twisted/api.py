@@ -99,9 +99,9 @@ class Call:
     def reader_for(self, api: Api) -> ReadKey | None:
         """The imported read key that ``?org=ORG`` names (None: this org)."""
         args = self.request.args or {}
-        if set(args) - {b"org"} or len(args.get(b"org", [])) > 1:
+        if set(args) - {b"org", b"copies"} or any(len(v) > 1 for v in args.values()):
             raise ApiError(400, "unsupported query parameter")
-        if not args:
+        if b"org" not in args:
             return None
         spec = args[b"org"][0].decode("utf-8", "replace")
         if spec in (api.org, api.files.node_id, "id:" + api.files.node_id):
@@ -313,7 +313,13 @@ class Api(Resource):
         return Reply.json(200, answer)
 
     async def list_files(self, call: Call) -> Answer:
-        entries = await self.files.list_files(call.reader_for(self))
+        # ?copies=known: count the copies this node knows of (what peers acknowledged,
+        # listed or proved in audits) instead of asking every peer for its listing:
+        # what the status page polls every 2 s.
+        copies = (call.request.args or {}).get(b"copies", [b"ask"])[0]
+        if copies not in (b"ask", b"known"):
+            raise ApiError(400, "copies is 'ask' or 'known'")
+        entries = await self.files.list_files(call.reader_for(self), ask=copies == b"ask")
         rows: list[FileRow] = [
             {
                 "name": e.name,

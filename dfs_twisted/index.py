@@ -14,6 +14,7 @@ the store and the tombstones kept.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,11 +23,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from .catalog import Entry
+from .catalog import RECORD_SQL, SNAPSHOT_FORMAT, Catalog, Entry, Snapshot
 from .database import Database, GroupCommit, version_from_db, version_to_db
 from .store import BlobKey
 
 INDEX_FILE = "index.sqlite"
+_MAX_CASE = 256  # most senders a load maps in SQL (a node meets a few)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -41,6 +43,15 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (owner, blob)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The catalog as it was at the last clean stop (catalog.Snapshot), trusted only while
+-- state 'snapshot' is there: the node removes it when it starts.
+CREATE TABLE IF NOT EXISTS snapshot (
+    owner TEXT NOT NULL,
+    prefix INTEGER NOT NULL,
+    leaf BLOB NOT NULL,
+    digest BLOB,
+    PRIMARY KEY (owner, prefix)
+) WITHOUT ROWID;
 """
 
 _UPSERT = (
@@ -108,19 +119,42 @@ class StoreIndex:
         row = self._db.reader.execute("SELECT value FROM state WHERE key = 'clean'").fetchone()
         return row is not None and row[0] == "1"
 
-    def _set_clean(self, clean: bool) -> None:
-        self._db.transaction(
-            [("INSERT OR REPLACE INTO state VALUES ('clean', ?)", [("1" if clean else "0",)])]
-        )
-
     def opened(self) -> None:
         """The node runs: until `closed`, a crash may leave rows behind the store."""
-        self._set_clean(False)
+        self._db.transaction(
+            [
+                ("INSERT OR REPLACE INTO state VALUES ('clean', '0')", [()]),
+                ("DELETE FROM state WHERE key = 'snapshot'", [()]),
+            ]
+        )
 
-    def closed(self) -> None:
-        """The node stopped and every write is done (the disk thread has ended)."""
-        self._set_clean(True)
+    def closed(self, catalog: Catalog | None = None) -> None:
+        """The node stopped and every write is done (the disk thread has ended);
+        with the ``catalog``, kept for the next start to load in one read."""
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+            ("DELETE FROM snapshot", [()]),
+            ("DELETE FROM state WHERE key = 'snapshot'", [()]),
+        ]
+        if catalog is not None:
+            snapshot = catalog.snapshot()
+            statements += [
+                ("INSERT INTO snapshot VALUES (?, ?, ?, ?)", list(snapshot.leaves)),
+                ("INSERT INTO state VALUES ('snapshot', ?)", [(json.dumps(snapshot.totals),)]),
+            ]
+        statements.append(("INSERT OR REPLACE INTO state VALUES ('clean', '1')", [()]))
+        self._db.transaction(statements)
         self._db.close()
+
+    def _snapshot(self) -> Catalog | None:
+        db = self._db.reader
+        row = db.execute("SELECT value FROM state WHERE key = 'snapshot'").fetchone()
+        if row is None:
+            return None
+        totals = json.loads(row[0])
+        if totals.get("format") != SNAPSHOT_FORMAT:
+            return None  # another layout (an older node's): the rows are read
+        leaves = db.execute("SELECT owner, prefix, leaf, digest FROM snapshot")
+        return Catalog.from_snapshot(Snapshot(totals, leaves))
 
     def rows(self) -> Iterator[Row]:
         for owner, blob, version, size, deleted, proof, sender, tomb in self._db.reader.execute(
@@ -131,6 +165,54 @@ class StoreIndex:
             )
             yield Row(BlobKey(owner, blob), entry, None if tomb is None else bytes(tomb))
 
+    def load(self) -> Catalog:
+        """The catalog of a clean index: its snapshot, or else from its rows in
+        three queries, with no Python work per row (12 s at a million rows here,
+        where an Entry each took 22 s; the snapshot takes well under a second)."""
+        catalog = self._snapshot()
+        if catalog is not None:
+            return catalog
+        db = self._db.reader
+        sent = db.execute(
+            "SELECT sender, sum(max(size, 4096)) FROM entries GROUP BY sender ORDER BY sender"
+        ).fetchall()
+        catalog = Catalog()
+        if len(sent) > _MAX_CASE:
+            for row in self.rows():  # an unusual index: the slow way
+                catalog.set(row.key, row.entry)
+            catalog.settled_all()
+            return catalog
+        case = " ".join(f"WHEN ? THEN {i}" for i in range(len(sent)))
+        sender = f"CASE sender {case} ELSE 0 END" if sent else "0"
+        namespaces = [
+            (owner, count, stored, charged, version_from_db(newest))
+            for owner, count, stored, charged, newest in db.execute(
+                "SELECT owner, count(*), sum(size), sum(max(size, 4096)), max(version) "
+                "FROM entries GROUP BY owner"
+            )
+        ]
+        leaves = (
+            (owner, int(prefix, 16), bytes.fromhex(records))
+            for owner, prefix, records in db.execute(
+                "SELECT owner, substr(blob, 1, 4), group_concat(record, '') FROM "
+                f"(SELECT owner, blob, {RECORD_SQL.format(sender=sender)} AS record "
+                "FROM entries ORDER BY owner, blob) GROUP BY owner, substr(blob, 1, 4)",
+                [s for s, _ in sent],
+            )
+        )
+        catalog.restore(sent, namespaces, leaves)
+        return catalog
+
+    def proofs(self, owner: str, first: str, last: str) -> dict[str, tuple[int, bytes]]:
+        """(version, proof) of ``owner``'s rows with ``first`` <= blob <= ``last``."""
+        return {
+            blob: (version_from_db(version), bytes(proof))
+            for blob, version, proof in self._db.reader.execute(
+                "SELECT blob, version, proof FROM entries WHERE owner = ? AND blob BETWEEN ? AND ?",
+                (owner, first, last),
+            )
+        }
+
     def tomb(self, key: BlobKey) -> bytes | None:
         row = self._db.reader.execute(
             "SELECT tomb FROM entries WHERE owner = ? AND blob = ? AND deleted = 1",
@@ -140,10 +222,17 @@ class StoreIndex:
 
     def replace_all(self, rows: list[Row]) -> None:
         """At start-up, before the disk thread runs: the rows of a new index."""
-        self._db.transaction([("DELETE FROM entries", [()]), (_UPSERT, [_values(r) for r in rows])])
+        self._db.transaction(
+            [
+                ("DELETE FROM state WHERE key = 'snapshot'", [()]),
+                ("DELETE FROM entries", [()]),
+                (_UPSERT, [_values(r) for r in rows]),
+            ]
+        )
 
     def write_now(self, row: Row) -> None:
         """At start-up, before the disk thread runs: one row."""
+        self._db.transaction([("DELETE FROM state WHERE key = 'snapshot'", [()])])
         self._write([_Change(row.key, row)])
 
     def put(self, row: Row) -> Deferred[None]:

@@ -441,7 +441,7 @@ class NodeService(MultiService):
         # Last: queued writes (and aborts of cut transfers) finish before the thread ends.
         d.addCallback(lambda _: self.disk.stop())
         d.addCallback(lambda _: self.ledger.close())
-        d.addCallback(lambda _: self.index.closed())
+        d.addCallback(lambda _: self.index.closed(self.files.catalog))
         return d
 
 

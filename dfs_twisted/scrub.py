@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .catalog import Catalog
 from .crypto import CryptoError, SealCheck
 from .files import Files
 from .identity import write_secret
@@ -60,6 +62,16 @@ class ScrubReport:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _live(catalog: Catalog) -> Iterator[BlobKey]:
+    """Every live blob held, leaf by leaf of each owner's tree (merkle.py): a pass
+    never holds a list of every blob in memory (a million ids are 120 MB)."""
+    for owner in catalog.owners():
+        for leaf in catalog.leaves(owner):
+            for blob, entry in catalog.entries(owner, leaf):
+                if not entry.deleted:
+                    yield BlobKey(owner, blob)
 
 
 class Scrubber(Service):
@@ -133,33 +145,31 @@ class Scrubber(Service):
         report = self.current = ScrubReport(started=time.time())
         started = time.monotonic()
         catalog = self.files.catalog
-        for owner in catalog.owners():
-            for blob in catalog.live(owner):
-                key = BlobKey(owner, blob)
-                entry = catalog.get(key)
-                if entry is None or entry.deleted:
-                    continue  # deleted while the pass went on
-                report.checked += 1
-                try:
-                    report.bytes += await threads.deferToThreadPool(
-                        self.reactor,
-                        self.reactor.getThreadPool(),
-                        verify_blob,
-                        self.files.store.path_for(key),
-                        key,
-                    )
-                except FileNotFoundError:
-                    if catalog.get(key) == entry:
-                        await self._damaged(report, key, entry.version, "missing")
-                    continue
-                except (CryptoError, OSError) as e:
-                    if catalog.get(key) == entry:  # not replaced while being read
-                        await self._damaged(report, key, entry.version, str(e))
-                    continue
-                # Rate limit: never ahead of `rate` bytes per second on average.
-                ahead = report.bytes / self.rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await task.deferLater(self.reactor, ahead)
+        for key in _live(catalog):
+            entry = catalog.get(key)
+            if entry is None or entry.deleted:
+                continue  # deleted while the pass went on
+            report.checked += 1
+            try:
+                report.bytes += await threads.deferToThreadPool(
+                    self.reactor,
+                    self.reactor.getThreadPool(),
+                    verify_blob,
+                    self.files.store.path_for(key),
+                    key,
+                )
+            except FileNotFoundError:
+                if catalog.get(key) == entry:
+                    await self._damaged(report, key, entry.version, "missing")
+                continue
+            except (CryptoError, OSError) as e:
+                if catalog.get(key) == entry:  # not replaced while being read
+                    await self._damaged(report, key, entry.version, str(e))
+                continue
+            # Rate limit: never ahead of `rate` bytes per second on average.
+            ahead = report.bytes / self.rate - (time.monotonic() - started)
+            if ahead > 0:
+                await task.deferLater(self.reactor, ahead)
         report.finished = time.time()
         self.last, self.current = report, None
         write_secret(self.state, json.dumps(report.as_json()).encode())

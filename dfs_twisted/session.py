@@ -13,7 +13,7 @@ from typing import BinaryIO, Protocol
 
 from twisted.internet.defer import Deferred
 
-from . import wire
+from . import merkle, wire
 from .crypto import Release, Tombstone
 from .store import BlobKey
 
@@ -107,6 +107,41 @@ class PeerClient:
         if not isinstance(reply, wire.DigestReply):
             raise RemoteError("bad_reply", "DIGEST answered with something else")
         return reply.digest, reply.count
+
+    async def children(self, owner: str, prefix: str) -> dict[int, tuple[str, int]]:
+        """The peer's digests of the children of ``prefix`` in ``owner``'s digest
+        tree (merkle.py): next byte -> (digest, count), the empty ones left out."""
+        reply = await self._ask(wire.Digest(owner, prefix, children=True))
+        if not isinstance(reply, wire.DigestReply):
+            raise RemoteError("bad_reply", "DIGEST answered with something else")
+        return {c.byte: (c.digest, c.count) for c in reply.children}
+
+    async def list_prefix(
+        self, owner: str, prefix: str, expect: int = wire.MAX_LIST_PAGE
+    ) -> dict[str, wire.ListEntry]:
+        """The entries the peer holds of ``owner``'s blobs whose ids start with
+        ``prefix``: a listing from just below it, until its entries leave it.
+        ``expect``: how many the peer said it holds there (a first page of one more
+        sees the end of the prefix; a wrong count costs only another page)."""
+        held: dict[str, wire.ListEntry] = {}
+        after = merkle.list_after(prefix)
+        limit = max(1, min(wire.MAX_LIST_PAGE, expect + 1))
+        while True:
+            reply = await self._ask(wire.List(owner, after, limit))
+            limit = wire.MAX_LIST_PAGE
+            if not isinstance(reply, wire.ListReply):
+                raise RemoteError("bad_reply", "LIST answered with something else")
+            if reply.entries and after is not None and reply.entries[0].blob <= after:
+                # A page must move on, or a peer could keep this loop going for ever.
+                raise RemoteError("bad_reply", "LIST answered entries not after the one asked")
+            for e in reply.entries:
+                if e.blob.startswith(prefix):
+                    held[e.blob] = e
+            # Ascending (the decoder checks): once past the prefix, the rest is too.
+            last = reply.entries[-1].blob if reply.entries else None
+            if not reply.more or last is None or last[: len(prefix)] > prefix:
+                return held
+            after = last
 
     async def list_all(self, owner: str) -> dict[str, wire.ListEntry]:
         """Every entry the peer holds of ``owner``'s namespace, page after page."""

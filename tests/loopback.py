@@ -217,7 +217,7 @@ class MemoryNode:
 
     def close(self) -> None:
         self.ledger.close()
-        self.holdings.index.closed()
+        self.holdings.index.closed(self.holdings.catalog)
 
 
 def link(a: MemoryNode, b: MemoryNode) -> tuple[MemorySession, MemorySession]:

@@ -90,12 +90,17 @@ class LoadCatalogTests(SynchronousTestCase):
 
     def test_a_new_index_is_made_from_the_store(self) -> None:
         live = self.put("live", 10)
-        catalog = load_catalog(self.store, self.index())
+        index = self.index()
+        catalog = load_catalog(self.store, index)
         entry = catalog.get(live)
         assert entry is not None
         self.assertEqual((entry.version, entry.deleted, entry.sender), (10, False, live.owner))
         self.assertEqual(entry.size, self.store.size(live))
-        self.assertTrue(entry.proof)  # the blob's record, read from its last chunk
+        # The blob's record, read from its last chunk, is in the index (not in memory).
+        self.assertEqual(entry.proof, b"")
+        [(version, proof)] = index.proofs(live.owner, live.blob, live.blob).values()
+        self.assertEqual(version, 10)
+        self.assertTrue(proof)
 
     def test_after_a_clean_stop_the_rows_are_read_back(self) -> None:
         key = self.put("kept", 10)
@@ -107,8 +112,11 @@ class LoadCatalogTests(SynchronousTestCase):
         index.put(Row(key, entry))
         index.closed()
         self.store.unlink(key)  # not read again: the rows are trusted
-        again = load_catalog(self.store, self.index())
-        self.assertEqual(again.get(key), entry)
+        again_index = self.index()
+        again = load_catalog(self.store, again_index)
+        # The proof stays in the index, read from there when a listing needs it.
+        self.assertEqual(again.get(key), Entry(10, entry.size, sender="b" * 64))
+        self.assertEqual(again_index.proofs(key.owner, key.blob, key.blob), {key.blob: (10, b"p")})
         self.assertEqual(again.sent_by("b" * 64), catalog.sent_by(key.owner))
 
     def test_after_a_crash_blobs_are_indexed_anew_and_tombstones_kept(self) -> None:

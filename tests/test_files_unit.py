@@ -154,7 +154,8 @@ class ServeTests(LoopbackCase):
         held = a.holdings.held(key)
         assert held is not None
         self.assertEqual((entry.blob, entry.version), (result.blob, held.version))
-        self.assertEqual(bytes.fromhex(entry.proof), held.proof)
+        self.assertEqual(bytes.fromhex(entry.proof), a.holdings.proof(key, held))
+        self.assertTrue(entry.proof)
 
 
 class SyncTests(LoopbackCase):
@@ -221,7 +222,7 @@ class RecoverTests(LoopbackCase):
             # A deletion at the highest version, with no tombstone to back it.
             wire.ListEntry(key.blob, 2**64 - 1, True, ""),
             # A newer version, "proven" by the real version's record replayed.
-            wire.ListEntry(key.blob, real.version + 1, False, real.proof.hex()),
+            wire.ListEntry(key.blob, real.version + 1, False, a.holdings.proof(key, real).hex()),
         ]
         for claim in claims:
 

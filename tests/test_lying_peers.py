@@ -288,7 +288,8 @@ class AuditTests(NodeTestCase):
         key = BlobKey(victim.node_id, blob)
         entry = liar_node.files.catalog.get(key)
         assert entry is not None
-        claim = wire.ListEntry(blob, entry.version, False, entry.proof.hex())
+        proof = liar_node.files.holdings.proof(key, entry)
+        claim = wire.ListEntry(blob, entry.version, False, proof.hex())
         path = liar_node.store.path_for(key)
         path.unlink()  # L loses (or discards) it, and goes on claiming it
         liar.forge_listing = lambda reply: wire.ListReply(

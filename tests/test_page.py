@@ -416,6 +416,9 @@ class StatusPageBrowserTests(SharedFixture, SynchronousTestCase):
         net.a.dfs("put", "-", "--name", LATE_NAME, input=b"late\n" * 100)
         [replica] = held() - before
         replica.unlink()
+        # The page shows the copies A knows of (it asks no peer every 2 s): A learns
+        # of the loss when it next lists C (a sync, an audit, or `dfs ls`, here).
+        net.a.dfs("ls")
         dom = self.page(self.with_token())
         rows = {cells[0]: cells for cells in dom.rows_of("file")}
         self.assertIn(LATE_NAME, rows)

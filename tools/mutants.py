@@ -175,15 +175,15 @@ MUTANTS = [
     Mutant(
         "newer-version-only",
         "dfs_twisted/catalog.py",
-        "return held is None or version > held.version",
+        "return record is None or version > _version(record[1])",
         "return True",
         (AUTH, "tests/test_node_inprocess.py::PublishOrderTests"),
     ),
     Mutant(
         "same-version-is-not-newer",
         "dfs_twisted/catalog.py",
-        "return held is None or version > held.version",
-        "return held is None or version >= held.version",
+        "return record is None or version > _version(record[1])",
+        "return record is None or version >= _version(record[1])",
         (AUTH, "tests/test_node_inprocess.py::PublishOrderTests"),
     ),
     Mutant(
@@ -569,6 +569,24 @@ MUTANTS = [
         "                if self._owner.proves(blob, claim, newest):\n",
         "                if True:\n",
         ("tests/test_files_unit.py::RecoverTests", f"{LYING}::LyingListingTests"),
+    ),
+    # ------------------------------------------------------------ anti-entropy
+    Mutant(
+        "prefix-listing-moves-on",
+        "dfs_twisted/session.py",
+        "            if reply.entries and after is not None and reply.entries[0].blob <= after:\n",
+        "            if False:\n",
+        (
+            "tests/test_antientropy.py::TreeSyncTests::"
+            "test_a_listing_that_does_not_move_on_ends_the_catch_up",
+        ),
+    ),
+    Mutant(
+        "tree-digest-covers-versions",
+        "dfs_twisted/merkle.py",
+        "        h.update(_ENTRY.pack(*entry))\n",
+        "        h.update(entry[0])\n",
+        ("tests/test_merkle.py::TreeTests", "tests/test_antientropy.py::TreeSyncTests"),
     ),
 ]
 

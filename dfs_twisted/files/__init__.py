@@ -82,6 +82,7 @@ class Files:
         self.space = space
         self._known = known
         self._uploads: dict[BlobKey, Upload] = {}
+        self._totals: tuple[tuple[int, int, int], tuple[int, dict[str, int]]] | None = None
         self.fetcher = Fetcher(holdings, peers.live, clock)
         self.placement = Placement(redundancy or Redundancy(), peers.known, repair_after)
         # Placed copies go only where the owner puts them: a node that passed other
@@ -127,9 +128,10 @@ class Files:
         if entry is not None and not entry.deleted:
             Deferred.fromCoroutine(self.sync.offer(session, key, entry))
 
-    async def list_files(self, reader: ReadKey | None = None) -> list[FileEntry]:
-        """This org's files (or, with ``reader``, another org's), with their copies."""
-        entries = await self._recovery.list_files(reader)
+    async def list_files(self, reader: ReadKey | None = None, ask: bool = True) -> list[FileEntry]:
+        """This org's files (or, with ``reader``, another org's), with their copies
+        (``ask``: as every live peer lists them now; else as this node knows them)."""
+        entries = await self._recovery.list_files(reader, ask)
         if reader is None:
             wanted = 1 + self.placement.wanted()
             entries = [dataclasses.replace(e, wanted=wanted) for e in entries]
@@ -143,14 +145,29 @@ class Files:
             if not entry.deleted
         }
 
+    def _copies(self) -> tuple[int, dict[str, int]]:
+        """Files under-replicated, and bytes each peer holds of this org: computed
+        again only once this org's files, what peers hold or the copies wanted
+        changed, so that the page's poll and the metrics' scrape cost nothing
+        when nothing did (a walk of every file of this org when something did)."""
+        key = (
+            self.catalog.changes(self.node_id),
+            self.placement.generation,
+            self.placement.wanted(),
+        )
+        if self._totals is None or self._totals[0] != key:
+            current = self._own_current()
+            under = self.placement.under_replicated((b, v) for b, (v, _) in current.items())
+            self._totals = (key, (under, self.placement.held_by(current)))
+        return self._totals[1]
+
     def under_replicated(self) -> int:
         """This org's files with fewer peer copies known than it wants."""
-        current = self._own_current()
-        return self.placement.under_replicated((b, v) for b, (v, _) in current.items())
+        return self._copies()[0]
 
     def held_for_us(self) -> dict[str, int]:
         """Bytes of this org's files each peer is known to hold, by node id."""
-        return self.placement.held_by(self._own_current())
+        return dict(self._copies()[1])
 
     def usage(self) -> dict[str, int]:
         return self.catalog.usage()

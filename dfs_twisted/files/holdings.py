@@ -95,7 +95,7 @@ class Holdings:
         entry = Entry(version, writer.written, proof=proof, sender=sender)
         self.catalog.set(key, entry)
         # Not awaited: a crash before this row is in means the store is indexed anew.
-        self.index.put(Row(key, entry))
+        self.index.put(Row(key, entry)).addCallback(lambda _: self.catalog.settled(key, version))
         return True
 
     async def bury(self, tomb: Tombstone, sender: str) -> bool:
@@ -110,6 +110,7 @@ class Holdings:
             return False
         self.catalog.set(key, _buried(tomb, sender))
         await self.index.put(Row(key, _buried(tomb, sender), tomb.to_bytes()))
+        self.catalog.settled(key, tomb.version)
         return True
 
     def buried(self, rows: list[Row]) -> None:
@@ -139,6 +140,27 @@ class Holdings:
         self._forget(key)
         await self.disk.run(self._remove_if_older, key, version + 1)
         return True
+
+    def proof(self, key: BlobKey, entry: Entry) -> bytes:
+        """The owner's proof of ``entry`` (the blob's record or the tombstone's
+        signature): kept in memory until its row is in the index, then read there."""
+        if entry.proof:
+            return entry.proof
+        return self.proofs(key.owner, [(key.blob, entry)]).get(key.blob, b"")
+
+    def proofs(self, owner: str, entries: list[tuple[str, Entry]]) -> dict[str, bytes]:
+        """The proofs of a page of ``owner``'s entries (in blob order): one query."""
+        if not entries:
+            return {}
+        rows = self.index.proofs(owner, entries[0][0], entries[-1][0])
+        found = {}
+        for blob, entry in entries:
+            row = rows.get(blob)
+            if entry.proof:
+                found[blob] = entry.proof
+            elif row is not None and row[0] == entry.version:
+                found[blob] = row[1]
+        return found
 
     def tombstone(self, key: BlobKey) -> Tombstone | None:
         """The stored tombstone of ``key`` (None: none, or it no longer verifies)."""
@@ -196,12 +218,12 @@ def stored_proof(f: BinaryIO, header: BlobHeader, size: int) -> bytes:
 def load_catalog(store: BlobStore, index: StoreIndex) -> Catalog:
     """The catalog at start-up: from the index if the node stopped cleanly, else
     indexed anew from the store (blobs) and the index (tombstones)."""
+    if index.clean:
+        # A clean index was written by a node that had moved any tombstone files
+        # into it already: the store is not walked.
+        return index.load()
     legacy = _legacy_tombstones(store)
     catalog = Catalog()
-    if index.clean and not legacy:
-        for row in index.rows():
-            catalog.set(row.key, row.entry)
-        return catalog
     log.info("indexing the store (after a crash, or a new or damaged index)")
     known = {row.key: row for row in index.rows()}
     tombs = {key: row.tomb for key, row in known.items() if row.tomb is not None}
@@ -242,6 +264,7 @@ def load_catalog(store: BlobStore, index: StoreIndex) -> Catalog:
             key = BlobKey(owner, blob)
             rows.append(Row(key, entry, tombs.get(key) if entry.deleted else None))
     index.replace_all(rows)
+    catalog.settled_all()
     for key in legacy:
         store.remove_tombstone(key)
     return catalog

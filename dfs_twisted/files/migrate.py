@@ -87,6 +87,7 @@ def _rewrite(owner: Owner, holdings: Holdings, ledger: Ledger, key: BlobKey, f: 
     entry = Entry(version, writer.written, proof=record.to_bytes(), sender=owner.node_id)
     holdings.catalog.set(key, entry)
     holdings.index.write_now(Row(key, entry))
+    holdings.catalog.settled(key, version)
     ledger.seed(
         [LedgerEntry(key.blob, version, False, entry.proof, meta.name, new.size, meta.mtime)]
     )
@@ -117,9 +118,8 @@ def unrecorded(owner: Owner, holdings: Holdings, ledger: Ledger) -> list[LedgerE
         except CryptoError as e:
             log.warn("not recording unreadable blob {blob}: {error}", blob=blob, error=str(e))
             continue
-        found.append(
-            LedgerEntry(blob, entry.version, False, entry.proof, meta.name, size, meta.mtime)
-        )
+        proof = holdings.proof(key, entry)
+        found.append(LedgerEntry(blob, entry.version, False, proof, meta.name, size, meta.mtime))
     return found
 
 

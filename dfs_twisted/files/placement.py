@@ -22,7 +22,7 @@ that fails an audit of a version is not counted as holding it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from blake3 import blake3
@@ -72,6 +72,9 @@ class Placement:
         self._clock = clock
         self._held: dict[str, dict[str, int]] = {}  # blob -> peer -> version it holds
         self._refused: dict[tuple[str, str], float] = {}  # (peer, blob) -> when
+        # Goes up at every change of what peers are known to hold: totals computed
+        # from it (the page's, the metrics') are kept until it moves.
+        self.generation = 0
 
     @property
     def everywhere(self) -> bool:
@@ -116,11 +119,13 @@ class Placement:
 
     def holds(self, peer: str, blob: str, version: int) -> None:
         """``peer`` holds ``version`` of ``blob`` (it acknowledged it, or proved it)."""
+        self.generation += 1
         self._held.setdefault(blob, {})[peer] = version
         self._refused.pop((peer, blob), None)
 
     def lost(self, peer: str, blob: str) -> None:
         """``peer`` no longer holds ``blob`` (released it, or failed an audit)."""
+        self.generation += 1
         holders = self._held.get(blob)
         if holders is not None:
             holders.pop(peer, None)
@@ -133,12 +138,15 @@ class Placement:
 
     def forget(self, blob: str) -> None:
         """The blob is deleted: nobody is expected to hold it any more."""
+        self.generation += 1
         self._held.pop(blob, None)
 
-    def learn(self, peer: str, held: dict[str, int]) -> None:
-        """``peer`` listed this namespace: exactly these blobs, at these versions."""
+    def learn(self, peer: str, held: dict[str, int], prefixes: Sequence[str] = ("",)) -> None:
+        """``peer`` listed this namespace (or the blob ids that start with one of
+        ``prefixes``): exactly these blobs there, at these versions."""
+        within = tuple(prefixes)
         for blob, holders in list(self._held.items()):
-            if peer in holders and blob not in held:
+            if peer in holders and blob not in held and blob.startswith(within):
                 self.lost(peer, blob)
         for blob, version in held.items():
             self.holds(peer, blob, version)

@@ -122,10 +122,17 @@ class Recovery:
                     )
         return proven
 
-    async def list_files(self, reader: ReadKey | None = None) -> list[FileEntry]:
-        """This org's files held here (or, with ``reader``, another org's)."""
+    async def list_files(self, reader: ReadKey | None = None, ask: bool = True) -> list[FileEntry]:
+        """This org's files held here (or, with ``reader``, another org's); ``ask``
+        False: this org's copies counted from what placement knows peers hold,
+        without a listing from any peer."""
         org = reader or self._owner.read_key
-        listings = await self.peer_listings(org.org_id)
+        known = not ask and reader is None
+        listings = {} if known else await self.peer_listings(org.org_id)
+        if reader is None:
+            # What peers just listed is what the page (copies=known) shows next.
+            for peer, listing in listings.items():
+                self._sync.learn(peer, listing)
         store = self._holdings.store
         entries = []
         for blob, held in self._holdings.catalog.entries(org.org_id):
@@ -146,13 +153,39 @@ class Recovery:
             except CryptoError as e:
                 log.warn("skipping unreadable blob {blob}: {error}", blob=blob, error=str(e))
                 continue
-            replicas = 1 + self._holders(listings, blob, held.version, reader is None)
+            if known:
+                replicas = 1 + len(self._sync.placement.holders(blob, held.version))
+            else:
+                replicas = 1 + self._holders(listings, blob, held.version, reader is None)
             entries.append(FileEntry(meta.name, size, blob, meta.mtime, replicas))
-        if reader is None:
+        if known:
+            entries += self._own_known_elsewhere()
+        elif reader is None:
             entries += await self._own_held_elsewhere(listings)
         else:
             entries += await self._held_elsewhere(org, listings)
         return sorted(entries, key=lambda e: e.name)
+
+    def _own_known_elsewhere(self) -> list[FileEntry]:
+        """This org's files whose newest version (the ledger's) is not held here,
+        with the peers known to hold it."""
+        found = []
+        for written in self._ledger.live():
+            key = BlobKey(self._owner.node_id, written.blob)
+            if not self._holdings.catalog.is_newer(key, written.version) or written.name is None:
+                continue
+            holders = self._sync.placement.holders(written.blob, written.version)
+            found.append(
+                FileEntry(
+                    written.name,
+                    written.size or 0,
+                    written.blob,
+                    written.mtime or 0,
+                    len(holders),
+                    here=False,
+                )
+            )
+        return found
 
     async def _own_held_elsewhere(self, listings: Listings) -> list[FileEntry]:
         """This org's files whose newest version this node does not hold: from the
@@ -324,11 +357,10 @@ class Recovery:
             held = self._holdings.catalog.get(key)
             meta = open_metadata(self._owner.key, header)
             if held is not None and held.version == version:
-                record = BlobRecord.from_bytes(key.owner, key.blob, version, held.proof)
+                proof = self._holdings.proof(key, held)
+                record = BlobRecord.from_bytes(key.owner, key.blob, version, proof)
                 await self._ledger.record(
-                    LedgerEntry(
-                        key.blob, version, False, held.proof, meta.name, record.size, meta.mtime
-                    )
+                    LedgerEntry(key.blob, version, False, proof, meta.name, record.size, meta.mtime)
                 )
             return meta.name
         return None

@@ -322,19 +322,35 @@ class Server:
         if isinstance(request, wire.Release):
             return Deferred.fromCoroutine(self._answer_release(request))
         if isinstance(request, wire.Digest):
-            digest, count = self._holdings.catalog.digest(request.owner)
-            return succeed(wire.DigestReply(digest, count))
+            return succeed(self._digest(request))
         if isinstance(request, wire.Head):
             return succeed(self._head(BlobKey(request.owner, request.blob)))
         if isinstance(request, wire.Audit):
             return succeed(self._audit(request))
         return succeed(self._listing(request.owner, request.after, request.limit))
 
+    def _digest(self, request: wire.Digest) -> wire.DigestReply:
+        """The digest of a prefix of a namespace, and if asked its children's: what
+        a peer comparing with this node descends by (merkle.py)."""
+        catalog = self._holdings.catalog
+        digest, count = catalog.digest(request.owner, request.prefix)
+        children: tuple[wire.DigestChild, ...] = ()
+        if request.children:
+            children = tuple(
+                wire.DigestChild(*child)
+                for child in catalog.children(request.owner, request.prefix)
+            )
+        return wire.DigestReply(digest, count, children)
+
     def _head(self, key: BlobKey) -> wire.HeadReply:
         f, header, size = self._open(key, None)
         with f:
             held = self._holdings.catalog.get(key)
-            proof = held.proof if held is not None and held.version == header.version else b""
+            proof = (
+                self._holdings.proof(key, held)
+                if held is not None and held.version == header.version
+                else b""
+            )
             return wire.HeadReply(size, header.raw.hex(), proof.hex())
 
     def _audit(self, request: wire.Audit) -> wire.AuditReply:
@@ -358,12 +374,12 @@ class Server:
         more = True
         while more and len(entries) < limit:
             page, more = self._holdings.catalog.page(owner, after, limit - len(entries))
+            proofs = self._holdings.proofs(owner, page)
             for blob, entry in page:
                 if self._holdings.held(BlobKey(owner, blob)) is None:
                     continue
-                entries.append(
-                    wire.ListEntry(blob, entry.version, entry.deleted, entry.proof.hex())
-                )
+                proof = proofs.get(blob, b"")
+                entries.append(wire.ListEntry(blob, entry.version, entry.deleted, proof.hex()))
             if page:
                 after = page[-1][0]
         return wire.ListReply(tuple(entries), more)

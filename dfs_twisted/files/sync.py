@@ -2,7 +2,9 @@
 
 When a session comes up and every `--sync-period`, this node compares digests of
 each namespace it holds with the peer's and, where they differ, sends each blob or
-tombstone the peer lacks or holds an older version of. With relay on, changes of
+tombstone the peer lacks or holds an older version of. The digests form a tree
+per namespace (merkle.py): only the parts that differ are listed, so two nodes
+that differ by one blob exchange a few small messages, not their listings. With relay on, changes of
 other orgs received from one peer are passed on to the others.
 """
 
@@ -14,8 +16,8 @@ from collections.abc import Callable, Sequence
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from .. import wire
-from ..catalog import Entry, digest_of
+from .. import merkle, wire
+from ..catalog import Entry
 from ..crypto import CryptoError, Release
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
@@ -24,6 +26,10 @@ from .owner import Owner
 from .placement import ROOM_CODES, Placement
 
 log = Logger()
+
+# A peer holding at most this many entries of a namespace is listed whole when the
+# roots differ: four LIST pages, no more round trips than descending the tree.
+LIST_ALL_BELOW = 4 * wire.MAX_LIST_PAGE
 
 
 class Sync:
@@ -42,6 +48,7 @@ class Sync:
         self.relay = relay
         self.placement = placement
         self._syncing: set[PeerSession] = set()
+        self.list_all_below = LIST_ALL_BELOW
 
     def sync_all(self) -> None:
         """Compare with every live peer (periodically: a refused or failed transfer
@@ -75,42 +82,113 @@ class Sync:
         """
         peer = session.info.node_id
         catalog = self._holdings.catalog
-        client = PeerClient(session)
         owners = [self._node_id]
         if self.relay:
             owners += [o for o in catalog.owners() if o not in (self._node_id, peer)]
         sent = 0
         for owner in owners:
             own = owner == self._node_id
-            placing = own and not self.placement.everywhere
-            # What the peer should hold: all of it, or (placing copies) this org's
-            # blobs it is a target for, and every tombstone.
-            due = [
-                (blob, entry)
-                for blob, entry in catalog.entries(owner)
-                if not placing or entry.deleted or self.placement.is_target(peer, blob)
-            ]
-            expected = digest_of(due) if placing else catalog.digest(owner)
-            if await client.digest(owner) == expected:
-                if own:
-                    self.placement.learn(peer, {b: e.version for b, e in due if not e.deleted})
-                continue
-            theirs = await client.list_all(owner)
-            if own:
-                self._learn(peer, theirs)
-            stale = [
-                (blob, entry)
-                for blob, entry in due
-                if (other := theirs.get(blob)) is None or other.version < entry.version
-            ]
-            for blob, entry in stale:
-                if session.closed:
-                    return sent
-                sent += await self.offer(session, BlobKey(owner, blob), entry)
-            if own:
-                await self._release_surplus(session, theirs)
+            if own and not self.placement.everywhere:
+                changes = await self._catch_up_placed(session)
+            else:
+                changes = await self._catch_up_namespace(session, owner)
+            if changes is None:
+                return sent  # the session closed
+            sent += changes
         if sent:
             log.info("caught up {org}: sent {sent} changes", org=session.info.org, sent=sent)
+        return sent
+
+    async def _catch_up_namespace(self, session: PeerSession, owner: str) -> int | None:
+        """Send a peer what it lacks of a namespace it holds all of: compare the
+        roots of the digest trees, descend where they differ, list only the leaves
+        that differ (merkle.py). None if the session closed."""
+        peer = session.info.node_id
+        catalog = self._holdings.catalog
+        client = PeerClient(session)
+        own = owner == self._node_id
+        theirs_root = await client.digest(owner)
+        if theirs_root == catalog.digest(owner):
+            if own:
+                live = {b: e.version for b, e in catalog.entries(owner) if not e.deleted}
+                self.placement.learn(peer, live)
+            return 0
+        if theirs_root[1] <= self.list_all_below:
+            # A small namespace there: its whole listing takes no more round trips
+            # than descending the tree (and much less than 20 KiB of child digests).
+            prefixes, theirs = [""], await client.list_all(owner)
+        else:
+            found = await self._differing(client, owner)
+            prefixes = [prefix for prefix, _ in found]
+            theirs = {}
+            for prefix, count in found:
+                if count:
+                    theirs.update(await client.list_prefix(owner, prefix, count))
+        if own:
+            self.learn(peer, theirs, prefixes)
+        sent = 0
+        for prefix in prefixes:
+            for blob, entry in catalog.entries(owner, prefix):
+                other = theirs.get(blob)
+                if other is not None and other.version >= entry.version:
+                    continue
+                if session.closed:
+                    return None
+                sent += await self.offer(session, BlobKey(owner, blob), entry)
+        return sent
+
+    async def _differing(self, client: PeerClient, owner: str) -> list[tuple[str, int]]:
+        """The prefixes where the peer's tree differs from this node's and this node
+        holds something, each with how many entries the peer says it holds there
+        (a leaf it holds some of is listed; else everything there is sent). The
+        peer's digests are claims: a false one only makes this node list more, or
+        send the peer less of what it lacks."""
+        catalog = self._holdings.catalog
+        found: list[tuple[str, int]] = []
+        pending = [""]
+        while pending:
+            prefix = pending.pop(0)
+            theirs = await client.children(owner, prefix)
+            for byte, digest, count in catalog.children(owner, prefix):
+                child = f"{prefix}{byte:02x}"
+                other = theirs.get(byte)
+                if other == (digest, count):
+                    continue
+                if other is None:
+                    found.append((child, 0))
+                elif len(child) == merkle.LEAF_HEX:
+                    found.append((child, max(other[1], 1)))
+                else:
+                    pending.append(child)
+        return found
+
+    async def _catch_up_placed(self, session: PeerSession) -> int | None:
+        """This org's namespace, placed on some peers (--replicas N): compare with
+        the part a peer should hold, all of it (the tree is of what it holds, all
+        of which a target need not hold); then release its surplus copies."""
+        peer = session.info.node_id
+        catalog = self._holdings.catalog
+        client = PeerClient(session)
+        owner = self._node_id
+        # What the peer should hold: this org's blobs it is a target for, and every tombstone.
+        due = [
+            (blob, entry)
+            for blob, entry in catalog.entries(owner)
+            if entry.deleted or self.placement.is_target(peer, blob)
+        ]
+        digest, count = merkle.digest_of((b, e.version, e.deleted) for b, e in due)
+        if await client.digest(owner) == (digest.hex(), count):
+            self.placement.learn(peer, {b: e.version for b, e in due if not e.deleted})
+            return 0
+        theirs = await client.list_all(owner)
+        self.learn(peer, theirs)
+        sent = 0
+        for blob, entry in due:
+            if (other := theirs.get(blob)) is None or other.version < entry.version:
+                if session.closed:
+                    return None
+                sent += await self.offer(session, BlobKey(owner, blob), entry)
+        await self._release_surplus(session, theirs)
         return sent
 
     async def offer(self, session: PeerSession, key: BlobKey, entry: Entry) -> int:
@@ -159,8 +237,11 @@ class Sync:
                 continue
             Deferred.fromCoroutine(self.offer(session, key, entry))
 
-    def _learn(self, peer: str, theirs: dict[str, wire.ListEntry]) -> None:
-        """What a peer listed of this org's namespace: the versions this org proves."""
+    def learn(
+        self, peer: str, theirs: dict[str, wire.ListEntry], prefixes: Sequence[str] = ("",)
+    ) -> None:
+        """What a peer listed of this org's namespace (of ``prefixes`` of it): the
+        versions this org proves."""
         newest = self._holdings.catalog.newest(self._node_id)
         self.placement.learn(
             peer,
@@ -169,6 +250,7 @@ class Sync:
                 for blob, claim in theirs.items()
                 if not claim.deleted and self._owner.proves(blob, claim, newest)
             },
+            prefixes,
         )
 
     async def _release_surplus(

@@ -156,7 +156,7 @@
     try {
       const status = await call("v1/status", token);
       let files = null, filesError = "";
-      try { files = await call("v1/files", token); }
+      try { files = await call("v1/files?copies=known", token); }
       catch (e) { if (e instanceof Unauthorized) throw e; filesError = String(e.message || e); }
       if (gen !== generation) return;
       render(status, files, filesError);

@@ -20,7 +20,7 @@ from .frames import (
     data_header,
     fail,
 )
-from .messages import _SCHEMAS, Data, Entries, Message
+from .messages import _SCHEMAS, Children, Data, Entries, Message
 
 # ---------------------------------------------------------------- decoding
 
@@ -90,6 +90,8 @@ def _fields(message: Message) -> tuple[MessageType, dict[str, Any]]:
         value = getattr(message, name)
         if isinstance(spec, Entries):
             value = Entries.dump(value)
+        elif isinstance(spec, Children):
+            value = Children.dump(value)
         elif isinstance(value, tuple):
             value = list(value)
         out[name] = value

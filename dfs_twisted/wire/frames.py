@@ -11,12 +11,13 @@ import struct
 from dataclasses import dataclass
 from typing import NoReturn
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4  # 4: DIGEST of a prefix, and its children
 HEADER = struct.Struct("!BBII")
 MAX_CONTROL_BODY = 64 * 1024
 MAX_DATA_BODY = 1024 * 1024
 # A listing entry carries its proof (a 140-byte record, as hex): 128 fit a body well.
 MAX_LIST_PAGE = 128
+MAX_DIGEST_CHILDREN = 256  # a node of the digest tree has one child per byte value
 
 FLAG_END = 0x01
 FLAG_REPLY = 0x02

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 import typing
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, ClassVar, TypeAlias
@@ -26,6 +27,7 @@ from .fields import (
 )
 from .frames import (
     MAX_CHUNK_INDEX,
+    MAX_DIGEST_CHILDREN,
     MAX_FEATURE_LEN,
     MAX_FEATURES,
     MAX_HEAD,
@@ -37,6 +39,8 @@ from .frames import (
     MessageType,
     fail,
 )
+
+_PREFIX = re.compile(r"(?:[0-9a-f]{2}){0,2}")
 
 
 class Code(enum.StrEnum):
@@ -141,11 +145,15 @@ class List:
 
 @dataclass(frozen=True, slots=True)
 class Digest:
-    """What do you hold of ``owner``'s namespace, in one hash?"""
+    """What do you hold of ``owner``'s namespace (or of the blob ids that start with
+    ``prefix``), in one hash; with ``children``, also each child's (merkle.py)?"""
 
     TYPE: ClassVar[MessageType] = MessageType.DIGEST
 
     owner: Annotated[str, HEX_ID]
+    # "" the whole namespace; 2 hex: a first-level node of its tree; 4 hex: a leaf.
+    prefix: Annotated[str, Matching(_PREFIX, "0, 2 or 4 lowercase hex", 4)] = ""
+    children: Annotated[bool, Bool()] = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,11 +261,49 @@ class HeadReply:
 
 
 @dataclass(frozen=True, slots=True)
+class DigestChild:
+    """One child of a node of the digest tree: the next byte of its prefix, its
+    digest and how many entries it covers."""
+
+    byte: int
+    digest: str
+    count: int
+
+
+class Children:
+    """DIGEST_REPLY's children: ``[byte, digest, count]`` arrays, ascending by byte."""
+
+    _BYTE = Int(0, 255)
+
+    def parse(self, value: object, what: str) -> tuple[DigestChild, ...]:
+        items = Array(_Passthrough(), MAX_DIGEST_CHILDREN).parse(value, what)
+        children = tuple(self._child(item, f"{what}[]") for item in items)
+        if any(a.byte >= b.byte for a, b in itertools.pairwise(children)):
+            fail(what, "not strictly ascending")
+        return children
+
+    def _child(self, item: object, what: str) -> DigestChild:
+        if not isinstance(item, list) or len(item) != 3:
+            fail(what, "expected [byte, digest, count]")
+        return DigestChild(
+            byte=self._BYTE.parse(item[0], what),
+            digest=HEX_ID.parse(item[1], what),
+            count=SIZE.parse(item[2], what),
+        )
+
+    @staticmethod
+    def dump(children: tuple[DigestChild, ...]) -> list[list[object]]:
+        return [[c.byte, c.digest, c.count] for c in children]
+
+
+@dataclass(frozen=True, slots=True)
 class DigestReply:
     TYPE: ClassVar[MessageType] = MessageType.DIGEST_REPLY
 
     digest: Annotated[str, HEX_ID]  # a hash over the (blob, version, deleted) entries
     count: Annotated[int, SIZE]
+    # The non-empty children of the prefix asked, if asked (256 fit a body: about 20 KiB).
+    children: Annotated[tuple[DigestChild, ...], Children()] = ()
 
 
 @dataclass(frozen=True, slots=True)
