@@ -543,9 +543,9 @@ MUTANTS = [
     Mutant(
         "scrub-replaces-missing-blobs",
         "dfs_twisted/scrub.py",
-        "                    if catalog.get(key) == entry:\n"
-        '                        await self._damaged(report, key, entry.version, "missing")\n',
-        "                    pass\n",
+        "                if catalog.get(key) == entry:\n"
+        '                    await self._damaged(report, key, entry.version, "missing")\n',
+        "                pass\n",
         ("tests/test_scrub_paths.py::ScrubRepairTests",),
     ),
     Mutant(
