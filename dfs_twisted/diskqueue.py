@@ -1,12 +1,14 @@
-"""Blob writes on a worker thread, in order, with back-pressure.
+"""Blob writes: into the page cache from the caller, the waits for the disk on a thread.
 
-Writing to the page cache and flushing it costs as much CPU as the network path;
-doing it on its own thread lets it overlap with TLS and crypto on the reactor
-thread. One thread serves every blob of a node, so writes keep their order.
-While a blob has more than `HIGH` bytes queued its source is paused (an HTTP
-upload or a peer connection) until the queue drains below `LOW`: memory stays
-bounded however slow the disk. Every `SYNC_EVERY` bytes the data is flushed,
-so the final fsync of a big blob does not stall its acknowledgement.
+A write into the page cache is a memory copy: done where the data arrives (the
+reactor), it costs less than handing each piece to another thread, which on a
+busy machine cost more CPU than the copy itself (lock, wake-up, GIL hand-over).
+What waits for the disk (fdatasync, the commit's fsync, rename and directory
+fsync) runs on one worker thread, in order. Every `SYNC_EVERY` bytes the data is
+flushed there, so the final fsync of a big blob does not stall its
+acknowledgement; while such a flush is still running and another `SYNC_EVERY`
+bytes came in, the source is paused (an HTTP upload or a peer connection): dirty
+memory per blob stays bounded however slow the disk.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from twisted.python.threadpool import ThreadPool
 
 from .store import BlobWriter
 
-HIGH = 16 << 20
-LOW = 4 << 20
 SYNC_EVERY = 64 << 20
 BATCH = 1 << 20
 
@@ -54,7 +54,8 @@ class DiskQueue:
 
 
 class QueuedBlob:
-    """A BlobWriter whose writes, commit and abort run on the disk thread."""
+    """A BlobWriter written from the caller's thread; its flushes, commit and abort
+    run on the disk thread."""
 
     def __init__(
         self,
@@ -68,9 +69,8 @@ class QueuedBlob:
         self._pause = pause
         self._resume = resume
         self._paused = False
-        self._pending = 0
+        self._syncing = False
         self._unsynced = 0
-        self._error: Failure | None = None
         self._broken: BaseException | None = None
         self._closed = False
         self._batch: list[bytes] = []
@@ -82,54 +82,47 @@ class QueuedBlob:
         return self._writer.key
 
     def write(self, data: bytes) -> None:
-        if self._closed or self._error is not None:
+        if self._closed or self._broken is not None:
             return
         self.written += len(data)
         self._batch.append(data)
         self._batched += len(data)
-        # Peer data comes in TLS-record-sized pieces: hand the thread ~1 MiB at a time.
+        # Peer data comes in pieces of a frame or a TLS record: one writev per ~1 MiB.
         if self._batched >= BATCH:
-            self._submit()
+            self._flush()
 
-    def _submit(self) -> None:
-        if not self._batch:
+    def _flush(self) -> None:
+        if not self._batch or self._broken is not None:
             return
         pieces, size = self._batch, self._batched
         self._batch, self._batched = [], 0
-        self._pending += size
-        self._queue.run(self._write, pieces).addCallbacks(self._done, self._failed, (size,))
-        if self._pending > HIGH and not self._paused:
-            self._paused = True
+        try:
+            self._writer.write_pieces(pieces)
+        except OSError as e:
+            self._broken = e  # reported by commit(), which fails
+            return
+        self._unsynced += size
+        if self._unsynced < SYNC_EVERY:
+            return
+        if not self._syncing:
+            self._unsynced = 0
+            self._syncing = True
+            self._queue.run(self._writer.sync).addBoth(self._synced)
+        elif not self._paused:
+            self._paused = True  # the disk is slower than the source: wait for it
             self._pause()
 
-    def _write(self, pieces: list[bytes]) -> None:
-        # On the disk thread, like _broken and _unsynced.
-        if self._broken is not None:
-            return
-        try:
-            written = self._writer.write_pieces(pieces)
-        except BaseException as e:
-            self._broken = e
-            raise
-        self._unsynced += written
-        if self._unsynced >= SYNC_EVERY:
-            self._unsynced = 0
-            self._writer.sync()
-
-    def _done(self, _: object, size: int) -> None:
-        self._pending -= size
-        if self._paused and self._pending <= LOW:
+    def _synced(self, result: object) -> None:
+        self._syncing = False
+        if isinstance(result, Failure) and self._broken is None:
+            self._broken = result.value
+        if self._paused:
             self._paused = False
             self._resume()
 
-    def _failed(self, failure: Failure, size: int) -> None:
-        if self._error is None:
-            self._error = failure
-        self._done(None, size)
-
     def commit(self) -> Deferred[None]:
         """Fires once every write and the commit are done (fails if any failed)."""
-        self._submit()
+        self._flush()
         self._closed = True
 
         def commit() -> None:
