@@ -278,7 +278,12 @@ class AuditTests(NodeTestCase):
         audits = victim.api.status()["audits"]
         self.assertEqual((audits["passed"], audits["failed"]), (1, 1))
         # And it is sent the blob again, after which it proves it holds it.
-        await eventually(path.exists, "L to be sent the blob again")
+        # Its file is in place before its catalog has it (the commit's directory
+        # fsync comes between): wait for both, or its listing may still leave it out.
+        await eventually(
+            lambda: path.exists() and liar_node.files.catalog.get(key) is not None,
+            "L to be sent the blob again",
+        )
         liar.forge_listing = None
         session = self.session(victim, liar_node)
         self.assertTrue(await victim.files.auditor.audit(session, key, entry.version))
