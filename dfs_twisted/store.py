@@ -74,9 +74,12 @@ def _fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _make_blob_dirs(final_path: pathlib.Path) -> None:
+def _make_blob_dirs(final_path: pathlib.Path) -> list[pathlib.Path]:
+    """Create the blob's missing directories; return the directories whose entries
+    changed (the parent of each one made), to be synced before the blob counts."""
     bb_dir = final_path.parent
     owner_dir = bb_dir.parent.parent
+    changed = []
     for d in (owner_dir, bb_dir.parent, bb_dir):
         try:
             os.mkdir(d, _DIR_MODE)
@@ -84,7 +87,8 @@ def _make_blob_dirs(final_path: pathlib.Path) -> None:
             continue
         # A new directory entry lives in its parent: sync that too, or the
         # whole subtree may vanish after a crash.
-        _fsync_dir(d.parent)
+        changed.append(d.parent)
+    return changed
 
 
 def _is_prefix(name: str) -> bool:
@@ -99,9 +103,15 @@ class BlobWriter:
     """A blob being written: to a temp file under root/tmp, invisible until commit()."""
 
     def __init__(
-        self, key: BlobKey, fd: int, tmp_path: pathlib.Path, final_path: pathlib.Path
+        self,
+        key: BlobKey,
+        fd: int,
+        tmp_path: pathlib.Path,
+        final_path: pathlib.Path,
+        renames: threading.Lock | None = None,
     ) -> None:
         self.key = key
+        self._renames = renames or threading.Lock()
         self.written = 0
         self._fd: int | None = fd
         self._tmp_path = tmp_path
@@ -157,14 +167,16 @@ class BlobWriter:
             finally:
                 os.close(fd)
             try:
-                self._make_dirs()
-                os.replace(self._tmp_path, self._final_path)
+                with self._renames:
+                    changed = _make_blob_dirs(self._final_path)
+                    os.replace(self._tmp_path, self._final_path)
             except BaseException:
                 self._unlink_tmp()
                 raise
             self._committed = True
-            # Persist the rename itself.
-            _fsync_dir(self._final_path.parent)
+            # Persist the rename itself, and the entries of new directories.
+            for directory in [*changed, self._final_path.parent]:
+                _fsync_dir(directory)
 
     def abort(self) -> None:
         """Discard the blob. Idempotent; a no-op after commit()."""
@@ -176,9 +188,6 @@ class BlobWriter:
             if fd is not None:
                 os.close(fd)
             self._unlink_tmp()
-
-    def _make_dirs(self) -> None:
-        _make_blob_dirs(self._final_path)
 
     def _unlink_tmp(self) -> None:
         try:
@@ -196,6 +205,9 @@ class BlobStore:
         self._tmp = self.root / _TMP_DIR
         self._tmp.mkdir(mode=_DIR_MODE, exist_ok=True)
         self._clear_tmp()
+        # Commits run on several threads: held while a blob file is renamed into
+        # place, and by whoever removes one after checking which version it is.
+        self.renames = threading.Lock()
 
     def _clear_tmp(self) -> None:
         # Anything left in tmp is from a crashed or killed process: it was
@@ -230,7 +242,7 @@ class BlobStore:
                 # Someone removed the store under a running node: start it afresh.
                 self._tmp.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
                 continue
-            return BlobWriter(key, fd, tmp_path, final_path)
+            return BlobWriter(key, fd, tmp_path, final_path, self.renames)
 
     def open(self, key: BlobKey) -> BinaryIO | None:
         try:

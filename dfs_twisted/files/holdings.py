@@ -56,6 +56,8 @@ class Holdings:
         self._publishing: dict[BlobKey, int] = {}  # versions whose commit is queued
         # Publishes of a version whose commit is already queued wait for that commit.
         self._waiting: dict[tuple[BlobKey, int], list[Deferred[None]]] = {}
+        # The last commit begun of each key, done or not: a newer one starts after it.
+        self._last_commit: dict[BlobKey, Deferred[None]] = {}
 
     def writer(
         self,
@@ -96,8 +98,15 @@ class Holdings:
             writer.abort()
             return False
         self._publishing[key] = version
+        # Commits of one key one after the other (their fsyncs run side by side with
+        # other keys'): the newest version's rename must be the last.
+        previous = self._last_commit.get(key)
+        committed: Deferred[None] = Deferred()
+        self._last_commit[key] = committed
         try:
             try:
+                if previous is not None:
+                    await previous
                 await writer.commit()
             finally:
                 if self._publishing.get(key) == version:
@@ -112,6 +121,11 @@ class Holdings:
             self.index.put(Row(key, entry))
             return True
         finally:
+            # Only now may the next commit of this key begin: this one's file is
+            # in place, or removed if a deletion landed meanwhile.
+            if self._last_commit.get(key) is committed:
+                del self._last_commit[key]
+            committed.callback(None)
             for waiter in self._waiting.pop((key, version), []):
                 waiter.callback(None)
 
@@ -137,16 +151,17 @@ class Holdings:
                 self._remove_if_older(row.key, row.entry.version)
 
     def _remove_if_older(self, key: BlobKey, version: int) -> None:
-        f = self.store.open(key)
-        if f is None:
-            return
-        try:
-            with f:
-                older = read_header(f).version < version
-        except CryptoError:
-            older = True
-        if older:
-            self.store.unlink(key)
+        with self.store.renames:  # no newer version renamed in between check and unlink
+            f = self.store.open(key)
+            if f is None:
+                return
+            try:
+                with f:
+                    older = read_header(f).version < version
+            except CryptoError:
+                older = True
+            if older:
+                self.store.unlink(key)
 
     def tombstone(self, key: BlobKey) -> Tombstone | None:
         """The stored tombstone of ``key`` (None: none, or it no longer verifies)."""
