@@ -70,8 +70,8 @@ class DiskQueue:
 
 
 class QueuedBlob:
-    """A BlobWriter written from the caller's thread; its flushes, commit and abort
-    run on the disk thread."""
+    """A BlobWriter written from the caller's thread; its flushes and commit run on a
+    sync thread, its abort on the ordered disk thread."""
 
     def __init__(
         self,
