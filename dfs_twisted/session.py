@@ -193,7 +193,9 @@ class PeerClient:
     async def push(self, key: BlobKey, version: int, blob: BinaryIO, size: int) -> None:
         """Stream a stored blob to the peer as it reads it; return once it answered."""
         stream = self.session.store(wire.Store(key.owner, key.blob, size, version))
-        while block := blob.read(PUSH_BLOCK):
+        # A refusal ("have", "busy": usual for a relayed copy) closes the stream: stop
+        # reading then, instead of reading the rest of the blob for nothing.
+        while not stream.closed and (block := blob.read(PUSH_BLOCK)):
             await self.session.when_writable()
             stream.write(block)
         await stream.finish()

@@ -77,9 +77,12 @@ def _fsync_dir(path: str | os.PathLike[str], fsync: Fsync = os.fsync) -> None:
         os.close(fd)
 
 
-def _make_blob_dirs(final_path: pathlib.Path, fsync: Fsync = os.fsync) -> None:
+def _make_blob_dirs(final_path: pathlib.Path) -> list[pathlib.Path]:
+    """Create the blob's missing directories; return the directories whose entries
+    changed (the parent of each one made), to be synced before the blob counts."""
     bb_dir = final_path.parent
     owner_dir = bb_dir.parent.parent
+    changed = []
     for d in (owner_dir, bb_dir.parent, bb_dir):
         try:
             os.mkdir(d, _DIR_MODE)
@@ -87,7 +90,8 @@ def _make_blob_dirs(final_path: pathlib.Path, fsync: Fsync = os.fsync) -> None:
             continue
         # A new directory entry lives in its parent: sync that too, or the
         # whole subtree may vanish after a crash.
-        _fsync_dir(d.parent, fsync)
+        changed.append(d.parent)
+    return changed
 
 
 def _is_prefix(name: str) -> bool:
@@ -108,9 +112,11 @@ class BlobWriter:
         tmp_path: pathlib.Path,
         final_path: pathlib.Path,
         fsync: Fsync = os.fsync,
+        renames: threading.Lock | None = None,
     ) -> None:
         self.key = key
         self._fsync = fsync
+        self._renames = renames or threading.Lock()
         self.written = 0
         self._fd: int | None = fd
         self._tmp_path = tmp_path
@@ -170,14 +176,16 @@ class BlobWriter:
                 raise
             os.close(fd)
             try:
-                self._make_dirs()
-                os.replace(self._tmp_path, self._final_path)
+                with self._renames:
+                    changed = _make_blob_dirs(self._final_path)
+                    os.replace(self._tmp_path, self._final_path)
             except BaseException:
                 self._unlink_tmp()
                 raise
             self._committed = True
-            # Persist the rename itself.
-            _fsync_dir(self._final_path.parent, self._fsync)
+            # Persist the rename itself, and the entries of new directories.
+            for directory in [*changed, self._final_path.parent]:
+                _fsync_dir(directory, self._fsync)
 
     def abort(self) -> None:
         """Discard the blob. Idempotent; a no-op after commit()."""
@@ -189,9 +197,6 @@ class BlobWriter:
             if fd is not None:
                 os.close(fd)
             self._unlink_tmp()
-
-    def _make_dirs(self) -> None:
-        _make_blob_dirs(self._final_path, self._fsync)
 
     def _unlink_tmp(self) -> None:
         try:
@@ -207,6 +212,9 @@ class BlobStore:
         """``fsync``: how files and directories are made durable (tests record it)."""
         self.root = pathlib.Path(root)
         self._fsync = fsync
+        # Commits run on several threads: held while a blob file is renamed into
+        # place, and by whoever removes one after checking which version it is.
+        self.renames = threading.Lock()
         self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         self._tmp = self.root / _TMP_DIR
         self._tmp.mkdir(mode=_DIR_MODE, exist_ok=True)
@@ -245,7 +253,7 @@ class BlobStore:
                 # Someone removed the store under a running node: start it afresh.
                 self._tmp.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
                 continue
-            return BlobWriter(key, fd, tmp_path, final_path, self._fsync)
+            return BlobWriter(key, fd, tmp_path, final_path, self._fsync, self.renames)
 
     def open(self, key: BlobKey) -> BinaryIO | None:
         try:

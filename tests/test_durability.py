@@ -134,11 +134,13 @@ class QueuedCommitTests(TestCase):
         blob = queue.blob(store.begin(KEY))
         blob.write(b"y" * 100_000)
         committed: Deferred[None] = blob.commit()
+        acknowledged: list[object] = []
+        committed.addBoth(acknowledged.append)
         # The rename happened and the thread is in the directory's sync ...
         await eventually(final.exists, "the rename")
-        self.assertFalse(committed.called, "acknowledged before the directory was synced")
+        self.assertEqual(acknowledged, [], "acknowledged before the directory was synced")
         gate.set()
-        await committed
+        await eventually(lambda: acknowledged == [None], "the commit")
         self.assertEqual(sync.calls[-1], (final.parent, True))
         file_syncs = [seen for path, seen in sync.calls if path.parent == root / "tmp"]
         self.assertEqual(file_syncs, [False])

@@ -300,6 +300,21 @@ class PublishOrderTests(NodeTestCase):
         self.assertEqual([await Deferred.fromCoroutine(r) for r in results], [True, False])
         self.assertEqual(read(node, key), b"v4")
 
+    async def test_the_same_version_twice_answers_once_it_is_on_disk(self) -> None:
+        # A relayed copy being committed and the owner's own copy of that version: the
+        # second is told it is held only once the first is there for an audit to read.
+        node = self.make_node()
+        await node.ready
+        holdings = node.files.holdings
+        key = BlobKey("e" * 64, "f" * 64)
+        first, second = self.writer(node, key, b"v7"), self.writer(node, key, b"v7")
+        committing = Deferred.fromCoroutine(holdings.publish(key, 7, first, b"", "a" * 64))
+        waiting = Deferred.fromCoroutine(holdings.publish(key, 7, second, b"", key.owner))
+        self.assertNoResult(waiting)
+        self.assertTrue(await committing)
+        self.assertTrue(await waiting)
+        self.assertEqual(read(node, key), b"v7")
+
     async def test_deletion_landing_during_a_commit_wins(self) -> None:
         node = self.make_node()
         await node.ready

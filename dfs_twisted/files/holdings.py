@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ..catalog import Catalog, Entry
@@ -53,6 +54,10 @@ class Holdings:
         self.disk = disk
         self.index = index
         self._publishing: dict[BlobKey, int] = {}  # versions whose commit is queued
+        # Publishes of a version whose commit is already queued wait for that commit.
+        self._waiting: dict[tuple[BlobKey, int], list[Deferred[None]]] = {}
+        # The last commit begun of each key, done or not: a newer one starts after it.
+        self._last_commit: dict[BlobKey, Deferred[None]] = {}
 
     def writer(
         self,
@@ -79,24 +84,52 @@ class Holdings:
         ``proof``: the blob's record; ``sender``: the node whose quota it counts on.
         """
         pending = self._publishing.get(key)
-        if not self.catalog.is_newer(key, version) or (pending is not None and pending >= version):
+        if pending is not None and pending == version:
+            # The same version, on its way from another sender (a relayed copy): this
+            # copy is not needed, and the answer is whether that commit lands. Answering
+            # before it lands would send the owner an audit of a file not there yet.
+            writer.abort()
+            waiter: Deferred[None] = Deferred()
+            self._waiting.setdefault((key, version), []).append(waiter)
+            await waiter
+            held = self.catalog.get(key)
+            return held is not None and held.version == version and not held.deleted
+        if not self.catalog.is_newer(key, version) or (pending is not None and pending > version):
             writer.abort()
             return False
         self._publishing[key] = version
+        # Commits of one key one after the other (their fsyncs run side by side with
+        # other keys'): the newest version's rename must be the last.
+        previous = self._last_commit.get(key)
+        committed: Deferred[None] = Deferred()
+        self._last_commit[key] = committed
         try:
-            await writer.commit()
+            try:
+                if previous is not None:
+                    await previous
+                await writer.commit()
+            finally:
+                if self._publishing.get(key) == version:
+                    del self._publishing[key]
+            if not self.catalog.is_newer(key, version):
+                # A deletion landed while the commit was queued: the newer change wins.
+                self.store.delete(key)
+                return False
+            entry = Entry(version, writer.written, proof=proof, sender=sender)
+            self.catalog.set(key, entry)
+            # Not awaited: a crash before this row is in means the store is indexed anew.
+            self.index.put(Row(key, entry)).addCallback(
+                lambda _: self.catalog.settled(key, version)
+            )
+            return True
         finally:
-            if self._publishing.get(key) == version:
-                del self._publishing[key]
-        if not self.catalog.is_newer(key, version):
-            # A deletion landed while the commit was queued: the newer change wins.
-            self.store.delete(key)
-            return False
-        entry = Entry(version, writer.written, proof=proof, sender=sender)
-        self.catalog.set(key, entry)
-        # Not awaited: a crash before this row is in means the store is indexed anew.
-        self.index.put(Row(key, entry)).addCallback(lambda _: self.catalog.settled(key, version))
-        return True
+            # Only now may the next commit of this key begin: this one's file is
+            # in place, or removed if a deletion landed meanwhile.
+            if self._last_commit.get(key) is committed:
+                del self._last_commit[key]
+            committed.callback(None)
+            for waiter in self._waiting.pop((key, version), []):
+                waiter.callback(None)
 
     async def bury(self, tomb: Tombstone, sender: str) -> bool:
         """Record a verified tombstone if it is newer than what is held; True if it was.
@@ -121,16 +154,17 @@ class Holdings:
                 self._remove_if_older(row.key, row.entry.version)
 
     def _remove_if_older(self, key: BlobKey, version: int) -> None:
-        f = self.store.open(key)
-        if f is None:
-            return
-        try:
-            with f:
-                older = read_header(f).version < version
-        except CryptoError:
-            older = True
-        if older:
-            self.store.unlink(key)
+        with self.store.renames:  # no newer version renamed in between check and unlink
+            f = self.store.open(key)
+            if f is None:
+                return
+            try:
+                with f:
+                    older = read_header(f).version < version
+            except CryptoError:
+                older = True
+            if older:
+                self.store.unlink(key)
 
     async def release(self, key: BlobKey, version: int) -> bool:
         """Drop a replica its owner released (this version exactly); True if dropped."""
