@@ -175,16 +175,7 @@ class Recovery:
             if not self._holdings.catalog.is_newer(key, written.version) or written.name is None:
                 continue
             holders = self._sync.placement.holders(written.blob, written.version)
-            found.append(
-                FileEntry(
-                    written.name,
-                    written.size or 0,
-                    written.blob,
-                    written.mtime or 0,
-                    len(holders),
-                    here=False,
-                )
-            )
+            found.append(_elsewhere(written, written.name, len(holders)))
         return found
 
     async def _own_held_elsewhere(self, listings: Listings) -> list[FileEntry]:
@@ -198,16 +189,8 @@ class Recovery:
             key = BlobKey(self._owner.node_id, written.blob)
             if not catalog.is_newer(key, written.version) or written.name is None:
                 continue  # held here: listed already
-            found.append(
-                FileEntry(
-                    written.name,
-                    written.size or 0,
-                    written.blob,
-                    written.mtime or 0,
-                    self._holders(listings, written.blob, written.version),
-                    here=False,
-                )
-            )
+            copies = self._holders(listings, written.blob, written.version)
+            found.append(_elsewhere(written, written.name, copies))
         sessions = {s.info.node_id: s for s in self._peers()}
         for blob, claims in sorted(self._proven(listings).items()):
             newest = max(claims, key=lambda c: c[1].version)[1]
@@ -364,6 +347,11 @@ class Recovery:
                 )
             return meta.name
         return None
+
+
+def _elsewhere(written: LedgerEntry, name: str, copies: int) -> FileEntry:
+    """A file of this org the ledger knows and this node does not hold now."""
+    return FileEntry(name, written.size or 0, written.blob, written.mtime or 0, copies, here=False)
 
 
 def _claim(written: LedgerEntry) -> wire.ListEntry:
