@@ -133,6 +133,13 @@ class Recovery:
             # What peers just listed is what the page (copies=known) shows next.
             for peer, listing in listings.items():
                 self._sync.learn(peer, listing)
+
+        def copies(blob: str, version: int) -> int:
+            """Peers holding this version: as this node knows, or as they listed it."""
+            if known:
+                return len(self._sync.placement.holders(blob, version))
+            return self._holders(listings, blob, version, reader is None)
+
         store = self._holdings.store
         entries = []
         for blob, held in self._holdings.catalog.entries(org.org_id):
@@ -153,44 +160,45 @@ class Recovery:
             except CryptoError as e:
                 log.warn("skipping unreadable blob {blob}: {error}", blob=blob, error=str(e))
                 continue
-            if known:
-                replicas = 1 + len(self._sync.placement.holders(blob, held.version))
-            else:
-                replicas = 1 + self._holders(listings, blob, held.version, reader is None)
+            replicas = 1 + copies(blob, held.version)
             entries.append(FileEntry(meta.name, size, blob, meta.mtime, replicas))
         if known:
-            entries += self._own_known_elsewhere()
+            entries += self._ledger_elsewhere(self._ledger.live(), copies)
         elif reader is None:
             entries += await self._own_held_elsewhere(listings)
         else:
             entries += await self._held_elsewhere(org, listings)
         return sorted(entries, key=lambda e: e.name)
 
-    def _own_known_elsewhere(self) -> list[FileEntry]:
-        """This org's files whose newest version (the ledger's) is not held here,
-        with the peers known to hold it."""
+    def _ledger_elsewhere(
+        self, written: list[LedgerEntry], copies: Callable[[str, int], int]
+    ) -> list[FileEntry]:
+        """The files of ``written`` (ledger entries) whose newest version is not held
+        here, each with ``copies(blob, version)`` peers holding it."""
         found = []
-        for written in self._ledger.live():
-            key = BlobKey(self._owner.node_id, written.blob)
-            if not self._holdings.catalog.is_newer(key, written.version) or written.name is None:
-                continue
-            holders = self._sync.placement.holders(written.blob, written.version)
-            found.append(_elsewhere(written, written.name, len(holders)))
+        for entry in written:
+            key = BlobKey(self._owner.node_id, entry.blob)
+            if entry.name is None or not self._holdings.catalog.is_newer(key, entry.version):
+                continue  # held here: listed already
+            found.append(
+                FileEntry(
+                    entry.name,
+                    entry.size or 0,
+                    entry.blob,
+                    entry.mtime or 0,
+                    copies(entry.blob, entry.version),
+                    here=False,
+                )
+            )
         return found
 
     async def _own_held_elsewhere(self, listings: Listings) -> list[FileEntry]:
         """This org's files whose newest version this node does not hold: from the
         ledger, and from what peers prove (for files the ledger does not know)."""
         catalog = self._holdings.catalog
-        found = []
-        known: set[str] = set()
-        for written in self._ledger.live():
-            known.add(written.blob)
-            key = BlobKey(self._owner.node_id, written.blob)
-            if not catalog.is_newer(key, written.version) or written.name is None:
-                continue  # held here: listed already
-            copies = self._holders(listings, written.blob, written.version)
-            found.append(_elsewhere(written, written.name, copies))
+        written = self._ledger.live()
+        known = {entry.blob for entry in written}
+        found = self._ledger_elsewhere(written, lambda b, v: self._holders(listings, b, v))
         sessions = {s.info.node_id: s for s in self._peers()}
         for blob, claims in sorted(self._proven(listings).items()):
             newest = max(claims, key=lambda c: c[1].version)[1]
@@ -347,11 +355,6 @@ class Recovery:
                 )
             return meta.name
         return None
-
-
-def _elsewhere(written: LedgerEntry, name: str, copies: int) -> FileEntry:
-    """A file of this org the ledger knows and this node does not hold now."""
-    return FileEntry(name, written.size or 0, written.blob, written.mtime or 0, copies, here=False)
 
 
 def _claim(written: LedgerEntry) -> wire.ListEntry:
