@@ -80,8 +80,9 @@ class Placement:
     def everywhere(self) -> bool:
         return self.redundancy.replicas is None
 
-    def _available(self) -> list[str]:
-        """Peers that may be chosen now: connected, or away for less than repair_after."""
+    def available(self) -> list[str]:
+        """Peers that may be chosen now: connected, or away for less than repair_after
+        (a walk over every peer met: a caller placing many blobs asks once)."""
         now = self._clock()
         return [
             peer
@@ -89,9 +90,11 @@ class Placement:
             if last_seen is None or now - last_seen < self.repair_after
         ]
 
-    def targets(self, blob: str) -> list[str]:
-        """The peers that should hold ``blob`` now, in rank order."""
-        available = self._available()
+    def targets(self, blob: str, available: list[str] | None = None) -> list[str]:
+        """The peers that should hold ``blob`` now, in rank order (among ``available``,
+        by default the peers available now)."""
+        if available is None:
+            available = self.available()
         wanted = self.redundancy.replicas
         if wanted is None:
             return available
@@ -110,25 +113,27 @@ class Placement:
         """How many peer copies each blob should have."""
         if self.redundancy.replicas is not None:
             return self.redundancy.replicas
-        return len(self._available())
+        return len(self.available())
 
-    def is_target(self, peer: str, blob: str) -> bool:
-        return self.everywhere or peer in self.targets(blob)
+    def is_target(self, peer: str, blob: str, available: list[str] | None = None) -> bool:
+        return self.everywhere or peer in self.targets(blob, available)
 
     # -- what peers hold
 
     def holds(self, peer: str, blob: str, version: int) -> None:
         """``peer`` holds ``version`` of ``blob`` (it acknowledged it, or proved it)."""
-        self.generation += 1
-        self._held.setdefault(blob, {})[peer] = version
+        holders = self._held.setdefault(blob, {})
+        if holders.get(peer) != version:
+            holders[peer] = version
+            self.generation += 1
         self._refused.pop((peer, blob), None)
 
     def lost(self, peer: str, blob: str) -> None:
         """``peer`` no longer holds ``blob`` (released it, or failed an audit)."""
-        self.generation += 1
         holders = self._held.get(blob)
-        if holders is not None:
-            holders.pop(peer, None)
+        if holders is not None and peer in holders:
+            del holders[peer]
+            self.generation += 1
             if not holders:
                 del self._held[blob]
 
@@ -138,8 +143,8 @@ class Placement:
 
     def forget(self, blob: str) -> None:
         """The blob is deleted: nobody is expected to hold it any more."""
-        self.generation += 1
-        self._held.pop(blob, None)
+        if self._held.pop(blob, None) is not None:
+            self.generation += 1
 
     def learn(self, peer: str, held: dict[str, int], prefixes: Sequence[str] = ("",)) -> None:
         """``peer`` listed this namespace (or the blob ids that start with one of
@@ -174,11 +179,11 @@ class Placement:
                     held[peer] = held.get(peer, 0) + size
         return held
 
-    def surplus(self, blob: str, version: int) -> list[str]:
+    def surplus(self, blob: str, version: int, available: list[str] | None = None) -> list[str]:
         """Holders beyond the targets, once every target holds ``version``: to release."""
         if self.everywhere:
             return []
-        targets = self.targets(blob)
+        targets = self.targets(blob, available)
         holders = self.holders(blob, version)
         if len(targets) < (self.redundancy.replicas or 0) or not set(targets) <= set(holders):
             return []  # not fully placed yet: an extra copy is still worth keeping

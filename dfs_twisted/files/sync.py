@@ -170,11 +170,12 @@ class Sync:
         catalog = self._holdings.catalog
         client = PeerClient(session)
         owner = self._node_id
+        available = self.placement.available()
         # What the peer should hold: this org's blobs it is a target for, and every tombstone.
         due = [
             (blob, entry)
             for blob, entry in catalog.entries(owner)
-            if entry.deleted or self.placement.is_target(peer, blob)
+            if entry.deleted or self.placement.is_target(peer, blob, available)
         ]
         digest, count = merkle.digest_of((b, e.version, e.deleted) for b, e in due)
         if await client.digest(owner) == (digest.hex(), count):
@@ -188,7 +189,7 @@ class Sync:
                 if session.closed:
                     return None
                 sent += await self.offer(session, BlobKey(owner, blob), entry)
-        await self._release_surplus(session, theirs)
+        await self._release_surplus(session, theirs, available)
         return sent
 
     async def offer(self, session: PeerSession, key: BlobKey, entry: Entry) -> int:
@@ -254,12 +255,12 @@ class Sync:
         )
 
     async def _release_surplus(
-        self, session: PeerSession, theirs: dict[str, wire.ListEntry]
+        self, session: PeerSession, theirs: dict[str, wire.ListEntry], available: list[str]
     ) -> None:
         """Let a peer drop the copies it holds beyond their blobs' targets."""
         peer = session.info.node_id
         for blob, claim in theirs.items():
-            if claim.deleted or peer not in self.placement.surplus(blob, claim.version):
+            if claim.deleted or peer not in self.placement.surplus(blob, claim.version, available):
                 continue
             release = Release.sign(self._owner.signer, blob, claim.version, peer)
             try:
