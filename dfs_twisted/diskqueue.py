@@ -9,9 +9,9 @@ before the rename, their directories after it) run on a few threads at once: the
 file system then makes many of them durable in one journal commit, where one
 thread would wait for a commit per fsync (measured here: about 7 ms a small file
 one at a time, under 1 ms with four at once). That is the group commit of many
-concurrent puts; each still fires only once its own fsyncs returned. Renames,
-aborts and the SQLite commits stay on one ordered thread: a rename and the
-removal of an older file of the same blob never interleave.
+concurrent puts; each still fires only once its own fsyncs returned. Aborts and
+the SQLite commits stay on one ordered thread; a rename (on a sync thread) and the
+removal of an older file of the same blob never interleave (store.BlobStore.renames).
 
 Every `SYNC_EVERY` bytes a blob's data is flushed, so the final fsync of a big
 blob does not stall its acknowledgement; while such a flush is still running and

@@ -4,8 +4,10 @@ When a session comes up and every `--sync-period`, this node compares digests of
 each namespace it holds with the peer's and, where they differ, sends each blob or
 tombstone the peer lacks or holds an older version of. The digests form a tree
 per namespace (merkle.py): only the parts that differ are listed, so two nodes
-that differ by one blob exchange a few small messages, not their listings. With relay on, changes of
-other orgs received from one peer are passed on to the others.
+that differ by one blob exchange a few small messages, not their listings. With
+relay on, changes of other orgs received from one peer are passed on to the others.
+With --replicas N, this org's namespace is compared with the part each peer should
+hold (placement.py), and copies beyond that are released.
 """
 
 from __future__ import annotations
