@@ -35,7 +35,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.launcher import BIN, NodeProcess, free_port, start_network
 
-from .environment import cannot_run
+from .environment import without_root_powers
 from .shared import SharedFixture
 
 pytestmark = pytest.mark.processes
@@ -452,15 +452,10 @@ class TokenTests(CliTestCase):
         self.assertEqual(made["node_id"], node_id)
         url = f"https://127.0.0.1:{tls_port}/"
 
-        # From another user of the machine (or another machine): no --node, no private/.
+        # As from another machine: no --node, no private/, only the access file (and,
+        # as root, without root's power to read the node's files anyway).
         client_env = {"HOME": str(where)}
-        prefix: list[str] = []
-        if os.geteuid() == 0:
-            if shutil.which("setpriv") is None:
-                cannot_run("running as root and setpriv is missing")
-            where.chmod(0o755)
-            os.chown(access, 65534, 65534)
-            prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        prefix = without_root_powers()
         argv = [*prefix, str(BIN / "dfs"), "--api", url, "--token-file", str(access)]
         remote = subprocess.run(
             [*argv, "put", "-", "--name", "from-afar.txt", "--json"],
