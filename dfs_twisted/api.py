@@ -297,6 +297,8 @@ class Api(Resource):
             "replicas": result.replicas,
             "peers": [cast(PeerOutcomeJson, p.as_json()) for p in result.peers],
         }
+        if result.shares is not None:
+            answer["shares"] = result.shares
         return Reply.json(201, answer)
 
     async def get(self, call: Call) -> Answer:
@@ -325,6 +327,7 @@ class Api(Resource):
                 "name": e.name,
                 "size": e.size,
                 "replicas": e.replicas,
+                "shares": e.shares,
                 "wanted": e.wanted,
                 "here": e.here,
                 "blob": e.blob,

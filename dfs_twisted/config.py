@@ -36,6 +36,7 @@ SETTINGS: dict[str, str] = {
     "audit-period": _TEXT,
     "audit-sample": _TEXT,
     "replicas": _TEXT,
+    "erasure": _TEXT,
     "repair-after": _TEXT,
     "log-format": _TEXT,
     "log-level": _TEXT,

@@ -74,8 +74,11 @@ def files_table(entries: Iterable[dict[str, Any]], long: bool) -> list[str]:
     for name, e in zip(names, rows, strict=True):
         where = "" if e.get("here", True) else "  (on peers only)"
         copies = str(e["replicas"])
-        wanted = e.get("wanted")
-        if isinstance(wanted, int) and e["replicas"] < wanted:
+        wanted, shares = e.get("wanted"), e.get("shares")
+        held = shares if isinstance(shares, int) else e["replicas"]
+        if isinstance(shares, int):
+            copies += f" + {shares} shares"  # erasure coded: the full copies, then shares
+        if isinstance(wanted, int) and held < wanted:
             copies += f" of {wanted}"  # degraded: fewer copies than this org wants
         if long:
             mtime = e.get("mtime")

@@ -502,7 +502,7 @@ def node_from_options(options: Any) -> NodeService:
         sync_period=options["sync-period"],
         audit_period=options["audit-period"],
         audit_sample=options["audit-sample"],
-        redundancy=Redundancy(options["replicas"]),
+        redundancy=Redundancy(options["replicas"], options["erasure"]),
         repair_after=options["repair-after"],
         create=not options["no-create"],
     )

@@ -16,6 +16,7 @@ from twisted.python import usage
 from . import logs
 from .admission import Admission, AdmissionError, NetworkKey, load_allow_list
 from .config import CONFIG_FILE, ConfigError, Setting, parse_config, resolve_paths
+from .erasure import parse_erasure
 from .space import parse_size
 
 
@@ -206,6 +207,12 @@ class NodeOptions(usage.Options):
             "peers that hold a copy of each of this org's files: a number, or all (default)",
         ],
         [
+            "erasure",
+            None,
+            None,
+            "instead of replicas: K-of-N, N shares of each file on N peers, any K rebuild it",
+        ],
+        [
             "repair-after",
             None,
             None,
@@ -312,6 +319,12 @@ class NodeOptions(usage.Options):
                 self[name] = parse(text[name])
             except ValueError as e:
                 raise usage.UsageError(f"--{name}: {e}") from None
+        try:
+            self["erasure"] = None if "erasure" not in text else parse_erasure(text["erasure"])
+        except ValueError as e:
+            raise usage.UsageError(f"--erasure: {e}") from None
+        if self["erasure"] is not None and self["replicas"] is not None:
+            raise usage.UsageError("--erasure and --replicas N exclude each other: give one")
         if self["scrub-rate"] <= 0:
             raise usage.UsageError("--scrub-rate must be more than 0")
         for name in ("handshake-timeout", "stall-timeout"):

@@ -88,7 +88,8 @@ class FileRow(TypedDict):
     name: str
     size: int
     replicas: int
-    wanted: int | None  # copies wanted of this org's own files (None: another org's)
+    shares: int | None  # with erasure coding: distinct shares peers hold
+    wanted: int | None  # copies (or shares) wanted of this org's files (None: another org's)
     here: bool
     blob: str
     mtime: int
@@ -108,6 +109,7 @@ class PutAnswer(TypedDict):
     size: int
     replicas: int
     peers: list[PeerOutcomeJson]
+    shares: NotRequired[int]  # with erasure coding: the peers that took a share
 
 
 class DeleteAnswer(TypedDict):

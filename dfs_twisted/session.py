@@ -8,6 +8,7 @@ into typed calls, so no caller inspects reply types itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -192,12 +193,20 @@ class PeerClient:
 
     async def push(self, key: BlobKey, version: int, blob: BinaryIO, size: int) -> None:
         """Stream a stored blob to the peer as it reads it; return once it answered."""
+        await self.send(key, version, size, iter(lambda: blob.read(PUSH_BLOCK), b""))
+
+    async def send(
+        self, key: BlobKey, version: int, size: int | None, pieces: Iterable[bytes]
+    ) -> None:
+        """Stream a blob made as it goes (``pieces``) to the peer; return once it answered."""
         stream = self.session.store(wire.Store(key.owner, key.blob, size, version))
         # A refusal ("have", "busy": usual for a relayed copy) closes the stream: stop
-        # reading then, instead of reading the rest of the blob for nothing.
-        while not stream.closed and (block := blob.read(PUSH_BLOCK)):
+        # making the rest of the blob for nothing then.
+        for piece in pieces:
+            if stream.closed:
+                break
             await self.session.when_writable()
-            stream.write(block)
+            stream.write(piece)
         await stream.finish()
 
 

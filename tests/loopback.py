@@ -24,12 +24,13 @@ from twisted.python.failure import Failure
 from dfs_twisted import wire
 from dfs_twisted.crypto import OrgKey, owner_id
 from dfs_twisted.diskqueue import DiskQueue
+from dfs_twisted.erasure import Erasure
 from dfs_twisted.files.audit import Auditor
 from dfs_twisted.files.fetch import Fetcher
 from dfs_twisted.files.holdings import Holdings, load_catalog
 from dfs_twisted.files.owner import Owner
 from dfs_twisted.files.placement import Placement, Redundancy
-from dfs_twisted.files.put import PutResult, Upload
+from dfs_twisted.files.put import PutResult, Upload, recipients
 from dfs_twisted.files.recover import Recovery
 from dfs_twisted.files.serve import Server
 from dfs_twisted.files.sync import Sync
@@ -147,6 +148,7 @@ class MemoryNode:
         quota: int = 1 << 30,
         relay: bool = True,
         replicas: int | None = None,
+        erasure: Erasure | None = None,
     ) -> None:
         root.mkdir(parents=True, exist_ok=True)
         (root / "private").mkdir(exist_ok=True)
@@ -171,7 +173,9 @@ class MemoryNode:
         )
         # Every peer ever linked is known; one whose session closed was seen at the
         # clock's time when it left (the test's clock).
-        self.placement = Placement(Redundancy(replicas), self.known, clock=self.clock.seconds)
+        self.placement = Placement(
+            Redundancy(replicas, erasure), self.known, clock=self.clock.seconds
+        )
         self.sync = Sync(self.owner, self.holdings, self.live, relay, self.placement)
         self.server = Server(
             self.node_id,
@@ -201,19 +205,20 @@ class MemoryNode:
         return known
 
     def put(self, name: str, data: bytes) -> Deferred[PutResult]:
-        """Put ``data`` as ``name`` to this node and every linked peer."""
-        targets = set(self.placement.targets(self.owner.key_for(name).blob))
+        """Put ``data`` as ``name`` to this node and the linked peers placement chooses."""
+        sessions, shares = recipients(self.placement, self.owner.key_for(name).blob, self.live())
         upload = Upload(
             self.owner,
             self.holdings,
             self.ledger,
             self.auditor,
-            [s for s in self.live() if s.info.node_id in targets],
+            sessions,
             name,
             len(data),
             None,
             lambda _: None,
             self.placement,
+            shares,
         )
         upload.write(data)
         return upload.finish()

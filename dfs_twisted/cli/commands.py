@@ -100,7 +100,8 @@ def cmd_put(client: NodeClient, args: argparse.Namespace) -> None:
         args,
         f"stored {shown(name)}: {rate(answer['size'], time.monotonic() - started)}, here and "
         f"on {len(held)} of {len(peers)} connected peers "
-        f"({count(answer['replicas'], 'copy', 'copies')})",
+        f"({count(answer['replicas'], 'copy', 'copies')}"
+        + (f", {count(answer['shares'], 'share', 'shares')})" if "shares" in answer else ")"),
     )
     for p in peers:
         if not p["ok"]:
@@ -290,7 +291,11 @@ def cmd_ls(client: NodeClient, args: argparse.Namespace) -> None:
     entries = decode(response)
     if args.json:
         keys = ("name", "size", "replicas") + (("mtime", "here", "wanted") if args.long else ())
-        print(json.dumps([{k: e.get(k) for k in keys} for e in entries]))
+        rows = [{k: e.get(k) for k in keys} for e in entries]
+        for row, e in zip(rows, entries, strict=True):
+            if e.get("shares") is not None:
+                row["shares"] = e["shares"]  # erasure coded
+        print(json.dumps(rows))
         return
     if org_id is not None:
         print(f"files of org id:{shown(org_id)}")

@@ -31,6 +31,7 @@ from .blob import (
     BlobRecord,
     FileKey,
     Metadata,
+    Share,
     audit_digest,
     check_chunk,
     chunk_at,
@@ -41,6 +42,7 @@ from .blob import (
     open_metadata,
     parse_header,
     plaintext_size,
+    share_id,
     stored_record,
 )
 from .format import (
@@ -91,6 +93,7 @@ __all__ = [
     "OrgKey",
     "Release",
     "SealCheck",
+    "Share",
     "Tombstone",
     "audit_digest",
     "check_chunk",
@@ -104,6 +107,7 @@ __all__ = [
     "owner_id",
     "parse_header",
     "plaintext_size",
+    "share_id",
     "stored_record",
     "validate_name",
 ]

@@ -21,6 +21,7 @@ from .format import (
     _META_AAD_END,
     _NONCE,
     _RECORD,
+    _SHARE_CONTEXT,
     _ZERO_NONCE,
     FIXED_HEADER_SIZE,
     FORMAT_VERSION,
@@ -28,6 +29,7 @@ from .format import (
     MAGIC,
     MAX_CHUNK_INDEX,
     MAX_SEALED_META,
+    MAX_SHARES,
     RECORD_SIZE,
     SIGNATURE_SIZE,
     TAG,
@@ -46,11 +48,43 @@ from .orgkey import (
 
 
 @dataclass(frozen=True)
+class Share:
+    """Which erasure-coded share of a file version a blob is: ``index`` of ``n``,
+    any ``k`` of which rebuild the file's blob (see erasure.py)."""
+
+    index: int
+    k: int
+    n: int
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.k < self.n <= MAX_SHARES and 0 <= self.index < self.n):
+            raise ValueError(f"no share {self.index} of {self.k}-of-{self.n}")
+
+
+def share_id(blob: str, index: int) -> str:
+    """The blob id of share ``index`` of the file whose blob id is ``blob``. Not keyed:
+    it is derived from the file's blob id, which is (the name's MAC)."""
+    return blake3(_SHARE_CONTEXT + bytes.fromhex(blob) + bytes([index])).hexdigest()
+
+
+@dataclass(frozen=True)
 class Metadata:
-    """Encrypted per-file metadata."""
+    """Encrypted per-file metadata (``share``: set in the blob of an erasure-coded share)."""
 
     name: str
     mtime: int
+    share: Share | None = None
+
+    def to_json(self) -> bytes:
+        fields: dict[str, object] = {"name": self.name, "mtime": self.mtime}
+        if self.share is not None:
+            fields["share"] = [self.share.index, self.share.k, self.share.n]
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def blob_id(self, key: OrgKey) -> str:
+        """The blob id this metadata belongs in: the name's MAC, or its share's id."""
+        blob = key.blob_id(self.name)
+        return blob if self.share is None else share_id(blob, self.share.index)
 
 
 @dataclass(frozen=True)
@@ -174,21 +208,31 @@ def _open_header(key: OrgKey | FileKey, header: BlobHeader) -> tuple[bytes, Meta
         obj = json.loads(plain)
     except ValueError:
         raise FormatError("metadata is not valid JSON") from None
-    if not isinstance(obj, dict) or set(obj) != {"name", "mtime"}:
+    if not isinstance(obj, dict) or not {"name", "mtime"} <= set(obj) <= {"name", "mtime", "share"}:
         raise FormatError("metadata must be an object with name and mtime")
-    name, mtime = obj["name"], obj["mtime"]
+    name, mtime, share = obj["name"], obj["mtime"], obj.get("share")
     if not isinstance(name, str) or type(mtime) is not int:
         raise FormatError("metadata has wrong field types")
     try:
         validate_name(name)
     except ValueError as exc:
         raise FormatError(f"metadata name invalid: {exc}") from None
-    # The blob id must be the name's MAC; otherwise an insider could file a
-    # blob under one name while its metadata claims another. (A file key has
-    # no name key: the owner's signature over the grant binds name and blob.)
-    if isinstance(key, OrgKey) and not _stdlib_hmac.compare_digest(key.blob_id(name), header.blob):
+    meta = Metadata(name, mtime, None if share is None else _parse_share(share))
+    # The blob id must be the name's MAC (or its share's id); otherwise an insider
+    # could file a blob under one name while its metadata claims another. (A file
+    # key has no name key: the owner's signature over the grant binds name and blob.)
+    if isinstance(key, OrgKey) and not _stdlib_hmac.compare_digest(meta.blob_id(key), header.blob):
         raise IntegrityError("blob id does not match the encrypted file name")
-    return data_key, Metadata(name=name, mtime=mtime)
+    return data_key, meta
+
+
+def _parse_share(field: object) -> Share:
+    if not (isinstance(field, list) and len(field) == 3 and all(type(n) is int for n in field)):
+        raise FormatError("metadata share must be [index, k, n]")
+    try:
+        return Share(*field)
+    except ValueError as e:
+        raise FormatError(f"metadata share invalid: {e}") from None
 
 
 def open_metadata(key: OrgKey | FileKey, header: BlobHeader) -> Metadata:

@@ -39,6 +39,8 @@ _CHUNK_STATEMENT = struct.Struct(">32s32sQ32sIBQ32s")
 _RECORD = struct.Struct(">Q32sI32s64s")
 RECORD_SIZE: int = _RECORD.size
 _TOMB_CONTEXT = b"dfs-twisted v2 tombstone\x00"
+_SHARE_CONTEXT = b"dfs-twisted share\x00"
+MAX_SHARES = 256  # zfec's limit on the shares of one file
 _TOMB = struct.Struct(">4s32s32s32sQ64s")
 TOMB_MAGIC = b"DFST"
 

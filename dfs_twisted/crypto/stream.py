@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from .blob import (
     BlobRecord,
     FileKey,
     Metadata,
+    Share,
     _nonce,
     _open_header,
     chunk_statement,
@@ -67,6 +67,7 @@ class Encryptor:
         *,
         mtime: int | None = None,
         chunk_size: int = CHUNK_SIZE,
+        share: Share | None = None,
     ) -> None:
         owner_key = raw_public_key(signer)
         self.owner = owner = owner_id(owner_key)
@@ -76,16 +77,15 @@ class Encryptor:
             raise ValueError(f"chunk_size must be in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
         if mtime is None:
             mtime = int(time.time())
-        self.blob = key.blob_id(name)  # validates the name
+        metadata = Metadata(name, mtime, share)
+        self.blob = metadata.blob_id(key)  # validates the name
         self._chunk_size = chunk_size
         data_key = os.urandom(KEY_SIZE)
         prefix = os.urandom(NONCE_PREFIX_SIZE)
         owner_raw = bytes.fromhex(owner)
         blob_raw = bytes.fromhex(self.blob)
         wrapped = key._wrap(data_key, owner_raw, blob_raw)
-        meta_json = json.dumps(
-            {"name": name, "mtime": mtime}, ensure_ascii=False, separators=(",", ":")
-        ).encode("utf-8")
+        meta_json = metadata.to_json()
         fixed = _FIXED.pack(
             MAGIC,
             FORMAT_VERSION,

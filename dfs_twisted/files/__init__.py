@@ -13,12 +13,14 @@ each part lives in its own module and is handed only what it works with:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 
 from ..catalog import Catalog
-from ..crypto import file_key
+from ..crypto import file_key, share_id
 from ..grants import Grant
 from ..identity import KnownOrg, KnownOrgs
 from ..keys import ReadKey
@@ -35,10 +37,13 @@ from .get import Download, Reader
 from .holdings import Holdings, read_header
 from .owner import Owner
 from .placement import Placement, Redundancy
-from .put import PeerOutcome, PutResult, Upload
+from .put import PeerOutcome, PutResult, Upload, recipients
 from .recover import FileEntry, Recovery
 from .serve import Server
+from .shares import rebuild
 from .sync import Sync
+
+log = Logger()
 
 __all__ = [
     "DamagedBlob",
@@ -90,7 +95,7 @@ class Files:
         relay = relay and self.placement.everywhere
         self.sync = Sync(owner, holdings, peers.live, relay, self.placement)
         self.server = Server(owner.node_id, holdings, space, known, self.sync)
-        self._reader = Reader(owner, holdings, ledger, self.fetcher, clock)
+        self._reader = Reader(owner, holdings, ledger, self.fetcher, clock, self.rebuild)
         self._remover = Remover(owner, holdings, ledger, peers.live, self.placement)
         self.auditor = Auditor(
             owner.node_id, holdings, peers.live, self._resend, self.placement, audit_sample
@@ -102,7 +107,6 @@ class Files:
         self.open_granted = self._reader.open_granted
         self.delete = self._remover.delete
         self.recover = self._recovery.recover
-        self.repair = self.fetcher.repair
         self.damaged = holdings.damaged
         self.sync_all = self.sync.sync_all
 
@@ -122,6 +126,32 @@ class Files:
     def store(self) -> BlobStore:
         return self.holdings.store
 
+    async def repair(self, key: BlobKey, version: int) -> str | None:
+        """A good copy of a damaged blob (``version`` or newer): a peer's, or (this
+        org's, with erasure coding) rebuilt from shares. Returns where it came from."""
+        source = await self.fetcher.repair(key, version)
+        if source is None and key.owner == self.node_id and await self.rebuild(key, version):
+            return "shares"
+        return source
+
+    async def rebuild(self, key: BlobKey, version: int) -> bool:
+        """With erasure coding, ``version`` of this org's file rebuilt here from K of
+        the shares peers hold (those known to hold each asked first, then the rest)."""
+        erasure = self.placement.erasure
+        if erasure is None or key.owner != self.node_id:
+            return False
+        live: Sequence[PeerSession] = self.peers.live()
+        holders = {}
+        for index in range(erasure.n):
+            known = set(self.placement.holders(share_id(key.blob, index), version))
+            holders[index] = sorted(live, key=lambda s: s.info.node_id not in known)
+        header = await rebuild(
+            self.owner, self.holdings, self.fetcher.clock, key.blob, version, holders
+        )
+        if header is not None:
+            log.info("rebuilt {blob} from shares", blob=key.blob)
+        return header is not None
+
     def _resend(self, session: PeerSession, key: BlobKey) -> None:
         """Send a blob again to a peer that could not prove it holds it."""
         entry = self.catalog.get(key)
@@ -133,7 +163,9 @@ class Files:
         (``ask``: as every live peer lists them now; else as this node knows them)."""
         entries = await self._recovery.list_files(reader, ask)
         if reader is None:
-            wanted = 1 + self.placement.wanted()
+            # With erasure coding, the shares wanted; else the copies, this one included.
+            erasure = self.placement.erasure
+            wanted = 1 + self.placement.wanted() if erasure is None else erasure.n
             entries = [dataclasses.replace(e, wanted=wanted) for e in entries]
         return entries
 
@@ -178,18 +210,19 @@ class Files:
         if key in self._uploads:
             # Two versions racing to the disk could leave the older one there.
             raise PutInProgress(f"a put of {name!r} is in progress already")
-        targets = set(self.placement.targets(key.blob))
+        sessions, shares = recipients(self.placement, key.blob, self.peers.live())
         upload = Upload(
             self.owner,
             self.holdings,
             self.ledger,
             self.auditor,
-            [s for s in self.peers.live() if s.info.node_id in targets],
+            sessions,
             name,
             size,
             upstream,
             self._put_ended,
             self.placement,
+            shares,
         )
         self._uploads[key] = upload
         return upload

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from twisted.logger import Logger
 
-from ..crypto import Tombstone
+from ..crypto import Tombstone, share_id
 from ..ledger import Ledger, LedgerEntry
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from .errors import FileNotFound
@@ -50,14 +50,21 @@ class Remover:
             raise FileNotFound(name)
         version = self._holdings.next_version(key.owner, self._ledger.newest)
         tomb = Tombstone.sign(self._owner.signer, key.blob, version)
-        await self._holdings.bury(tomb, key.owner)
+        # With erasure coding, each share is a blob of its own: a tombstone each.
+        erasure = self._placement.erasure
+        shares = [] if erasure is None else [share_id(key.blob, i) for i in range(erasure.n)]
+        tombs = [tomb, *(Tombstone.sign(self._owner.signer, s, version) for s in shares)]
+        for each in tombs:
+            await self._holdings.bury(each, key.owner)
         await self._ledger.record(LedgerEntry(key.blob, version, True, tomb.signature))
-        self._placement.forget(key.blob)
+        for blob in (key.blob, *shares):
+            self._placement.forget(blob)
         outcomes = []
         for session in self._peers():
             peer = session.info
             try:
-                await PeerClient(session).delete(tomb)
+                for each in tombs:
+                    await PeerClient(session).delete(each)
                 outcomes.append(PeerOutcome(peer.org, peer.node_id, True))
             except (RemoteError, SessionClosed) as e:
                 outcomes.append(PeerOutcome(peer.org, peer.node_id, False, str(e)))

@@ -124,7 +124,7 @@ class Fetcher:
     ) -> None:
         self._holdings = holdings
         self._peers = peers
-        self._clock = clock
+        self.clock = clock
         self._suspects: set[tuple[str, BlobKey]] = set()
 
     def suspect(self, peer: str, key: BlobKey) -> None:
@@ -144,7 +144,7 @@ class Fetcher:
         fetch = PeerFetch(self._holdings, session, key, version)
         reply = session.fetch(wire.Fetch(key.owner, key.blob, version), fetch)
         reply.addBoth(fetch.ended)
-        timer = self._clock.callLater(FETCH_TIMEOUT, reply.cancel)
+        timer = self.clock.callLater(FETCH_TIMEOUT, reply.cancel)
         try:
             header = await fetch.header
         finally:

@@ -11,7 +11,7 @@ peer's), and restored whole when it was missing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import BinaryIO, Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -412,13 +412,21 @@ class Reader:
     """
 
     def __init__(
-        self, owner: Owner, holdings: Holdings, ledger: Ledger, fetcher: Fetcher, clock: Clock
+        self,
+        owner: Owner,
+        holdings: Holdings,
+        ledger: Ledger,
+        fetcher: Fetcher,
+        clock: Clock,
+        rebuild: Callable[[BlobKey, int], Awaitable[bool]] | None = None,
     ) -> None:
+        """``rebuild``: brings a version of this org's file back from its shares."""
         self._owner = owner
         self._holdings = holdings
         self._ledger = ledger
         self._fetcher = fetcher
         self._clock = clock
+        self._rebuild = rebuild
 
     async def open_download(self, name: str, reader: ReadKey | None = None) -> Download:
         """The local copy if it verifies, else one fetched from a peer (FileNotFound).
@@ -486,6 +494,12 @@ class Reader:
                     blob=key.blob,
                     error=str(e),
                 )
+        # No peer holds a copy: with erasure coding, the shares peers hold rebuild it.
+        if own and version is not None and self._rebuild is not None:
+            if await self._rebuild(key, version):
+                local = self._open_local(key, name, org_key, own, version)
+                if local is not None:
+                    return local
         raise FileNotFound(name)
 
     def _read(

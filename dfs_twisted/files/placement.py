@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 from blake3 import blake3
 
+from ..crypto import share_id
+from ..erasure import Erasure
 from ..wire import Code
 
 __all__ = ["REFUSAL_MEMORY", "ROOM_CODES", "Placement", "Redundancy", "rank"]
@@ -47,11 +49,15 @@ def rank(blob: str, peers: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Redundancy:
-    """How many peers hold a copy of each blob besides the owner (None: every peer)."""
+    """How many peers hold a copy of each blob besides the owner (None: every peer),
+    or, with ``erasure``, how many shares are made and how many rebuild a file."""
 
     replicas: int | None = None
+    erasure: Erasure | None = None
 
     def __str__(self) -> str:
+        if self.erasure is not None:
+            return str(self.erasure)
         return "all" if self.replicas is None else str(self.replicas)
 
 
@@ -78,7 +84,11 @@ class Placement:
 
     @property
     def everywhere(self) -> bool:
-        return self.redundancy.replicas is None
+        return self.redundancy.replicas is None and self.redundancy.erasure is None
+
+    @property
+    def erasure(self) -> Erasure | None:
+        return self.redundancy.erasure
 
     def available(self) -> list[str]:
         """Peers that may be chosen now: connected, or away for less than repair_after
@@ -90,27 +100,64 @@ class Placement:
             if last_seen is None or now - last_seen < self.repair_after
         ]
 
+    def _passed_over(self, peer: str, blob: str, now: float) -> bool:
+        refused = self._refused.get((peer, blob))
+        return refused is not None and now - refused < REFUSAL_MEMORY
+
     def targets(self, blob: str, available: list[str] | None = None) -> list[str]:
-        """The peers that should hold ``blob`` now, in rank order (among ``available``,
-        by default the peers available now)."""
+        """The peers that should hold ``blob`` (or, with erasure, one of its shares)
+        now, in rank order (among ``available``, by default the peers available now)."""
         if available is None:
             available = self.available()
+        if self.erasure is not None:
+            return [peer for peer in self.slots(blob, available) if peer is not None]
         wanted = self.redundancy.replicas
         if wanted is None:
             return available
         now = self._clock()
         chosen = []
         for peer in rank(blob, available):
-            refused = self._refused.get((peer, blob))
-            if refused is not None and now - refused < REFUSAL_MEMORY:
+            if self._passed_over(peer, blob, now):
                 continue
             chosen.append(peer)
             if len(chosen) == wanted:
                 break
         return chosen
 
+    def slots(self, blob: str, available: list[str] | None = None) -> list[str | None]:
+        """With erasure, the peer that should hold each share of ``blob`` (None: no
+        peer left for it). Share i goes to the i-th peer in rank order among every
+        peer met, so that a peer away or full moves only its own share: that one
+        goes to the next peer in rank order not holding another (and comes back
+        when the peer does)."""
+        assert self.erasure is not None
+        if available is None:
+            available = self.available()
+        usable = set(available)
+        now = self._clock()
+        ranked = rank(blob, self._known())
+        primary = ranked[: self.erasure.n]
+        spares = [p for p in ranked[self.erasure.n :] if p in usable]
+        chosen: list[str | None] = []
+        for index in range(self.erasure.n):
+            share = share_id(blob, index)
+            peer = primary[index] if index < len(primary) else None
+            if peer is None or peer not in usable or self._passed_over(peer, share, now):
+                peer = next((p for p in spares if not self._passed_over(p, share, now)), None)
+                if peer is not None:
+                    spares.remove(peer)
+            chosen.append(peer)
+        return chosen
+
+    def share_of(self, peer: str, blob: str, available: list[str] | None = None) -> int | None:
+        """With erasure, the index of the share of ``blob`` ``peer`` should hold, if any."""
+        slots = self.slots(blob, available)
+        return slots.index(peer) if peer in slots else None
+
     def wanted(self) -> int:
-        """How many peer copies each blob should have."""
+        """How many peer copies (or shares) each blob should have."""
+        if self.erasure is not None:
+            return self.erasure.n
         if self.redundancy.replicas is not None:
             return self.redundancy.replicas
         return len(self.available())
@@ -160,31 +207,51 @@ class Placement:
         """The peers known to hold exactly ``version`` of ``blob``."""
         return [p for p, v in self._held.get(blob, {}).items() if v == version]
 
+    def copies(self, blob: str, version: int) -> int:
+        """Peer copies of ``version`` of a file known: replicas, or (with erasure)
+        its distinct shares held."""
+        if self.erasure is None:
+            return len(self.holders(blob, version))
+        return sum(
+            bool(self.holders(share_id(blob, index), version)) for index in range(self.erasure.n)
+        )
+
     def under_replicated(self, files: Iterable[tuple[str, int]]) -> int:
         """How many of ``files`` (blob, version) have fewer peer copies than wanted."""
         wanted = self.wanted()
-        return sum(len(self.holders(blob, version)) < wanted for blob, version in files)
+        return sum(self.copies(blob, version) < wanted for blob, version in files)
 
     def held_by(self, sizes: dict[str, tuple[int, int]]) -> dict[str, int]:
         """Bytes of this org's blobs each peer holds, from ``sizes`` (blob -> version,
-        size) of the current versions."""
+        size) of the current versions (with erasure: the size of a share's contents)."""
         held: dict[str, int] = {}
-        for blob, holders in self._held.items():
-            current = sizes.get(blob)
-            if current is None:
-                continue
-            version, size = current
-            for peer, v in holders.items():
-                if v == version:
-                    held[peer] = held.get(peer, 0) + size
+        for blob, (version, size) in sizes.items():
+            if self.erasure is None:
+                parts = [blob]
+            else:
+                parts = [share_id(blob, index) for index in range(self.erasure.n)]
+                size = self.erasure.share_size(size)
+            for part in parts:
+                for peer, v in self._held.get(part, {}).items():
+                    if v == version:
+                        held[peer] = held.get(peer, 0) + size
         return held
 
     def surplus(self, blob: str, version: int, available: list[str] | None = None) -> list[str]:
-        """Holders beyond the targets, once every target holds ``version``: to release."""
-        if self.everywhere:
+        """Holders beyond the targets, once every target holds ``version``: to release.
+        With erasure, ``blob`` is a share's id; `share_placed` answers for shares."""
+        if self.everywhere or self.erasure is not None:
             return []
         targets = self.targets(blob, available)
         holders = self.holders(blob, version)
         if len(targets) < (self.redundancy.replicas or 0) or not set(targets) <= set(holders):
             return []  # not fully placed yet: an extra copy is still worth keeping
         return [p for p in holders if p not in targets]
+
+    def share_placed(
+        self, blob: str, index: int, version: int, available: list[str] | None = None
+    ) -> str | None:
+        """The peer whose slot share ``index`` of ``blob`` is, if it holds ``version``
+        of it (any other copy of that share is then surplus: to release)."""
+        slot = self.slots(blob, available)[index]
+        return slot if slot in self.holders(share_id(blob, index), version) else None

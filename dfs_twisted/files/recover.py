@@ -16,12 +16,15 @@ from twisted.logger import Logger
 
 from .. import wire
 from ..crypto import (
+    BlobHeader,
     BlobRecord,
     CryptoError,
+    Metadata,
     OrgKey,
     open_metadata,
     parse_header,
     plaintext_size,
+    share_id,
 )
 from ..keys import ReadKey
 from ..ledger import Ledger, LedgerEntry
@@ -32,11 +35,13 @@ from .errors import DamagedBlob
 from .fetch import Fetcher
 from .holdings import Holdings, read_header
 from .owner import Owner
+from .shares import rebuild
 from .sync import Sync
 
 log = Logger()
 
 Listings = dict[str, dict[str, wire.ListEntry]]  # peer node id -> blob -> what it claims
+Copies = tuple[int, int | None]  # peers holding a version of a file; its shares held
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,8 @@ class FileEntry:
     mtime: int
     replicas: int
     here: bool = True  # held by this node (else only by peers: `recover` brings it back)
-    wanted: int | None = None  # copies this org wants of its own files (here included)
+    wanted: int | None = None  # copies (or, with erasure, shares) this org wants of its files
+    shares: int | None = None  # with erasure coding: distinct shares of it peers hold
 
 
 class Recovery:
@@ -134,11 +140,20 @@ class Recovery:
             for peer, listing in listings.items():
                 self._sync.learn(peer, listing)
 
-        def copies(blob: str, version: int) -> int:
-            """Peers holding this version: as this node knows, or as they listed it."""
+        n = self._erasure_n() if reader is None else 0
+
+        def copies(blob: str, version: int) -> Copies:
+            """Peers holding this version (and with erasure coding, how many distinct
+            shares of it peers hold): as this node knows, or as they listed it."""
+            placement = self._sync.placement
             if known:
-                return len(self._sync.placement.holders(blob, version))
-            return self._holders(listings, blob, version, reader is None)
+                shares = placement.copies(blob, version) if n else None
+                return len(placement.holders(blob, version)), shares
+            own = reader is None
+            if n:
+                ids = [share_id(blob, i) for i in range(n)]
+                shares = sum(self._holders(listings, s, version, own) > 0 for s in ids)
+            return self._holders(listings, blob, version, own), shares if n else None
 
         store = self._holdings.store
         entries = []
@@ -160,45 +175,51 @@ class Recovery:
             except CryptoError as e:
                 log.warn("skipping unreadable blob {blob}: {error}", blob=blob, error=str(e))
                 continue
-            replicas = 1 + copies(blob, held.version)
-            entries.append(FileEntry(meta.name, size, blob, meta.mtime, replicas))
+            replicas, shares = copies(blob, held.version)
+            entries.append(
+                FileEntry(meta.name, size, blob, meta.mtime, 1 + replicas, shares=shares)
+            )
         if known:
             entries += self._ledger_elsewhere(self._ledger.live(), copies)
         elif reader is None:
-            entries += await self._own_held_elsewhere(listings)
+            entries += await self._own_held_elsewhere(listings, copies)
         else:
             entries += await self._held_elsewhere(org, listings)
         return sorted(entries, key=lambda e: e.name)
 
     def _ledger_elsewhere(
-        self, written: list[LedgerEntry], copies: Callable[[str, int], int]
+        self, written: list[LedgerEntry], copies: Callable[[str, int], Copies]
     ) -> list[FileEntry]:
         """The files of ``written`` (ledger entries) whose newest version is not held
-        here, each with ``copies(blob, version)`` peers holding it."""
+        here, each with ``copies(blob, version)`` peers holding it (and its shares)."""
         found = []
         for entry in written:
             key = BlobKey(self._owner.node_id, entry.blob)
             if entry.name is None or not self._holdings.catalog.is_newer(key, entry.version):
                 continue  # held here: listed already
+            replicas, shares = copies(entry.blob, entry.version)
             found.append(
                 FileEntry(
                     entry.name,
                     entry.size or 0,
                     entry.blob,
                     entry.mtime or 0,
-                    copies(entry.blob, entry.version),
+                    replicas,
                     here=False,
+                    shares=shares,
                 )
             )
         return found
 
-    async def _own_held_elsewhere(self, listings: Listings) -> list[FileEntry]:
+    async def _own_held_elsewhere(
+        self, listings: Listings, copies: Callable[[str, int], Copies]
+    ) -> list[FileEntry]:
         """This org's files whose newest version this node does not hold: from the
         ledger, and from what peers prove (for files the ledger does not know)."""
         catalog = self._holdings.catalog
         written = self._ledger.live()
         known = {entry.blob for entry in written}
-        found = self._ledger_elsewhere(written, lambda b, v: self._holders(listings, b, v))
+        found = self._ledger_elsewhere(written, copies)
         sessions = {s.info.node_id: s for s in self._peers()}
         for blob, claims in sorted(self._proven(listings).items()):
             newest = max(claims, key=lambda c: c[1].version)[1]
@@ -215,6 +236,18 @@ class Recovery:
         self, holders: list[PeerSession], key: BlobKey, claim: wire.ListEntry
     ) -> FileEntry | None:
         """A file's entry from a header a peer holds, checked against the proven record."""
+        meta = await self._proven_metadata(holders, key, claim)
+        if meta is None or meta.share is not None:
+            return None  # unreadable, or a share: `recover` rebuilds its file
+        size = BlobRecord.from_bytes(
+            key.owner, key.blob, claim.version, bytes.fromhex(claim.proof)
+        ).size
+        return FileEntry(meta.name, size, key.blob, meta.mtime, len(holders), False)
+
+    async def _proven_metadata(
+        self, holders: list[PeerSession], key: BlobKey, claim: wire.ListEntry
+    ) -> Metadata | None:
+        """The metadata in the header a peer holds, checked against the proven record."""
         record = BlobRecord.from_bytes(
             key.owner, key.blob, claim.version, bytes.fromhex(claim.proof)
         )
@@ -224,8 +257,7 @@ class Recovery:
                 raw = bytes.fromhex(reply.header)
                 if blake3(raw).digest() != record.header_digest:
                     continue  # not the header the owner signed
-                meta = open_metadata(self._owner.key, parse_header(raw))
-                return FileEntry(meta.name, record.size, key.blob, meta.mtime, len(holders), False)
+                return open_metadata(self._owner.key, parse_header(raw))
             except (RemoteError, SessionClosed, CryptoError):
                 continue
         return None
@@ -289,11 +321,14 @@ class Recovery:
             except (RemoteError, SessionClosed) as e:
                 errors.append(f"{session.info.org}: {e}")
         proven = self._proven(listings)
-        for blob in sorted({*proven, *(e.blob for e in self._ledger.live())}):
+        shares = await self._shares(proven, sessions)
+        for blob in sorted({*proven, *shares, *(e.blob for e in self._ledger.live())}):
             key = BlobKey(owner.node_id, blob)
             self._holdings.held(key)  # forgets a blob that went missing on disk
             written = self._ledger.get(blob)
-            claims = proven.get(blob, [])
+            replicas = proven.get(blob, [])
+            # A proven version of a share is one of its file's: the owner made it.
+            claims = replicas + [(p, c) for p, c, _ in shares.get(blob, []) if not c.deleted]
             best = max((c for _, c in claims), key=lambda c: c.version, default=None)
             if written is not None and (best is None or written.version >= best.version):
                 if not self._holdings.catalog.is_newer(key, written.version):
@@ -301,7 +336,6 @@ class Recovery:
                 if written.deleted:
                     await self._holdings.bury(owner.tombstone(blob, _claim(written)), owner.node_id)
                     continue
-                holders = [p for p, c in claims if c.version == written.version]
                 version, name = written.version, written.name or blob[:16]
             elif best is not None:
                 if not self._holdings.catalog.is_newer(key, best.version):
@@ -311,11 +345,13 @@ class Recovery:
                     await self._holdings.bury(tomb, owner.node_id)
                     await self._ledger.record(LedgerEntry(blob, best.version, True, tomb.signature))
                     continue
-                holders = [p for p, c in claims if c.version == best.version]
                 version, name = best.version, blob[:16]
             else:
                 continue
-            restored = await self._restore(key, version, [sessions[p] for p in holders], errors)
+            holders = [sessions[p] for p, c in replicas if c.version == version]
+            restored = await self._restore(key, version, holders, errors)
+            if restored is None:
+                restored = await self._rebuild(key, version, shares.get(blob, []), sessions)
             if restored is not None:
                 recovered.append(restored)
             else:
@@ -345,16 +381,76 @@ class Recovery:
             except (RemoteError, SessionClosed, DamagedBlob, CryptoError, TimeoutError) as e:
                 errors.append(f"{key.blob[:16]} from {session.info.org}: {e}")
                 continue
-            held = self._holdings.catalog.get(key)
-            meta = open_metadata(self._owner.key, header)
-            if held is not None and held.version == version:
-                proof = self._holdings.proof(key, held)
-                record = BlobRecord.from_bytes(key.owner, key.blob, version, proof)
-                await self._ledger.record(
-                    LedgerEntry(key.blob, version, False, proof, meta.name, record.size, meta.mtime)
-                )
-            return meta.name
+            return await self._restored(key, version, header)
         return None
+
+    async def _rebuild(
+        self,
+        key: BlobKey,
+        version: int,
+        claims: list[tuple[str, wire.ListEntry, int]],
+        sessions: dict[str, PeerSession],
+    ) -> str | None:
+        """Rebuild ``version`` of a file from the shares peers proved they hold (any
+        K of them); record it in the ledger; return the file's name."""
+        holders: dict[int, list[PeerSession]] = {}
+        for peer, claim, index in claims:
+            if claim.version == version and not claim.deleted and peer in sessions:
+                holders.setdefault(index, []).append(sessions[peer])
+        if not holders:
+            return None
+        header = await rebuild(
+            self._owner, self._holdings, self._fetcher.clock, key.blob, version, holders
+        )
+        return None if header is None else await self._restored(key, version, header)
+
+    async def _restored(self, key: BlobKey, version: int, header: BlobHeader) -> str:
+        """A version of a file is back in the store: record it in the ledger."""
+        held = self._holdings.catalog.get(key)
+        meta = open_metadata(self._owner.key, header)
+        if held is not None and held.version == version:
+            proof = self._holdings.proof(key, held)
+            record = BlobRecord.from_bytes(key.owner, key.blob, version, proof)
+            await self._ledger.record(
+                LedgerEntry(key.blob, version, False, proof, meta.name, record.size, meta.mtime)
+            )
+        return meta.name
+
+    def _erasure_n(self) -> int:
+        erasure = self._sync.placement.erasure
+        return 0 if erasure is None else erasure.n
+
+    async def _shares(
+        self, proven: dict[str, list[tuple[str, wire.ListEntry]]], sessions: dict[str, PeerSession]
+    ) -> dict[str, list[tuple[str, wire.ListEntry, int]]]:
+        """Which proven claims are of erasure-coded shares, by file blob id: (peer,
+        claim, share index). Removed from ``proven``: a share is not a file. Shares
+        of the ledger's files are known by their ids; any other blob a peer proves
+        is a share if its metadata (asked of a holder) says so."""
+        n = self._erasure_n()
+        ids = {share_id(e.blob, i): (e.blob, i) for e in self._ledger.live() for i in range(n)}
+        written = {e.blob for e in self._ledger.live()}
+        found: dict[str, list[tuple[str, wire.ListEntry, int]]] = {}
+        for blob, claims in list(proven.items()):
+            if blob in written:
+                continue
+            if blob not in ids:
+                live = [(p, c) for p, c in claims if not c.deleted and p in sessions]
+                if not live:
+                    continue
+                newest = max((c for _, c in live), key=lambda c: c.version)
+                meta = await self._proven_metadata(
+                    [sessions[p] for p, c in live if c == newest],
+                    BlobKey(self._owner.node_id, blob),
+                    newest,
+                )
+                if meta is None or meta.share is None:
+                    continue
+                ids[blob] = (self._owner.key.blob_id(meta.name), meta.share.index)
+            file, index = ids[blob]
+            found.setdefault(file, []).extend((p, c, index) for p, c in claims)
+            del proven[blob]
+        return found
 
 
 def _claim(written: LedgerEntry) -> wire.ListEntry:

@@ -20,12 +20,13 @@ from twisted.logger import Logger
 
 from .. import merkle, wire
 from ..catalog import Entry
-from ..crypto import CryptoError, Release
+from ..crypto import CryptoError, Release, open_metadata, share_id
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
-from .holdings import Holdings
+from .holdings import Holdings, read_header
 from .owner import Owner
 from .placement import ROOM_CODES, Placement
+from .shares import ShareMaker, share_pieces
 
 log = Logger()
 
@@ -169,30 +170,45 @@ class Sync:
         the part a peer should hold, all of it (the tree is of what it holds, all
         of which a target need not hold); then release its surplus copies."""
         peer = session.info.node_id
-        catalog = self._holdings.catalog
         client = PeerClient(session)
         owner = self._node_id
         available = self.placement.available()
-        # What the peer should hold: this org's blobs it is a target for, and every tombstone.
-        due = [
-            (blob, entry)
-            for blob, entry in catalog.entries(owner)
-            if entry.deleted or self.placement.is_target(peer, blob, available)
-        ]
-        digest, count = merkle.digest_of((b, e.version, e.deleted) for b, e in due)
+        due = self._due(peer, available)
+        digest, count = merkle.digest_of((b, e.version, e.deleted) for b, (e, _) in due.items())
         if await client.digest(owner) == (digest.hex(), count):
-            self.placement.learn(peer, {b: e.version for b, e in due if not e.deleted})
+            self.placement.learn(peer, {b: e.version for b, (e, _) in due.items() if not e.deleted})
             return 0
         theirs = await client.list_all(owner)
         self.learn(peer, theirs)
         sent = 0
-        for blob, entry in due:
+        for blob, (entry, share) in due.items():
             if (other := theirs.get(blob)) is None or other.version < entry.version:
                 if session.closed:
                     return None
-                sent += await self.offer(session, BlobKey(owner, blob), entry)
+                if share is None:
+                    sent += await self.offer(session, BlobKey(owner, blob), entry)
+                else:
+                    sent += await self.offer_share(session, *share, entry)
         await self._release_surplus(session, theirs, available)
         return sent
+
+    def _due(
+        self, peer: str, available: list[str]
+    ) -> dict[str, tuple[Entry, tuple[str, int] | None]]:
+        """What a peer should hold of this org's namespace: the blobs it is a target
+        for (with erasure, the share of each it should hold: its id -> the file's blob
+        and the share's index), and every tombstone."""
+        due: dict[str, tuple[Entry, tuple[str, int] | None]] = {}
+        for blob, entry in self._holdings.catalog.entries(self._node_id):
+            if entry.deleted:
+                due[blob] = (entry, None)
+            elif self.placement.erasure is not None:
+                index = self.placement.share_of(peer, blob, available)
+                if index is not None:
+                    due[share_id(blob, index)] = (entry, (blob, index))
+            elif self.placement.is_target(peer, blob, available):
+                due[blob] = (entry, None)
+        return due
 
     async def offer(self, session: PeerSession, key: BlobKey, entry: Entry) -> int:
         """Send one blob or tombstone to a peer; 1 if the peer took it."""
@@ -213,22 +229,57 @@ class Sync:
                     self.placement.holds(session.info.node_id, key.blob, entry.version)
             return 1
         except RemoteError as e:
-            if key.owner == self._node_id and e.code in ROOM_CODES:
-                self.placement.refused(session.info.node_id, key.blob)
-            if e.code in ("have", "busy", "not_found"):
-                return 0
-            # Out of room or of rate there is expected, and retried each sync: not a warning.
-            level = log.info if e.code in ("quota", "disk_full", "slow_down") else log.warn
-            level(
-                "{org} refused {blob}: {error}", org=session.info.org, blob=key.blob, error=str(e)
-            )
+            return self._refused(session, key, e)
         except (SessionClosed, CryptoError) as e:
-            log.warn(
-                "could not send {blob} to {org}: {error}",
-                blob=key.blob,
-                org=session.info.org,
-                error=str(e),
-            )
+            self._not_sent(session, key, e)
+        return 0
+
+    def _refused(self, session: PeerSession, key: BlobKey, e: RemoteError) -> int:
+        if key.owner == self._node_id and e.code in ROOM_CODES:
+            self.placement.refused(session.info.node_id, key.blob)
+        if e.code in ("have", "busy", "not_found"):
+            return 0
+        # Out of room or of rate there is expected, and retried each sync: not a warning.
+        level = log.info if e.code in ("quota", "disk_full", "slow_down") else log.warn
+        level("{org} refused {blob}: {error}", org=session.info.org, blob=key.blob, error=str(e))
+        return 0
+
+    def _not_sent(self, session: PeerSession, key: BlobKey, e: Exception) -> None:
+        log.warn(
+            "could not send {blob} to {org}: {error}",
+            blob=key.blob,
+            org=session.info.org,
+            error=str(e),
+        )
+
+    async def offer_share(self, session: PeerSession, blob: str, index: int, entry: Entry) -> int:
+        """Make share ``index`` of this org's file ``blob`` from the blob here and send
+        it to a peer; 1 if the peer took it."""
+        erasure = self.placement.erasure
+        assert erasure is not None
+        key = BlobKey(self._node_id, blob)
+        f = self._holdings.store.open(key)
+        if f is None:
+            return 0  # deleted meanwhile
+        share = BlobKey(self._node_id, share_id(blob, index))
+        try:
+            with f:
+                header = read_header(f)
+                meta = open_metadata(self._owner.key, header)
+                if header.version != entry.version:
+                    return 0  # replaced meanwhile: the next sync sends the new one
+                f.seek(0)
+                maker = ShareMaker(
+                    self._owner, erasure, meta.name, header.version, meta.mtime, [index]
+                )
+                size = maker.announced(0, os.fstat(f.fileno()).st_size)
+                await PeerClient(session).send(share, header.version, size, share_pieces(maker, f))
+            self.placement.holds(session.info.node_id, share.blob, entry.version)
+            return 1
+        except RemoteError as e:
+            return self._refused(session, share, e)
+        except (SessionClosed, CryptoError) as e:
+            self._not_sent(session, share, e)
         return 0
 
     def relay_change(self, source: PeerSession, key: BlobKey, entry: Entry) -> None:
@@ -261,8 +312,17 @@ class Sync:
     ) -> None:
         """Let a peer drop the copies it holds beyond their blobs' targets."""
         peer = session.info.node_id
+        shares = self._shares(theirs) if self.placement.erasure is not None else {}
         for blob, claim in theirs.items():
-            if claim.deleted or peer not in self.placement.surplus(blob, claim.version, available):
+            if claim.deleted:
+                continue
+            if blob in shares:
+                # Any version of a share held beside the peer whose slot it is, once
+                # that one holds the current version.
+                placed = self.placement.share_placed(*shares[blob], available)
+                if placed is None or placed == peer:
+                    continue
+            elif peer not in self.placement.surplus(blob, claim.version, available):
                 continue
             release = Release.sign(self._owner.signer, blob, claim.version, peer)
             try:
@@ -272,3 +332,17 @@ class Sync:
                 return
             self.placement.lost(peer, blob)
             log.info("released {blob} on {org}", blob=blob, org=session.info.org)
+
+    def _shares(self, theirs: dict[str, wire.ListEntry]) -> dict[str, tuple[str, int, int]]:
+        """Which of the blob ids a peer listed are shares of this org's current files:
+        share id -> (file blob, index, current version)."""
+        erasure = self.placement.erasure
+        assert erasure is not None
+        found = {}
+        for blob, entry in self._holdings.catalog.entries(self._node_id):
+            if entry.deleted:
+                continue
+            for index in range(erasure.n):
+                if (share := share_id(blob, index)) in theirs:
+                    found[share] = (blob, index, entry.version)
+        return found

@@ -324,12 +324,15 @@
     let under = 0;
     for (const f of list) {
       const wanted = isNum(f.wanted) ? f.wanted : want;
-      const low = isNum(f.replicas) && f.replicas < wanted;
+      // Erasure coded: the shares held against those wanted; else the copies.
+      const held = isNum(f.shares) ? f.shares : f.replicas;
+      const low = isNum(held) && held < wanted;
       if (low) under++;
       const tr = el("tr", null, low ? "file under" : "file");
       cell(tr, f.name ?? "", "name");
       cell(tr, size(f.size), "num", isNum(f.size) ? f.size + " bytes" : "");
-      cell(tr, isNum(f.replicas) ? f.replicas + " / " + wanted : DASH, "num");
+      cell(tr, isNum(held) ? held + " / " + wanted + (isNum(f.shares) ? " shares" : "") : DASH,
+        "num");
       cell(tr, when(f.mtime));
       const s = cell(tr, "");
       s.appendChild(low ? el("span", "under-replicated", "badge warn")
