@@ -1,10 +1,13 @@
-"""Twelve node processes with a network key and --replicas 3: placement, loss, repair.
+"""Twelve node processes with a network key and --replicas 3 (or --erasure 3-of-6):
+placement, loss, repair.
 
 Every node is its own `twistd -n dfs`; they all link to each other. Each file of
 the owner is on exactly 3 peers; two of them are killed and every file still
 reads (with the owner's own copies gone too, from the remaining holders); after
 --repair-after the owner puts third copies elsewhere; when the two come back the
 copies made meanwhile are released, and each file is on exactly 3 peers again.
+With --erasure 3-of-6 the same story with shares: each of the 6 shares of a file
+on its own peer, three peers killed, every file rebuilt from the shares left.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
+from dfs_twisted.crypto import share_id
 from dfs_twisted.launcher import BIN, NodeProcess, free_port
 from tests.shared import wait_until
 
@@ -29,9 +33,12 @@ pytestmark = pytest.mark.processes
 NODES = 12
 FILES = 12
 REPLICAS = 3
+K, N = 3, 6
 
 
-class ReplicasNetworkTests(SynchronousTestCase):
+class NetworkCase(SynchronousTestCase):
+    redundancy: tuple[str, ...]
+
     def setUp(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="dfs-placement-"))
         self.addCleanup(shutil.rmtree, self.dir, True)
@@ -44,8 +51,7 @@ class ReplicasNetworkTests(SynchronousTestCase):
         flags = [
             "--network-key",
             str(key),
-            "--replicas",
-            str(REPLICAS),
+            *self.redundancy,
             "--repair-after",
             "3s",
             "--sync-period",
@@ -71,36 +77,62 @@ class ReplicasNetworkTests(SynchronousTestCase):
     def holders(self, blob: str, among: list[NodeProcess]) -> list[NodeProcess]:
         return [n for n in among if self.blob_path(n, blob).is_file()]
 
-    def copies(self, blobs: dict[str, bytes], among: list[NodeProcess]) -> Counter[int]:
-        """How many files have how many peer copies (a histogram)."""
-        return Counter(len(self.holders(blob, among)) for blob in blobs)
-
-    def test_three_copies_survive_two_losses_are_repaired_and_surplus_released(self) -> None:
-        peers = self.nodes[1:]
+    def put_files(self, sizes: list[int]) -> tuple[dict[str, bytes], list[dict[str, object]]]:
+        """Put a file of each size; their blob ids and contents, and put's answers."""
         blobs: dict[str, bytes] = {}
-        for i in range(FILES):
-            data = os.urandom(20_000 + i)
+        answers = []
+        for i, size in enumerate(sizes):
+            data = os.urandom(size)
             source = self.dir / f"f{i}"
             source.write_bytes(data)
             out = self.owner.dfs("put", str(source), "--name", f"f{i}", "--json")
             answer = json.loads(out.stdout)
-            self.assertEqual(answer["replicas"], 1 + REPLICAS)
             blobs[answer["blob"]] = data
-        self.assertEqual(self.copies(blobs, peers), Counter({REPLICAS: FILES}))
+            answers.append(answer)
+        return blobs, answers
 
-        # The two peers holding most of the files go (a power cut: SIGKILL).
-        load = Counter(n.port for blob in blobs for n in self.holders(blob, peers))
-        lost = [n for n in peers if n.port in {p for p, _ in load.most_common(2)}]
-        for node in lost:
-            node.stop(signal.SIGKILL)
-        alive = [n for n in peers if n not in lost]
-        # Every file still reads, even with the owner's own copies gone.
+    def read_without_local_copies(self, blobs: dict[str, bytes]) -> None:
+        """Every file still reads, even with the owner's own copies gone."""
         for blob in blobs:
             self.blob_path(self.owner, blob).unlink()
         for i, data in enumerate(blobs.values()):
             got = self.owner.dfs("get", f"f{i}", "-o", str(self.dir / f"got{i}"))
             self.assertEqual(got.returncode, 0, got.stderr)
             self.assertEqual((self.dir / f"got{i}").read_bytes(), data)
+
+    def kill_busiest(self, count: int, parts: list[str]) -> tuple[list[NodeProcess], ...]:
+        """Kill (SIGKILL: a power cut) the ``count`` peers holding most of ``parts``;
+        the killed, and the peers left."""
+        peers = self.nodes[1:]
+        load = Counter(n.port for blob in parts for n in self.holders(blob, peers))
+        lost = [n for n in peers if n.port in {p for p, _ in load.most_common(count)}]
+        for node in lost:
+            node.stop(signal.SIGKILL)
+        return lost, [n for n in peers if n not in lost]
+
+    def bring_back(self, lost: list[NodeProcess]) -> None:
+        for node in lost:
+            node.start()
+            node.wait_ready(60)
+        self.owner.wait_peers(NODES - 1, timeout=120)
+
+
+class ReplicasNetworkTests(NetworkCase):
+    redundancy = ("--replicas", str(REPLICAS))
+
+    def copies(self, blobs: dict[str, bytes], among: list[NodeProcess]) -> Counter[int]:
+        """How many files have how many peer copies (a histogram)."""
+        return Counter(len(self.holders(blob, among)) for blob in blobs)
+
+    def test_three_copies_survive_two_losses_are_repaired_and_surplus_released(self) -> None:
+        peers = self.nodes[1:]
+        blobs, answers = self.put_files([20_000 + i for i in range(FILES)])
+        self.assertEqual({a["replicas"] for a in answers}, {1 + REPLICAS})
+        self.assertEqual(self.copies(blobs, peers), Counter({REPLICAS: FILES}))
+
+        # The two peers holding most of the files go.
+        lost, alive = self.kill_busiest(2, list(blobs))
+        self.read_without_local_copies(blobs)
 
         # After --repair-after the owner places third copies on the next peers.
         wait_until(
@@ -112,10 +144,7 @@ class ReplicasNetworkTests(SynchronousTestCase):
         self.assertEqual(status["storage"]["under_replicated"], 0)
 
         # The two come back with their copies: the extra ones made meanwhile go.
-        for node in lost:
-            node.start()
-            node.wait_ready(60)
-        self.owner.wait_peers(NODES - 1, timeout=120)
+        self.bring_back(lost)
         wait_until(
             lambda: self.copies(blobs, peers) == Counter({REPLICAS: FILES}),
             "every file on exactly 3 peers again",
@@ -125,3 +154,50 @@ class ReplicasNetworkTests(SynchronousTestCase):
         self.assertEqual(len(listing), FILES)
         for row in listing:
             self.assertEqual((row["replicas"], row["wanted"]), (1 + REPLICAS, 1 + REPLICAS))
+
+
+class ErasureNetworkTests(NetworkCase):
+    redundancy = ("--erasure", f"{K}-of-{N}")
+
+    def shares(self, blobs: dict[str, bytes], among: list[NodeProcess]) -> Counter[tuple[int, int]]:
+        """How many files have how many distinct shares held, by how many holders
+        in all (a histogram of (shares held, copies of shares))."""
+        found: Counter[tuple[int, int]] = Counter()
+        for blob in blobs:
+            held = [len(self.holders(share_id(blob, i), among)) for i in range(N)]
+            found[(sum(h > 0 for h in held), sum(held))] += 1
+        return found
+
+    def test_six_shares_survive_three_losses_are_repaired_and_surplus_released(self) -> None:
+        peers = self.nodes[1:]
+        # One file of several segments (3 MiB each with 3-of-6), the others small.
+        blobs, answers = self.put_files([7 << 20] + [20_000 + i for i in range(FILES - 1)])
+        self.assertEqual({(a["replicas"], a["shares"]) for a in answers}, {(1, N)})
+        # Each share on its own peer, and no peer holds a whole file.
+        self.assertEqual(self.shares(blobs, peers), Counter({(N, N): FILES}))
+        self.assertEqual([b for b in blobs if self.holders(b, peers)], [])
+
+        # The three peers holding most shares go: any K of the six rebuild a file.
+        parts = [share_id(blob, i) for blob in blobs for i in range(N)]
+        lost, alive = self.kill_busiest(N - K, parts)
+        self.read_without_local_copies(blobs)
+
+        # After --repair-after the owner makes the missing shares again, elsewhere.
+        wait_until(
+            lambda: self.shares(blobs, alive) == Counter({(N, N): FILES}),
+            "every file back to 6 live shares",
+            timeout=120,
+        )
+        self.assertEqual(self.owner.status()["storage"]["under_replicated"], 0)
+
+        # The three come back with their shares: the ones made meanwhile go.
+        self.bring_back(lost)
+        wait_until(
+            lambda: self.shares(blobs, peers) == Counter({(N, N): FILES}),
+            "every share on exactly one peer again",
+            timeout=120,
+        )
+        listing = json.loads(self.owner.dfs("ls", "--long", "--json").stdout)
+        self.assertEqual(len(listing), FILES)
+        for row in listing:
+            self.assertEqual((row["replicas"], row["shares"], row["wanted"]), (1, N, N))
