@@ -5,7 +5,9 @@
 
 Prints the start-up time and peak RSS of a real `twistd -n dfs` node holding the
 blobs, the time of `dfs ls` against it, and the time and bytes on the wire of a
-sync with a peer that differs from it by one blob.
+sync with a peer that differs from it by one blob. Then the put throughput of a
+file to three peers, with full replication (three copies) against
+``--erasure 2-of-3`` (three shares of half its size), and the bytes they hold.
 
 The blobs are tiny real blobs (encrypted and signed) of another org, "P", held
 here as replicas, made with the crypto, store and index modules' own API (not the
@@ -35,7 +37,7 @@ from dfs_twisted.catalog import Entry
 from dfs_twisted.crypto import Encryptor, OrgKey, owner_id
 from dfs_twisted.crypto.orgkey import raw_public_key
 from dfs_twisted.index import Row, StoreIndex
-from dfs_twisted.launcher import BIN, NodeProcess, free_port
+from dfs_twisted.launcher import BIN, NodeProcess, free_port, start_network
 from dfs_twisted.store import BlobKey, BlobStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,10 +209,45 @@ def sync_figures(root: Path, org: Org) -> dict[str, float]:
         b.close()
 
 
+def put_figures(root: Path, size_mib: int, redundancy: list[str]) -> tuple[float, int]:
+    """An owner and three peers (four twistd nodes) with ``redundancy``: the MB/s of
+    one put of an incompressible file of ``size_mib`` MiB (the real `dfs put`,
+    durable everywhere it goes), and the bytes the peers hold of it."""
+    ports = [free_port() for _ in range(4)]
+    nodes = start_network(
+        root / "nodes", [(p, ports[:i]) for i, p in enumerate(ports)], extra=redundancy
+    )
+    try:
+        source = root / "put.bin"
+        with source.open("wb") as f:
+            for _ in range(size_mib):
+                f.write(os.urandom(MIB))
+        start = time.perf_counter()
+        subprocess.run(
+            [str(BIN / "dfs"), "--node", str(nodes[0].data_dir), "-q", "put", str(source)],
+            check=True,
+        )
+        seconds = time.perf_counter() - start
+        owner = nodes[0].status()["node_id"]
+        held = sum(
+            p.stat().st_size
+            for node in nodes[1:]
+            for p in (node.data_dir / "store" / owner).rglob("*")
+            if p.is_file()
+        )
+        return size_mib * MIB / seconds / 1e6, held
+    finally:
+        for node in nodes:
+            node.stop()
+        shutil.rmtree(root / "nodes", ignore_errors=True)
+        (root / "put.bin").unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blobs", type=int, default=1_000_000)
     parser.add_argument("--dir", type=Path, default=ROOT / "bench-run")
+    parser.add_argument("--put-mib", type=int, default=256, help="0: skip the put figures")
     args = parser.parse_args()
     root = args.dir / f"scale-{args.blobs}"
     root.mkdir(parents=True, exist_ok=True)
@@ -236,6 +273,14 @@ def main() -> None:
         f"{sync['same_bytes']:,} bytes"
     )
     print(f"(two catalogs loaded in-process in {sync['load_two_catalogs_s']:.2f} s)")
+    if args.put_mib:
+        print(f"put of {args.put_mib} MiB from an owner to three peers:")
+        for what, flags in (
+            ("full replication", []),
+            ("--erasure 2-of-3", ["--erasure", "2-of-3"]),
+        ):
+            rate, held = put_figures(args.dir, args.put_mib, flags)
+            print(f"  {what:<17} {rate:6.0f} MB/s, the peers hold {held / MIB:,.0f} MiB")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -193,9 +193,12 @@ class NodeProcess:
                 self.process.stderr.close()
 
 
-def start_network(root: Path, topology: Sequence[tuple[int, Sequence[int]]]) -> list[NodeProcess]:
-    """Start nodes given as (port, ports it dials) under ``root``; wait until all are linked."""
-    nodes = [NodeProcess(port, root / str(port), peers) for port, peers in topology]
+def start_network(
+    root: Path, topology: Sequence[tuple[int, Sequence[int]]], extra: Sequence[str] = ()
+) -> list[NodeProcess]:
+    """Start nodes given as (port, ports it dials) under ``root``, each with the
+    options ``extra``; wait until all are linked."""
+    nodes = [NodeProcess(port, root / str(port), peers, extra=extra) for port, peers in topology]
     try:
         for node in nodes:
             node.start()
