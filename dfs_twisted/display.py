@@ -105,8 +105,13 @@ def status_table(status: dict[str, Any], now: float | None = None) -> str:
         lines.append(f"        {human_size(size)} of ours held by {shown(peer)[:16]}")
     if "replicas" in storage:
         under = storage.get("under_replicated", 0)
+        redundancy = shown(storage["replicas"])
         lines.append(
-            f"copies  {shown(storage['replicas'])} peers per file"
+            (
+                f"shares  {redundancy} per file (erasure coded)"
+                if "-of-" in redundancy
+                else f"copies  {redundancy} peers per file"
+            )
             + (f", {count(under, 'file', 'files')} short of that" if under else "")
         )
     if "free_bytes" in storage:

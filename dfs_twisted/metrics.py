@@ -224,7 +224,7 @@ class NodeCollector(Collector):
         yield held_for_us
         under = GaugeMetricFamily(
             "dfs_under_replicated_files",
-            "This org's files with fewer peer copies known than --replicas wants.",
+            "This org's files with fewer peer copies (or shares) known than wanted.",
         )
         under.add_metric([], files.under_replicated())
         yield under
