@@ -78,6 +78,7 @@ class Placement:
         self._clock = clock
         self._held: dict[str, dict[str, int]] = {}  # blob -> peer -> version it holds
         self._refused: dict[tuple[str, str], float] = {}  # (peer, blob) -> when
+        self.refusals = 0  # goes up at every refusal: the targets may have changed
         # Goes up at every change of what peers are known to hold: totals computed
         # from it (the page's, the metrics') are kept until it moves.
         self.generation = 0
@@ -187,6 +188,7 @@ class Placement:
     def refused(self, peer: str, blob: str) -> None:
         """``peer`` refused ``blob`` for want of room: the next peer takes its place."""
         self._refused[(peer, blob)] = self._clock()
+        self.refusals += 1
 
     def forget(self, blob: str) -> None:
         """The blob is deleted: nobody is expected to hold it any more."""

@@ -13,6 +13,7 @@ hold (placement.py), and copies beyond that are released.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred
@@ -25,7 +26,7 @@ from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
 from ..store import BlobKey
 from .holdings import Holdings, read_header
 from .owner import Owner
-from .placement import ROOM_CODES, Placement
+from .placement import REFUSAL_MEMORY, ROOM_CODES, Placement
 from .shares import ShareMaker, share_pieces
 
 log = Logger()
@@ -52,6 +53,13 @@ class Sync:
         self.placement = placement
         self._syncing: set[PeerSession] = set()
         self.list_all_below = LIST_ALL_BELOW
+        # Per peer, the state of this org's namespace (and of placement) when the
+        # peer's digest of it last matched, and that digest: while both stay the
+        # same, a sync neither walks the namespace again nor learns it again.
+        self._matched: dict[str, tuple[tuple[object, ...], tuple[str, int]]] = {}
+
+    def _unchanged(self, peer: str, state: tuple[object, ...], theirs: tuple[str, int]) -> bool:
+        return self._matched.get(peer) == (state, theirs)
 
     def sync_all(self) -> None:
         """Compare with every live peer (periodically: a refused or failed transfer
@@ -112,9 +120,11 @@ class Sync:
         own = owner == self._node_id
         theirs_root = await client.digest(owner)
         if theirs_root == catalog.digest(owner):
-            if own:
+            state = (catalog.changes(owner),)
+            if own and not self._unchanged(peer, state, theirs_root):
                 live = {b: e.version for b, e in catalog.entries(owner) if not e.deleted}
                 self.placement.learn(peer, live)
+                self._matched[peer] = (state, theirs_root)
             return 0
         if theirs_root[1] <= self.list_all_below:
             # A small namespace there: its whole listing takes no more round trips
@@ -173,10 +183,22 @@ class Sync:
         client = PeerClient(session)
         owner = self._node_id
         available = self.placement.available()
+        theirs_root = await client.digest(owner)
+        # What the peer should hold depends on this org's files, on the peers
+        # available, and on refusals (remembered for REFUSAL_MEMORY).
+        state = (
+            self._holdings.catalog.changes(owner),
+            tuple(sorted(available)),
+            self.placement.refusals,
+            int(time.time() // REFUSAL_MEMORY),
+        )
+        if self._unchanged(peer, state, theirs_root):
+            return 0
         due = self._due(peer, available)
         digest, count = merkle.digest_of((b, e.version, e.deleted) for b, (e, _) in due.items())
-        if await client.digest(owner) == (digest.hex(), count):
+        if theirs_root == (digest.hex(), count):
             self.placement.learn(peer, {b: e.version for b, (e, _) in due.items() if not e.deleted})
+            self._matched[peer] = (state, theirs_root)
             return 0
         theirs = await client.list_all(owner)
         self.learn(peer, theirs)
