@@ -161,6 +161,17 @@ class Recovery:
             if held.deleted:
                 continue
             key = BlobKey(org.org_id, blob)
+            w = self._ledger.get(blob) if reader is None else None
+            if w and w.version == held.version and w.name and w.size is not None and w.mtime:
+                # The ledger has this version's name, size and time: no header to
+                # open, only the disk to check (a blob gone is forgotten, as below).
+                if self._holdings.held(key) is None:
+                    continue
+                replicas, shares = copies(blob, held.version)
+                entries.append(
+                    FileEntry(w.name, w.size, blob, w.mtime, 1 + replicas, shares=shares)
+                )
+                continue
             # Through holdings: a blob gone from disk is forgotten here, so that the
             # ledger (or a peer's proof) lists the file below as held elsewhere
             # rather than it vanishing from `ls`.
