@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -29,11 +30,12 @@ from dfs_twisted.crypto import (
     parse_header,
     share_id,
 )
+from dfs_twisted.crypto import blob as blob_module
 from dfs_twisted.erasure import Erasure, ShareDecoder, ShareEncoder, parse_erasure
 from dfs_twisted.files.delete import Remover
 from dfs_twisted.files.placement import Placement, Redundancy, rank
 from dfs_twisted.store import BlobKey
-from tests.loopback import MemoryNode, link, settled
+from tests.loopback import MemoryNode, link, pump, settled
 
 pytestmark = pytest.mark.unit
 
@@ -125,12 +127,18 @@ class ShareBlobTests(SynchronousTestCase):
         self.assertIsNone(open_metadata(self.key, parse_header(plain.header)).share)
 
     def test_a_share_filed_under_another_index_does_not_open(self) -> None:
-        enc = Encryptor(self.key, self.signer, "r", 1, share=Share(1, 2, 3))
-        raw = bytearray(enc.header)
-        other = bytes.fromhex(share_id(self.key.blob_id("r"), 2))
-        # The header's blob id field (after magic, format, chunk size, owner, owner key).
-        at = raw.find(bytes.fromhex(enc.blob))
-        raw[at : at + 32] = other
+        # An insider (the owner's own node, buggy or subverted) files share 1 under
+        # the id of share 2: a rebuild asking for share 2 must not take it.
+        with mock.patch.object(blob_module, "share_id", lambda blob, _: share_id(blob, 2)):
+            enc = Encryptor(self.key, self.signer, "r", 1, share=Share(1, 2, 3))
+        self.assertEqual(enc.blob, share_id(self.key.blob_id("r"), 2))
+        with self.assertRaises(IntegrityError):
+            open_metadata(self.key, parse_header(enc.header))
+        # Relabelling a real share's header instead breaks its authentication.
+        real = Encryptor(self.key, self.signer, "r", 1, share=Share(1, 2, 3))
+        raw = bytearray(real.header)
+        at = raw.find(bytes.fromhex(real.blob))
+        raw[at : at + 32] = bytes.fromhex(enc.blob)
         with self.assertRaises(IntegrityError):
             open_metadata(self.key, parse_header(bytes(raw)))
 
@@ -168,6 +176,20 @@ class SlotTests(SynchronousTestCase):
         self.placement.refused(ranked[4], share_id(blob, 4))
         expected[4] = ranked[8]
         self.assertEqual(self.placement.slots(blob), expected)
+
+    def test_a_share_elsewhere_is_surplus_only_once_its_slot_holds_the_version(self) -> None:
+        blob = os.urandom(32).hex()
+        slot = self.placement.slots(blob)[2]
+        assert slot is not None
+        share = share_id(blob, 2)
+        self.assertIsNone(self.placement.share_placed(blob, 2, 5))  # held nowhere yet
+        self.placement.holds(slot, share, 4)
+        self.assertIsNone(self.placement.share_placed(blob, 2, 5))  # an older version
+        self.placement.holds(slot, share, 5)
+        self.assertEqual(self.placement.share_placed(blob, 2, 5), slot)
+        # Back from away, a peer counts for nothing until it lists what it holds.
+        self.placement.forget_peer(slot)
+        self.assertIsNone(self.placement.share_placed(blob, 2, 5))
 
     def test_copies_count_distinct_shares_held_of_the_version(self) -> None:
         blob = os.urandom(32).hex()
@@ -303,6 +325,43 @@ class ErasureNetworkTests(SynchronousTestCase):
         self.assertEqual(self.holders(share), [away])
         for index in (0, 2):
             self.assertEqual(self.holders(share_id(result.blob, index)), [ranked[index]])
+
+    def test_a_spare_keeps_its_share_until_the_slot_peer_holds_it(self) -> None:
+        result = settled(self.owner.put("f", DATA))
+        ranked = rank(result.blob, [p.node_id for p in self.peers])
+        away, spare = ranked[1], ranked[3]
+        at_owner, _ = self.links[away]
+        at_owner.close("gone", at=self.owner.clock.seconds())
+        self.owner.clock.advance(3601)
+        self.sync_all()
+        share = share_id(result.blob, 1)
+        self.assertEqual(sorted(self.holders(share)), sorted([away, spare]))
+        # It comes back having lost its store, and with no room for the share: the
+        # spare's copy is the only one, and must stay.
+        old = self.by_id(away)
+        back = self.node(old.org, owner=old.owner, quota=0)
+        self.peers[self.peers.index(old)] = back
+        at_back, _ = link(self.owner, back)
+        self.owner.sync.met(at_back)  # as the node does when a session comes up
+        self.sync_all()
+        self.sync_all()
+        self.assertEqual(self.holders(share), [spare])
+        mine = self.owner.holdings.held(BlobKey(self.owner.node_id, result.blob))
+        assert mine is not None
+        self.assertEqual(self.owner.placement.under_replicated([(result.blob, mine.version)]), 0)
+
+    def test_a_peer_back_counts_once_it_has_listed_again(self) -> None:
+        result = settled(self.owner.put("f", DATA))
+        mine = self.owner.holdings.held(BlobKey(self.owner.node_id, result.blob))
+        assert mine is not None
+        self.assertEqual(self.owner.placement.copies(result.blob, mine.version), 3)
+        first = rank(result.blob, [p.node_id for p in self.peers])[0]
+        # Its session comes up again: what it held may be gone (a lost disk) until
+        # its listing (or digest) says otherwise.
+        self.owner.sync.met(self.links[first][0])
+        self.assertEqual(self.owner.placement.copies(result.blob, mine.version), 2)
+        pump()  # the catch-up that `met` started: the peer's digest matches
+        self.assertEqual(self.owner.placement.copies(result.blob, mine.version), 3)
 
     def test_a_delete_buries_every_share(self) -> None:
         result = settled(self.owner.put("f", DATA))

@@ -54,6 +54,7 @@ class Mutant:
 
 
 PATHS = "tests/test_error_paths.py"
+ERASURE = "tests/test_erasure.py"
 CHUNK = "tests/test_crypto.py::ChunkSignatureTests"
 SEAL = "tests/test_crypto.py::SealTests"
 TOMB = "tests/test_crypto.py::TombstoneTests"
@@ -121,9 +122,37 @@ MUTANTS = [
         "blob-id-matches-the-name",
         "dfs_twisted/crypto/blob.py",
         "if isinstance(key, OrgKey) and not "
-        "_stdlib_hmac.compare_digest(key.blob_id(name), header.blob):",
+        "_stdlib_hmac.compare_digest(meta.blob_id(key), header.blob):",
         "if False:",
-        ("tests/test_crypto.py::TamperTests::test_blob_filed_under_another_name_is_refused",),
+        (
+            "tests/test_crypto.py::TamperTests::test_blob_filed_under_another_name_is_refused",
+            f"{ERASURE}::ShareBlobTests::test_a_share_filed_under_another_index_does_not_open",
+        ),
+    ),
+    # ------------------------------------------------------------ erasure coding
+    Mutant(
+        "a-delete-buries-every-share",
+        "dfs_twisted/files/delete.py",
+        "        tombs = [tomb, *(Tombstone.sign(self._owner.signer, s, version) for s in shares)]",
+        "        tombs = [tomb]",
+        (f"{ERASURE}::ErasureNetworkTests::test_a_delete_buries_every_share",),
+    ),
+    Mutant(
+        "share-surplus-only-once-its-slot-holds-it",
+        "dfs_twisted/files/placement.py",
+        "        return slot if slot in self.holders(share_id(blob, index), version) else None",
+        "        return slot",
+        (
+            f"{ERASURE}::SlotTests",
+            f"{ERASURE}::ErasureNetworkTests::test_a_spare_keeps_its_share_until_the_slot_peer_holds_it",
+        ),
+    ),
+    Mutant(
+        "a-peer-back-counts-once-it-lists",
+        "dfs_twisted/files/sync.py",
+        "        self.placement.forget_peer(session.info.node_id)\n",
+        "",
+        (f"{ERASURE}::ErasureNetworkTests::test_a_peer_back_counts_once_it_has_listed_again",),
     ),
     # ------------------------------------------------------------ tombstones
     Mutant(

@@ -14,9 +14,15 @@ every target holds the blob, the copies beyond the targets are released: the
 owner signs a release, and only a release signed by the owner makes a holder
 drop a replica.
 
+With ``--erasure K-of-N`` each blob is cut into N shares (erasure.py), each a
+blob of its own: share i goes to the i-th peer in rank order among every peer
+met, and a peer passed over hands only its own share to the next peer in rank
+not holding another (it gets it back when it returns).
+
 What a peer holds of this namespace is learnt from what it acknowledged (a put, a
 sync), from its listings (when anti-entropy compares) and from audits; a peer
-that fails an audit of a version is not counted as holding it.
+that fails an audit of a version is not counted as holding it, and a peer whose
+session comes up again holds nothing until it has listed again.
 """
 
 from __future__ import annotations
@@ -184,6 +190,13 @@ class Placement:
             self.generation += 1
             if not holders:
                 del self._held[blob]
+
+    def forget_peer(self, peer: str) -> None:
+        """``peer`` came back: what it held when it left may be gone (a lost disk), so
+        nothing counts as held there until it lists it again (no release of a copy
+        elsewhere is made on the strength of a copy that no longer exists)."""
+        for blob in [b for b, holders in self._held.items() if peer in holders]:
+            self.lost(peer, blob)
 
     def refused(self, peer: str, blob: str) -> None:
         """``peer`` refused ``blob`` for want of room: the next peer takes its place."""

@@ -222,7 +222,7 @@ class Server:
         info = session.info
         if info.box_key is not None:
             self._known.met(info.node_id, info.org, info.box_key)
-        self._sync.sync(session)
+        self._sync.met(session)
 
     def session_lost(self, session: PeerSession, reason: str) -> None:
         pass  # the registry has forgotten it; what was in flight failed with it

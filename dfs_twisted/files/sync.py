@@ -67,6 +67,13 @@ class Sync:
         for session in self._peers():
             self.sync(session)
 
+    def met(self, session: PeerSession) -> None:
+        """A session with a peer came up: what it held is learnt afresh, then it is
+        caught up."""
+        self.placement.forget_peer(session.info.node_id)
+        self._matched.pop(session.info.node_id, None)
+        self.sync(session)
+
     def sync(self, session: PeerSession) -> None:
         """Run catch_up for a peer in the background, one at a time per peer."""
         if session in self._syncing:
