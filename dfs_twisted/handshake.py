@@ -134,6 +134,7 @@ class Handshake:
             listen=message.listen,
             address=self._dialled or self._address(),
             box_key=message.box_key,
+            placed=wire.PLACED in message.features,
         )
         # The acceptor answers only now that the dialler passed admission.
         return [Ready(info)] if self._dialled is not None else [SendHello(), Ready(info)]

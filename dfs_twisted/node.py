@@ -248,6 +248,7 @@ class NodeService(MultiService):
             admission=self.admission,
             limits=self.limits,
             registry=self.registry,
+            placed=not self.files.placement.everywhere,
         )
         self.scrubber = Scrubber(
             self.files,

@@ -421,8 +421,11 @@ class PeerFactory(Factory[PeerProtocol]):
         admission: Admission | None = None,
         limits: Limits | None = None,
         registry: SessionRegistry | None = None,
+        placed: bool = False,
     ) -> None:
+        """``placed``: this org's files go to chosen peers, not relayed (see PeerInfo)."""
         self.identity = identity
+        self.placed = placed
         self.registry = registry
         self.pins = pins
         self.handler = handler
@@ -474,6 +477,7 @@ class PeerFactory(Factory[PeerProtocol]):
             listen=self.listen,
             proof=self.admission.proof(binding, self.identity.node_id),
             box_key=self.identity.box_public,
+            features=(wire.PLACED,) if self.placed else (),
         )
 
     def refused(self, address: str, reason: str) -> None:

@@ -55,6 +55,9 @@ class PeerInfo:
     listen: str
     address: str
     box_key: str | None = None  # where grants to it are encrypted to
+    # Its org places its files on chosen peers (--replicas N, --erasure): nobody
+    # passes them on to others (relay would put them everywhere).
+    placed: bool = False
 
 
 class BlobStream(Protocol):

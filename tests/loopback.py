@@ -231,8 +231,11 @@ class MemoryNode:
 def link(a: MemoryNode, b: MemoryNode) -> tuple[MemorySession, MemorySession]:
     """Connect two nodes: (a's session with b, b's session with a)."""
     a_pipe, b_pipe = _Pipe(), _Pipe()
-    at_a = MemorySession(PeerInfo(b.node_id, b.org, "b:1", "b:1"), a.server, a_pipe)
-    at_b = MemorySession(PeerInfo(a.node_id, a.org, "a:1", "a:1"), b.server, b_pipe)
+    # As HELLO says it: whether each org places its files (and is not relayed).
+    info_b = PeerInfo(b.node_id, b.org, "b:1", "b:1", placed=not b.placement.everywhere)
+    info_a = PeerInfo(a.node_id, a.org, "a:1", "a:1", placed=not a.placement.everywhere)
+    at_a = MemorySession(info_b, a.server, a_pipe)
+    at_b = MemorySession(info_a, b.server, b_pipe)
     a_pipe.to, b_pipe.to = at_b, at_a
     at_a.other, at_b.other = at_b, at_a
     a.sessions.append(at_a)

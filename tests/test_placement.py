@@ -173,3 +173,35 @@ class PlacedNetworkTests(SynchronousTestCase):
         settled(at_other.request(release_message(real)))
         self.assertEqual(self.holders(blob), [])
         self.assertEqual(list(holder.holdings.store.root.rglob(blob)), [])
+
+
+class NotRelayedTests(SynchronousTestCase):
+    """An owner with --replicas 1 among nodes that relay (the default): its files
+    stay where it put them."""
+
+    def test_an_org_that_places_its_files_is_not_relayed(self) -> None:
+        owner = MemoryNode(Path(self.mktemp()), "owner", replicas=1)
+        b, c = MemoryNode(Path(self.mktemp()), "b"), MemoryNode(Path(self.mktemp()), "c")
+        for node in (owner, b, c):
+            self.addCleanup(node.close)
+        _, b_owner = link(owner, b)
+        _, c_owner = link(owner, c)
+        b_c, c_b = link(b, c)
+        key = owner.owner.key_for("f")
+        first = rank(key.blob, [b.node_id, c.node_id])[0]
+        holder, other = (b, c) if first == b.node_id else (c, b)
+        (to_owner, to_other), (other_to_owner, _) = (
+            ((b_owner, b_c), (c_owner, c_b)) if holder is b else ((c_owner, c_b), (b_owner, b_c))
+        )
+        # The holder's session with the owner came up: HELLO said "placed". (The
+        # other node is not told yet: what keeps the file from it is the holder.)
+        holder.sync.met(to_owner)
+        settled(owner.put("f", os.urandom(5000)))
+        entry = holder.holdings.held(key)
+        assert entry is not None
+        settled(holder.sync.catch_up(to_other))
+        self.assertIsNone(other.holdings.held(key))
+        # Passed on anyway (by a node that did not know) to one that knows: refused.
+        other.sync.met(other_to_owner)
+        self.assertEqual(settled(holder.sync.offer(to_other, key, entry)), 0)
+        self.assertIsNone(other.holdings.held(key))

@@ -154,6 +154,27 @@ MUTANTS = [
         "",
         (f"{ERASURE}::ErasureNetworkTests::test_a_peer_back_counts_once_it_has_listed_again",),
     ),
+    Mutant(
+        "placed-orgs-not-relayed",
+        "dfs_twisted/files/sync.py",
+        "            skip = {self._node_id, peer, *self.placed_owners}",
+        "            skip = {self._node_id, peer}",
+        ("tests/test_placement.py::NotRelayedTests",),
+    ),
+    Mutant(
+        "placed-orgs-changes-not-passed-on",
+        "dfs_twisted/files/sync.py",
+        "        if not self.relay or key.owner in self.placed_owners:",
+        "        if not self.relay:",
+        ("tests/test_placement.py::NotRelayedTests",),
+    ),
+    Mutant(
+        "placed-orgs-not-taken-from-a-third-node",
+        "dfs_twisted/files/serve.py",
+        "owner not in (self._node_id, *self._sync.placed_owners)",
+        "owner != self._node_id",
+        ("tests/test_placement.py::NotRelayedTests",),
+    ),
     # ------------------------------------------------------------ tombstones
     Mutant(
         "tombstone-signature",

@@ -228,8 +228,11 @@ class Server:
         pass  # the registry has forgotten it; what was in flight failed with it
 
     def _authorize_write(self, session: PeerSession, owner: str) -> None:
-        """Writes come from the owner itself, or relayed (signed by the owner) when allowed."""
-        if owner == session.info.node_id or (self._sync.relay and owner != self._node_id):
+        """Writes come from the owner itself, or relayed (signed by the owner) when
+        allowed: not for an org that places its files on chosen peers itself."""
+        if owner == session.info.node_id:
+            return
+        if self._sync.relay and owner not in (self._node_id, *self._sync.placed_owners):
             return
         log.warn(
             "refused a write into {owner}'s namespace from {org} ({node_id})",

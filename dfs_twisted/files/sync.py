@@ -57,6 +57,8 @@ class Sync:
         # peer's digest of it last matched, and that digest: while both stay the
         # same, a sync neither walks the namespace again nor learns it again.
         self._matched: dict[str, tuple[tuple[object, ...], tuple[str, int]]] = {}
+        # Orgs met that place their files on chosen peers: never relayed.
+        self.placed_owners: set[str] = set()
 
     def _unchanged(self, peer: str, state: tuple[object, ...], theirs: tuple[str, int]) -> bool:
         return self._matched.get(peer) == (state, theirs)
@@ -72,6 +74,10 @@ class Sync:
         caught up."""
         self.placement.forget_peer(session.info.node_id)
         self._matched.pop(session.info.node_id, None)
+        if session.info.placed:
+            self.placed_owners.add(session.info.node_id)
+        else:
+            self.placed_owners.discard(session.info.node_id)
         self.sync(session)
 
     def sync(self, session: PeerSession) -> None:
@@ -102,7 +108,8 @@ class Sync:
         catalog = self._holdings.catalog
         owners = [self._node_id]
         if self.relay:
-            owners += [o for o in catalog.owners() if o not in (self._node_id, peer)]
+            skip = {self._node_id, peer, *self.placed_owners}
+            owners += [o for o in catalog.owners() if o not in skip]
         sent = 0
         for owner in owners:
             own = owner == self._node_id
@@ -313,7 +320,7 @@ class Sync:
 
     def relay_change(self, source: PeerSession, key: BlobKey, entry: Entry) -> None:
         """Pass a change received from ``source`` on to the other live peers."""
-        if not self.relay:
+        if not self.relay or key.owner in self.placed_owners:
             return
         for session in self._peers():
             if session is source or session.info.node_id == key.owner:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 PROTOCOL_VERSION = 4  # 4: DIGEST of a prefix, and its children
+# HELLO features: this org places its files on chosen peers (do not relay them).
+PLACED = "placed"
 HEADER = struct.Struct("!BBII")
 MAX_CONTROL_BODY = 64 * 1024
 MAX_DATA_BODY = 1024 * 1024
