@@ -113,13 +113,14 @@ def endpoint_interface(description: str) -> tuple[str, str | None]:
 
 
 def parse_replicas(text: str) -> int | None:
-    """``all`` (None: every peer) or a number of peers, as given to ``--replicas``."""
+    """``all`` (None: every peer) or a number of copies, this node's included, as
+    given to ``--replicas``."""
     if text == "all":
         return None
     try:
         count = int(text)
     except ValueError:
-        raise ValueError(f"takes 'all' or a number of peers, not {text!r}") from None
+        raise ValueError(f"takes 'all' or a number of copies, not {text!r}") from None
     if count < 1:
         raise ValueError("must be at least 1 (or 'all')")
     return count
@@ -204,7 +205,8 @@ class NodeOptions(usage.Options):
             "replicas",
             None,
             None,
-            "peers that hold a copy of each of this org's files: a number, or all (default)",
+            "copies of each of this org's files, this node's included: a number, or all "
+            "(default: every peer)",
         ],
         [
             "erasure",

@@ -338,8 +338,9 @@ class NetnsTests(SynchronousTestCase):
 
 
 class PlacedNetnsTests(NetnsTests):
-    """The same stories with copies placed by the owner (--replicas 2: each file on
-    both other hosts, chosen by rendezvous, no relay) instead of sent everywhere."""
+    """The same stories with copies placed by the owner (--replicas 3: each file
+    here and on both other hosts, chosen by rendezvous, no relay) instead of sent
+    everywhere."""
 
     def setUp(self) -> None:
-        self.net = Network(self, ("--replicas", "2"))
+        self.net = Network(self, ("--replicas", "3"))

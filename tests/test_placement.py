@@ -56,7 +56,7 @@ class PlacementTests(SynchronousTestCase):
         self.now = 10_000.0
         self.seen: dict[str, float | None] = dict.fromkeys(PEERS[:5])
         self.placement = Placement(
-            Redundancy(2), lambda: self.seen, repair_after=3600, clock=lambda: self.now
+            Redundancy(3), lambda: self.seen, repair_after=3600, clock=lambda: self.now
         )
 
     def test_targets_pass_over_a_peer_away_too_long_or_out_of_room(self) -> None:
@@ -92,10 +92,10 @@ class PlacementTests(SynchronousTestCase):
 
 
 class PlacedNetworkTests(SynchronousTestCase):
-    """An owner and four peers, each file on one peer (--replicas 1)."""
+    """An owner and four peers, each file here and on one peer (--replicas 2)."""
 
     def setUp(self) -> None:
-        self.owner = self.node("owner", replicas=1)
+        self.owner = self.node("owner", replicas=2)
         self.peers = [self.node(f"p{i}") for i in range(4)]
         self.links = {p.node_id: link(self.owner, p) for p in self.peers}
 
@@ -176,11 +176,11 @@ class PlacedNetworkTests(SynchronousTestCase):
 
 
 class NotRelayedTests(SynchronousTestCase):
-    """An owner with --replicas 1 among nodes that relay (the default): its files
+    """An owner with --replicas 2 among nodes that relay (the default): its files
     stay where it put them."""
 
     def test_an_org_that_places_its_files_is_not_relayed(self) -> None:
-        owner = MemoryNode(Path(self.mktemp()), "owner", replicas=1)
+        owner = MemoryNode(Path(self.mktemp()), "owner", replicas=2)
         b, c = MemoryNode(Path(self.mktemp()), "b"), MemoryNode(Path(self.mktemp()), "c")
         for node in (owner, b, c):
             self.addCleanup(node.close)

@@ -2,10 +2,11 @@
 placement, loss, repair.
 
 Every node is its own `twistd -n dfs`; they all link to each other. Each file of
-the owner is on exactly 3 peers; two of them are killed and every file still
-reads (with the owner's own copies gone too, from the remaining holders); after
---repair-after the owner puts third copies elsewhere; when the two come back the
-copies made meanwhile are released, and each file is on exactly 3 peers again.
+the owner is on exactly 3 nodes (the owner and 2 peers); the two peers holding
+most are killed and every file still reads (with the owner's own copy gone
+wherever a live peer holds one, from that peer); after --repair-after the owner
+puts the lost copies on the next peers; when the two come back the copies made
+meanwhile are released, and each file is on exactly 2 peers again.
 With --erasure 3-of-6 the same story with shares: each of the 6 shares of a file
 on its own peer, three peers killed, every file rebuilt from the shares left.
 """
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.processes
 
 NODES = 12
 FILES = 12
-REPLICAS = 3
+REPLICAS = 3  # copies of each file: the owner's and two peers'
 K, N = 3, 6
 
 
@@ -91,10 +92,15 @@ class NetworkCase(SynchronousTestCase):
             answers.append(answer)
         return blobs, answers
 
-    def read_without_local_copies(self, blobs: dict[str, bytes]) -> None:
-        """Every file still reads, even with the owner's own copies gone."""
+    def read_without_local_copies(
+        self, blobs: dict[str, bytes], alive: list[NodeProcess], parts: int = 1
+    ) -> None:
+        """Every file still reads, the owner's own copy gone wherever ``alive`` still
+        holds a copy (or, with ``parts`` > 1, shares) of it."""
         for blob in blobs:
-            self.blob_path(self.owner, blob).unlink()
+            held = [share_id(blob, i) for i in range(parts)] if parts > 1 else [blob]
+            if any(self.holders(part, alive) for part in held):
+                self.blob_path(self.owner, blob).unlink()
         for i, data in enumerate(blobs.values()):
             got = self.owner.dfs("get", f"f{i}", "-o", str(self.dir / f"got{i}"))
             self.assertEqual(got.returncode, 0, got.stderr)
@@ -127,17 +133,17 @@ class ReplicasNetworkTests(NetworkCase):
     def test_three_copies_survive_two_losses_are_repaired_and_surplus_released(self) -> None:
         peers = self.nodes[1:]
         blobs, answers = self.put_files([20_000 + i for i in range(FILES)])
-        self.assertEqual({a["replicas"] for a in answers}, {1 + REPLICAS})
-        self.assertEqual(self.copies(blobs, peers), Counter({REPLICAS: FILES}))
+        self.assertEqual({a["replicas"] for a in answers}, {REPLICAS})
+        self.assertEqual(self.copies(blobs, peers), Counter({REPLICAS - 1: FILES}))
 
         # The two peers holding most of the files go.
         lost, alive = self.kill_busiest(2, list(blobs))
-        self.read_without_local_copies(blobs)
+        self.read_without_local_copies(blobs, alive)
 
-        # After --repair-after the owner places third copies on the next peers.
+        # After --repair-after the owner places the copies lost on the next peers.
         wait_until(
-            lambda: self.copies(blobs, alive) == Counter({REPLICAS: FILES}),
-            "every file back to 3 live copies",
+            lambda: self.copies(blobs, alive) == Counter({REPLICAS - 1: FILES}),
+            "every file back to 3 live copies (2 peers)",
             timeout=120,
         )
         status = self.owner.status()
@@ -146,14 +152,14 @@ class ReplicasNetworkTests(NetworkCase):
         # The two come back with their copies: the extra ones made meanwhile go.
         self.bring_back(lost)
         wait_until(
-            lambda: self.copies(blobs, peers) == Counter({REPLICAS: FILES}),
-            "every file on exactly 3 peers again",
+            lambda: self.copies(blobs, peers) == Counter({REPLICAS - 1: FILES}),
+            "every file on exactly 2 peers again",
             timeout=120,
         )
         listing = json.loads(self.owner.dfs("ls", "--long", "--json").stdout)
         self.assertEqual(len(listing), FILES)
         for row in listing:
-            self.assertEqual((row["replicas"], row["wanted"]), (1 + REPLICAS, 1 + REPLICAS))
+            self.assertEqual((row["replicas"], row["wanted"]), (REPLICAS, REPLICAS))
 
 
 class ErasureNetworkTests(NetworkCase):
@@ -180,7 +186,7 @@ class ErasureNetworkTests(NetworkCase):
         # The three peers holding most shares go: any K of the six rebuild a file.
         parts = [share_id(blob, i) for blob in blobs for i in range(N)]
         lost, alive = self.kill_busiest(N - K, parts)
-        self.read_without_local_copies(blobs)
+        self.read_without_local_copies(blobs, alive, N)
 
         # After --repair-after the owner makes the missing shares again, elsewhere.
         wait_until(

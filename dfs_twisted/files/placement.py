@@ -1,10 +1,11 @@
 """Which peers should hold each of this org's blobs, and which do.
 
 With ``--replicas all`` (the default) every peer this node knows holds every
-blob, as in the seed's story. With ``--replicas N`` each blob goes to N peers,
-chosen by rendezvous (highest-random-weight) hashing of the blob id and the
-peer's node id: every node ranks the peers the same way for a blob, and a peer
-that joins or leaves moves only the blobs it ranks first for, not everyone's.
+blob, as in the seed's story. With ``--replicas N`` each blob has N copies, this
+node's and those of N-1 peers chosen by rendezvous (highest-random-weight)
+hashing of the blob id and the peer's node id: every node ranks the peers the
+same way for a blob, and a peer that joins or leaves moves only the blobs it
+ranks first for, not everyone's.
 
 A peer stays among a blob's targets while it is connected or has been away for
 less than ``repair_after``; one away longer, or one that refused the blob for
@@ -55,11 +56,17 @@ def rank(blob: str, peers: Iterable[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Redundancy:
-    """How many peers hold a copy of each blob besides the owner (None: every peer),
-    or, with ``erasure``, how many shares are made and how many rebuild a file."""
+    """How many copies of each blob there are, the owner's included (None: one on
+    every peer), or, with ``erasure``, how many shares are made and how many
+    rebuild a file."""
 
     replicas: int | None = None
     erasure: Erasure | None = None
+
+    @property
+    def peers(self) -> int | None:
+        """How many peers hold a copy (None: every peer)."""
+        return None if self.replicas is None else self.replicas - 1
 
     def __str__(self) -> str:
         if self.erasure is not None:
@@ -118,18 +125,11 @@ class Placement:
             available = self.available()
         if self.erasure is not None:
             return [peer for peer in self.slots(blob, available) if peer is not None]
-        wanted = self.redundancy.replicas
+        wanted = self.redundancy.peers
         if wanted is None:
             return available
         now = self._clock()
-        chosen = []
-        for peer in rank(blob, available):
-            if self._passed_over(peer, blob, now):
-                continue
-            chosen.append(peer)
-            if len(chosen) == wanted:
-                break
-        return chosen
+        return [p for p in rank(blob, available) if not self._passed_over(p, blob, now)][:wanted]
 
     def slots(self, blob: str, available: list[str] | None = None) -> list[str | None]:
         """With erasure, the peer that should hold each share of ``blob`` (None: no
@@ -165,8 +165,8 @@ class Placement:
         """How many peer copies (or shares) each blob should have."""
         if self.erasure is not None:
             return self.erasure.n
-        if self.redundancy.replicas is not None:
-            return self.redundancy.replicas
+        if self.redundancy.peers is not None:
+            return self.redundancy.peers
         return len(self.available())
 
     def is_target(self, peer: str, blob: str, available: list[str] | None = None) -> bool:
@@ -259,7 +259,7 @@ class Placement:
             return []
         targets = self.targets(blob, available)
         holders = self.holders(blob, version)
-        if len(targets) < (self.redundancy.replicas or 0) or not set(targets) <= set(holders):
+        if len(targets) < (self.redundancy.peers or 0) or not set(targets) <= set(holders):
             return []  # not fully placed yet: an extra copy is still worth keeping
         return [p for p in holders if p not in targets]
 
