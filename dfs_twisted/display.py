@@ -106,14 +106,14 @@ def status_table(status: dict[str, Any], now: float | None = None) -> str:
     if "replicas" in storage:
         under = storage.get("under_replicated", 0)
         redundancy = shown(storage["replicas"])
-        lines.append(
-            (
-                f"shares  {redundancy} per file (erasure coded)"
-                if "-of-" in redundancy
-                else f"copies  {redundancy} peers per file"
-            )
-            + (f", {count(under, 'file', 'files')} short of that" if under else "")
-        )
+        if "-of-" in redundancy:
+            wanted = f"shares  {redundancy} per file (erasure coded)"
+        elif redundancy == "all":
+            wanted = "copies  one on every peer"
+        else:
+            wanted = f"copies  {redundancy} per file, this node's included"
+        short = f", {count(under, 'file', 'files')} short of that" if under else ""
+        lines.append(wanted + short)
     if "free_bytes" in storage:
         lines.append(f"disk    {human_size(storage['free_bytes'])} free")
     scrub = status.get("scrub")
