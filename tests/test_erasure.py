@@ -306,16 +306,22 @@ class ErasureNetworkTests(SynchronousTestCase):
         self.assertEqual((restored, errors), (["f"], []))
         self.assertEqual(self.read(fresh, result.blob), DATA)
 
-    def test_a_holder_away_too_long_is_replaced_and_released_when_back(self) -> None:
-        result = settled(self.owner.put("f", DATA))
-        ranked = rank(result.blob, [p.node_id for p in self.peers])
+    def away_past_repair(self, blob: str) -> tuple[list[str], str, str]:
+        """The holder of share 1 goes away past --repair-after: the owner's sync puts
+        the share on the next peer in rank. The rank, the one away, the spare."""
+        ranked = rank(blob, [p.node_id for p in self.peers])
         away, spare = ranked[1], ranked[3]
         at_owner, _ = self.links[away]
         at_owner.close("gone", at=self.owner.clock.seconds())
         self.owner.clock.advance(3601)
         self.sync_all()
+        self.assertEqual(sorted(self.holders(share_id(blob, 1))), sorted([away, spare]))
+        return ranked, away, spare
+
+    def test_a_holder_away_too_long_is_replaced_and_released_when_back(self) -> None:
+        result = settled(self.owner.put("f", DATA))
+        ranked, away, _ = self.away_past_repair(result.blob)
         share = share_id(result.blob, 1)
-        self.assertEqual(sorted(self.holders(share)), sorted([away, spare]))
         mine = self.owner.holdings.held(BlobKey(self.owner.node_id, result.blob))
         assert mine is not None
         self.assertEqual(self.owner.placement.under_replicated([(result.blob, mine.version)]), 0)
@@ -328,14 +334,8 @@ class ErasureNetworkTests(SynchronousTestCase):
 
     def test_a_spare_keeps_its_share_until_the_slot_peer_holds_it(self) -> None:
         result = settled(self.owner.put("f", DATA))
-        ranked = rank(result.blob, [p.node_id for p in self.peers])
-        away, spare = ranked[1], ranked[3]
-        at_owner, _ = self.links[away]
-        at_owner.close("gone", at=self.owner.clock.seconds())
-        self.owner.clock.advance(3601)
-        self.sync_all()
+        _, away, spare = self.away_past_repair(result.blob)
         share = share_id(result.blob, 1)
-        self.assertEqual(sorted(self.holders(share)), sorted([away, spare]))
         # It comes back having lost its store, and with no room for the share: the
         # spare's copy is the only one, and must stay.
         old = self.by_id(away)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -248,74 +248,71 @@ class Sync:
 
     async def offer(self, session: PeerSession, key: BlobKey, entry: Entry) -> int:
         """Send one blob or tombstone to a peer; 1 if the peer took it."""
+        return await self._attempt(session, key, self._send(session, key, entry))
+
+    async def _send(self, session: PeerSession, key: BlobKey, entry: Entry) -> int:
         client = PeerClient(session)
-        try:
-            if entry.deleted:
-                tomb = self._holdings.tombstone(key)
-                if tomb is None:
-                    return 0
-                await client.delete(tomb)
-            else:
-                f = self._holdings.store.open(key)
-                if f is None:
-                    return 0  # deleted meanwhile
-                with f:
-                    await client.push(key, entry.version, f, os.fstat(f.fileno()).st_size)
-                if key.owner == self._node_id:
-                    self.placement.holds(session.info.node_id, key.blob, entry.version)
+        if entry.deleted:
+            tomb = self._holdings.tombstone(key)
+            if tomb is None:
+                return 0
+            await client.delete(tomb)
             return 1
-        except RemoteError as e:
-            return self._refused(session, key, e)
-        except (SessionClosed, CryptoError) as e:
-            self._not_sent(session, key, e)
-        return 0
-
-    def _refused(self, session: PeerSession, key: BlobKey, e: RemoteError) -> int:
-        if key.owner == self._node_id and e.code in ROOM_CODES:
-            self.placement.refused(session.info.node_id, key.blob)
-        if e.code in ("have", "busy", "not_found"):
-            return 0
-        # Out of room or of rate there is expected, and retried each sync: not a warning.
-        level = log.info if e.code in ("quota", "disk_full", "slow_down") else log.warn
-        level("{org} refused {blob}: {error}", org=session.info.org, blob=key.blob, error=str(e))
-        return 0
-
-    def _not_sent(self, session: PeerSession, key: BlobKey, e: Exception) -> None:
-        log.warn(
-            "could not send {blob} to {org}: {error}",
-            blob=key.blob,
-            org=session.info.org,
-            error=str(e),
-        )
+        f = self._holdings.store.open(key)
+        if f is None:
+            return 0  # deleted meanwhile
+        with f:
+            await client.push(key, entry.version, f, os.fstat(f.fileno()).st_size)
+        if key.owner == self._node_id:
+            self.placement.holds(session.info.node_id, key.blob, entry.version)
+        return 1
 
     async def offer_share(self, session: PeerSession, blob: str, index: int, entry: Entry) -> int:
         """Make share ``index`` of this org's file ``blob`` from the blob here and send
         it to a peer; 1 if the peer took it."""
+        share = BlobKey(self._node_id, share_id(blob, index))
+        return await self._attempt(session, share, self._send_share(session, blob, index, entry))
+
+    async def _send_share(self, session: PeerSession, blob: str, index: int, entry: Entry) -> int:
         erasure = self.placement.erasure
         assert erasure is not None
-        key = BlobKey(self._node_id, blob)
-        f = self._holdings.store.open(key)
+        f = self._holdings.store.open(BlobKey(self._node_id, blob))
         if f is None:
             return 0  # deleted meanwhile
         share = BlobKey(self._node_id, share_id(blob, index))
+        with f:
+            header = read_header(f)
+            meta = open_metadata(self._owner.key, header)
+            if header.version != entry.version:
+                return 0  # replaced meanwhile: the next sync sends the new one
+            f.seek(0)
+            maker = ShareMaker(self._owner, erasure, meta.name, header.version, meta.mtime, [index])
+            size = maker.announced(0, os.fstat(f.fileno()).st_size)
+            await PeerClient(session).send(share, header.version, size, share_pieces(maker, f))
+        self.placement.holds(session.info.node_id, share.blob, entry.version)
+        return 1
+
+    async def _attempt(self, session: PeerSession, key: BlobKey, send: Awaitable[int]) -> int:
+        """What ``send`` (of ``key`` to a peer) returns; 0 if it failed (logged)."""
         try:
-            with f:
-                header = read_header(f)
-                meta = open_metadata(self._owner.key, header)
-                if header.version != entry.version:
-                    return 0  # replaced meanwhile: the next sync sends the new one
-                f.seek(0)
-                maker = ShareMaker(
-                    self._owner, erasure, meta.name, header.version, meta.mtime, [index]
-                )
-                size = maker.announced(0, os.fstat(f.fileno()).st_size)
-                await PeerClient(session).send(share, header.version, size, share_pieces(maker, f))
-            self.placement.holds(session.info.node_id, share.blob, entry.version)
-            return 1
+            return await send
         except RemoteError as e:
-            return self._refused(session, share, e)
+            if key.owner == self._node_id and e.code in ROOM_CODES:
+                self.placement.refused(session.info.node_id, key.blob)
+            if e.code in ("have", "busy", "not_found"):
+                return 0
+            # Out of room or of rate there is expected, and retried each sync: not a warning.
+            level = log.info if e.code in ("quota", "disk_full", "slow_down") else log.warn
+            level(
+                "{org} refused {blob}: {error}", org=session.info.org, blob=key.blob, error=str(e)
+            )
         except (SessionClosed, CryptoError) as e:
-            self._not_sent(session, share, e)
+            log.warn(
+                "could not send {blob} to {org}: {error}",
+                blob=key.blob,
+                org=session.info.org,
+                error=str(e),
+            )
         return 0
 
     def relay_change(self, source: PeerSession, key: BlobKey, entry: Entry) -> None:
