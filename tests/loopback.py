@@ -186,7 +186,7 @@ class MemoryNode:
         )
         self.fetcher = Fetcher(self.holdings, self.live, self.clock)
         self.auditor = Auditor(
-            self.node_id, self.holdings, self.live, lambda s, k: None, self.placement
+            self.owner, self.holdings, self.live, lambda s, k: None, self.placement
         )
         self.recovery = Recovery(
             self.owner, self.holdings, self.ledger, self.live, self.fetcher, self.sync, self.auditor

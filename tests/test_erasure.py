@@ -363,6 +363,40 @@ class ErasureNetworkTests(SynchronousTestCase):
         pump()  # the catch-up that `met` started: the peer's digest matches
         self.assertEqual(self.owner.placement.copies(result.blob, mine.version), 3)
 
+    def test_share_holders_are_audited_and_one_that_fails_is_replaced(self) -> None:
+        result = settled(self.owner.put("f", DATA))
+        mine = self.owner.holdings.held(BlobKey(self.owner.node_id, result.blob))
+        assert mine is not None
+        ranked = rank(result.blob, [p.node_id for p in self.peers])
+        passed, failed = settled(self.owner.auditor.run())
+        self.assertEqual((passed, failed), (3, 0))  # each peer's share, proven
+        sessions = {s.info.node_id: s for s in self.owner.live()}
+        # Share 0's holder damaged it (a byte of every chunk); share 1's lost it;
+        # share 2's keeps share 0's bytes under share 2's id.
+        paths = [
+            next(self.by_id(ranked[i]).holdings.store.root.rglob(share_id(result.blob, i)))
+            for i in range(3)
+        ]
+        raw = bytearray(paths[0].read_bytes())
+        header = parse_header(bytes(raw))
+        for at in range(len(header.raw) + 100, len(raw), header.span):
+            raw[at] ^= 1  # a byte of every chunk's ciphertext
+        paths[0].write_bytes(bytes(raw))
+        paths[1].unlink()
+        paths[2].write_bytes(paths[0].read_bytes())
+        for index in range(3):
+            audit = self.owner.auditor.audit_share(
+                sessions[ranked[index]], result.blob, index, mine.version
+            )
+            self.assertFalse(settled(audit), index)
+        self.assertEqual(self.owner.placement.copies(result.blob, mine.version), 0)
+        # Share 0 goes to the next peer in rank (the only one left: the others wait
+        # for a peer), and the bad copy is released once that one holds it.
+        self.sync_all()
+        self.sync_all()
+        self.assertEqual(self.holders(share_id(result.blob, 0)), [ranked[3]])
+        self.assertEqual(self.owner.placement.copies(result.blob, mine.version), 1)
+
     def test_a_delete_buries_every_share(self) -> None:
         result = settled(self.owner.put("f", DATA))
         remover = Remover(

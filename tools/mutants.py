@@ -155,6 +155,24 @@ MUTANTS = [
         (f"{ERASURE}::ErasureNetworkTests::test_a_peer_back_counts_once_it_has_listed_again",),
     ),
     Mutant(
+        "share-audit-checks-the-signed-chunk",
+        "dfs_twisted/files/audit.py",
+        "            check_chunk(header, reply.size, chunk_index, chunk)\n",
+        "",
+        (
+            f"{ERASURE}::ErasureNetworkTests::test_share_holders_are_audited_and_one_that_fails_is_replaced",
+        ),
+    ),
+    Mutant(
+        "a-failed-audit-is-not-undone-by-a-listing",
+        "dfs_twisted/files/placement.py",
+        "            if self._failed.get((peer, blob)) != version:",
+        "            if True:",
+        (
+            f"{ERASURE}::ErasureNetworkTests::test_share_holders_are_audited_and_one_that_fails_is_replaced",
+        ),
+    ),
+    Mutant(
         "placed-orgs-not-relayed",
         "dfs_twisted/files/sync.py",
         "            skip = {self._node_id, peer, *self.placed_owners}",

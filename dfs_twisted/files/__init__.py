@@ -98,7 +98,7 @@ class Files:
         self._reader = Reader(owner, holdings, ledger, self.fetcher, clock, self.rebuild)
         self._remover = Remover(owner, holdings, ledger, peers.live, self.placement)
         self.auditor = Auditor(
-            owner.node_id, holdings, peers.live, self._resend, self.placement, audit_sample
+            owner, holdings, peers.live, self._resend, self.placement, audit_sample
         )
         self._recovery = Recovery(
             owner, holdings, ledger, peers.live, self.fetcher, self.sync, self.auditor

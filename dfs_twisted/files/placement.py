@@ -92,6 +92,9 @@ class Placement:
         self._held: dict[str, dict[str, int]] = {}  # blob -> peer -> version it holds
         self._refused: dict[tuple[str, str], float] = {}  # (peer, blob) -> when
         self.refusals = 0  # goes up at every refusal: the targets may have changed
+        # (peer, blob) -> the version it failed an audit of: its listing of that
+        # version is not believed, until it acknowledges a new transfer or passes.
+        self._failed: dict[tuple[str, str], int] = {}
         # Goes up at every change of what peers are known to hold: totals computed
         # from it (the page's, the metrics') are kept until it moves.
         self.generation = 0
@@ -181,6 +184,13 @@ class Placement:
             holders[peer] = version
             self.generation += 1
         self._refused.pop((peer, blob), None)
+        self._failed.pop((peer, blob), None)
+
+    def failed(self, peer: str, blob: str, version: int) -> None:
+        """``peer`` failed an audit of ``version`` of ``blob``: not held there, whatever
+        its listings say, until it acknowledges a new copy or passes an audit."""
+        self.lost(peer, blob)
+        self._failed[(peer, blob)] = version
 
     def lost(self, peer: str, blob: str) -> None:
         """``peer`` no longer holds ``blob`` (released it, or failed an audit)."""
@@ -216,7 +226,8 @@ class Placement:
             if peer in holders and blob not in held and blob.startswith(within):
                 self.lost(peer, blob)
         for blob, version in held.items():
-            self.holds(peer, blob, version)
+            if self._failed.get((peer, blob)) != version:
+                self.holds(peer, blob, version)
 
     def holders(self, blob: str, version: int) -> list[str]:
         """The peers known to hold exactly ``version`` of ``blob``."""
