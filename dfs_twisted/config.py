@@ -37,6 +37,7 @@ SETTINGS: dict[str, str] = {
     "audit-sample": _TEXT,
     "replicas": _TEXT,
     "repair-after": _TEXT,
+    "collect-after": _TEXT,
     "log-format": _TEXT,
     "log-level": _TEXT,
     "no-relay": _FLAG,

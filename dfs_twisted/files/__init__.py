@@ -16,6 +16,7 @@ import dataclasses
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
 
 from ..catalog import Catalog
 from ..crypto import file_key
@@ -28,6 +29,7 @@ from ..session import PeerSession
 from ..space import SpaceAccount
 from ..store import BlobKey, BlobStore
 from .audit import Auditor
+from .collect import COLLECT_AFTER, Collector, Horizons
 from .delete import Remover
 from .errors import DamagedBlob, FileNotFound, NewestUnavailable, PutInProgress, UnknownPeer
 from .fetch import Clock, Fetcher
@@ -39,6 +41,8 @@ from .put import PeerOutcome, PutResult, Upload
 from .recover import FileEntry, Recovery
 from .serve import Server
 from .sync import Sync
+
+log = Logger()
 
 __all__ = [
     "DamagedBlob",
@@ -74,6 +78,7 @@ class Files:
         audit_sample: int = 8,
         redundancy: Redundancy | None = None,
         repair_after: float = 3600.0,
+        collect_after: float = COLLECT_AFTER,
     ) -> None:
         self.owner = owner
         self.holdings = holdings
@@ -89,9 +94,18 @@ class Files:
         # orgs' blobs on to every peer would undo that.
         relay = relay and self.placement.everywhere
         self.sync = Sync(owner, holdings, peers.live, relay, self.placement)
-        self.server = Server(owner.node_id, holdings, space, known, self.sync)
+        # Every node met may hold this org's blobs (and pass them on): kept in
+        # known_orgs.json from its first session on.
+        met = lambda: known.ids() | set(peers.known())  # noqa: E731
+        self.horizons = Horizons(holdings, met)
+        self.collector = Collector(
+            owner, holdings, ledger, self.horizons, peers.live, met, collect_after
+        )
+        self.sync.before_namespace = self.horizons.exchange
+        self.sync.listed = self.collector.listed
+        self.server = Server(owner.node_id, holdings, space, known, self.sync, self.horizons)
         self._reader = Reader(owner, holdings, ledger, self.fetcher, clock)
-        self._remover = Remover(owner, holdings, ledger, peers.live, self.placement)
+        self._remover = Remover(owner, holdings, ledger, peers.live, self.placement, self.collector)
         self.auditor = Auditor(
             owner.node_id, holdings, peers.live, self._resend, self.placement, audit_sample
         )
@@ -104,7 +118,13 @@ class Files:
         self.recover = self._recovery.recover
         self.repair = self.fetcher.repair
         self.damaged = holdings.damaged
-        self.sync_all = self.sync.sync_all
+
+    def sync_all(self) -> None:
+        """Compare with every live peer, and collect the deletions all have confirmed."""
+        self.sync.sync_all()
+        self.collector.run().addErrback(
+            lambda f: log.warn("collecting tombstones failed: {error}", error=f.getErrorMessage())
+        )
 
     @property
     def node_id(self) -> str:

@@ -13,7 +13,7 @@ hold (placement.py), and copies beyond that are released.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -51,6 +51,10 @@ class Sync:
         self.placement = placement
         self._syncing: set[PeerSession] = set()
         self.list_all_below = LIST_ALL_BELOW
+        # Set by files.collect: horizons exchanged before a namespace is compared, and
+        # what a peer listed of this org's namespace.
+        self.before_namespace: Callable[[PeerSession, str], Awaitable[object]] = _nothing
+        self.listed: Callable[[str, dict[str, wire.ListEntry]], object] = lambda peer, theirs: None
 
     def sync_all(self) -> None:
         """Compare with every live peer (periodically: a refused or failed transfer
@@ -89,6 +93,7 @@ class Sync:
             owners += [o for o in catalog.owners() if o not in (self._node_id, peer)]
         sent = 0
         for owner in owners:
+            await self.before_namespace(session, owner)
             own = owner == self._node_id
             if own and not self.placement.everywhere:
                 changes = await self._catch_up_placed(session)
@@ -245,6 +250,7 @@ class Sync:
     ) -> None:
         """What a peer listed of this org's namespace (of ``prefixes`` of it): the
         versions this org proves."""
+        self.listed(peer, theirs)
         newest = self._holdings.catalog.newest(self._node_id)
         self.placement.learn(
             peer,
@@ -272,3 +278,7 @@ class Sync:
                 return
             self.placement.lost(peer, blob)
             log.info("released {blob} on {org}", blob=blob, org=session.info.org)
+
+
+async def _nothing(session: PeerSession, owner: str) -> None:
+    return None
