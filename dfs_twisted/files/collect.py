@@ -235,6 +235,7 @@ class Collector:
         self._named: dict[str, frozenset[str] | None] = {}  # peer -> whom it met (None: too many)
         self._running = False
         self._redeleting: set[str] = set()
+        self._last_waiting: set[str] = set()
         self.collected = 0  # tombstones collected since start
 
     @property
@@ -344,7 +345,10 @@ class Collector:
         ripe = int((self._clock() - self.collect_after) * 1e9)
         horizon = self._horizons.version(self._node_id)
         for p in sorted(pending.values(), key=lambda p: p.tomb.version):
-            if p.tomb.version > ripe or not required <= p.vouched:
+            if p.tomb.version > ripe:
+                break
+            if not required <= p.vouched:
+                self._waiting_for(required - p.vouched, len(pending))
                 break
             horizon = p.tomb.version
         if horizon <= self._horizons.version(self._node_id):
@@ -364,6 +368,18 @@ class Collector:
         for session in list(self._peers()):
             Deferred.fromCoroutine(self._horizons.exchange(session, self._node_id))
         return count
+
+    def _waiting_for(self, nodes: set[str], pending: int) -> None:
+        """Say which nodes hold collection back (once, until that changes)."""
+        if nodes == self._last_waiting:
+            return
+        self._last_waiting = nodes
+        log.info(
+            "{pending} deletions kept until {count} nodes confirm them: {nodes}",
+            pending=pending,
+            count=len(nodes),
+            nodes=", ".join(sorted(nodes)),
+        )
 
     # -- a collected deletion seen again
 
