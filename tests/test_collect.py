@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
 from dfs_twisted.crypto import CryptoError, Horizon, Tombstone
+from dfs_twisted.files import collect
 from dfs_twisted.files.delete import Remover
 from dfs_twisted.protocol import RequestRefused
 from dfs_twisted.session import PeerClient, RemoteError, horizon_message
@@ -244,6 +245,36 @@ class CollectionTests(Network):
         self.b.server.answer = refusing  # type: ignore[assignment,method-assign]
         self.assertEqual(self.collect(), 0)
         self.assertEqual(self.tombstones(self.c), [self.key("gone").blob])
+
+
+class WindowTests(Network):
+    def test_a_long_ledger_is_collected_oldest_first_a_window_at_a_time(self) -> None:
+        names = [f"f{i}" for i in range(5)]
+        for name in names:
+            settled(self.a.put(name, os.urandom(1000)))
+        for name in names:
+            self.delete(name)
+        # As after a restart with many deletions in the ledger: two held at once.
+        self.patch(collect, "MAX_PENDING", 2)
+        self.a.collector._pending = None
+        self.assertEqual([self.collect() for _ in range(4)], [2, 2, 1, 0])
+        for node in (self.a, self.b, self.c):
+            self.assertEqual(self.tombstones(node), [])
+
+    def test_no_horizon_passes_a_deletion_not_read_yet(self) -> None:
+        for name in ("f0", "f1", "f2"):
+            settled(self.a.put(name, os.urandom(1000)))
+            self.delete(name)
+        self.patch(collect, "MAX_PENDING", 2)
+        self.a.collector._pending = None
+        settled(self.a.put("f3", os.urandom(1000)))
+        self.delete("f3")  # confirmed at once, but f2 was not read from the ledger yet
+        self.assertEqual(self.collect(), 2)
+        self.assertEqual(
+            sorted(self.tombstones(self.b)), sorted(self.key(n).blob for n in ("f2", "f3"))
+        )
+        self.assertEqual(self.collect(), 2)
+        self.assertEqual(self.tombstones(self.b), [])
 
 
 class ForgedHorizonTests(Network):

@@ -72,6 +72,10 @@ log = Logger()
 COLLECT_AFTER = 3600.0  # seconds a tombstone is kept at least, whoever confirmed it
 # DELETEs re-sent to one peer per round (its rate limit takes 2000 at once).
 MAX_RESENDS = 512
+# Deletions waiting for confirmation held in memory at once, the oldest: the horizon
+# moves in version order, so the newer ones are read from the ledger when it is there.
+MAX_PENDING = 10_000
+_NO_LIMIT = (1 << 64) - 1
 
 
 class Horizons:
@@ -231,7 +235,9 @@ class Collector:
         self._known = met
         self.collect_after = collect_after
         self._clock = clock
-        self._pending: dict[str, _Pending] | None = None  # blob -> ; read from the ledger once
+        self._pending: dict[str, _Pending] | None = None  # blob -> ; read from the ledger
+        self._truncated = False  # the ledger holds more than were read
+        self._complete_to = _NO_LIMIT
         self._named: dict[str, frozenset[str] | None] = {}  # peer -> whom it met (None: too many)
         self._running = False
         self._redeleting: set[str] = set()
@@ -244,14 +250,40 @@ class Collector:
 
     def _load(self) -> dict[str, _Pending]:
         if self._pending is None:
-            # Every deletion the ledger keeps above the horizon: the ledger, not the
-            # index, is the owner's record of what it deleted.
-            key = self._owner.public_key
-            self._pending = {
-                e.blob: _Pending(Tombstone(self._node_id, key, e.blob, e.version, e.proof))
-                for e in self._ledger.deletions(self._horizons.version(self._node_id))
-            }
+            self._fill()
+        assert self._pending is not None
         return self._pending
+
+    def _refill(self) -> None:
+        """Read the next oldest deletions once those read were all collected."""
+        pending = self._load()
+        if self._truncated and all(p.tomb.version > self._complete_to for p in pending.values()):
+            self._fill()
+
+    def _fill(self) -> None:
+        """The oldest deletions the ledger keeps above the horizon (the ledger, not the
+        index, is the owner's record of what it deleted), keeping what is known of
+        those held already."""
+        held = self._pending or {}
+        horizon = self._horizons.version(self._node_id)
+        rows = self._ledger.deletions(horizon, MAX_PENDING)
+        self._truncated = len(rows) == MAX_PENDING
+        # Only up to here does the window hold every deletion: no horizon beyond it.
+        self._complete_to = rows[-1].version if self._truncated else _NO_LIMIT
+        key = self._owner.public_key
+        pending = {}
+        for e in rows:
+            was = held.get(e.blob)
+            if was is not None and was.tomb.version == e.version:
+                pending[e.blob] = was
+            else:
+                pending[e.blob] = _Pending(
+                    Tombstone(self._node_id, key, e.blob, e.version, e.proof)
+                )
+        for blob, was in held.items():
+            if was.tomb.version > horizon:
+                pending.setdefault(blob, was)  # signed since, or overwritten since
+        self._pending = pending
 
     def deleted(self, tomb: Tombstone) -> None:
         """A deletion of this org was just signed: nobody has confirmed it yet."""
@@ -292,8 +324,9 @@ class Collector:
         return d
 
     async def _round(self) -> int:
-        pending = self._load()
         self._forget_collected()
+        self._refill()
+        pending = self._load()
         if not pending:
             return 0
         for session in list(self._peers()):
@@ -345,7 +378,7 @@ class Collector:
         ripe = int((self._clock() - self.collect_after) * 1e9)
         horizon = self._horizons.version(self._node_id)
         for p in sorted(pending.values(), key=lambda p: p.tomb.version):
-            if p.tomb.version > ripe:
+            if p.tomb.version > ripe or p.tomb.version > self._complete_to:
                 break
             if not required <= p.vouched:
                 self._waiting_for(required - p.vouched, len(pending))
