@@ -38,6 +38,7 @@ SETTINGS: dict[str, str] = {
     "replicas": _TEXT,
     "erasure": _TEXT,
     "repair-after": _TEXT,
+    "collect-after": _TEXT,
     "log-format": _TEXT,
     "log-level": _TEXT,
     "no-relay": _FLAG,

@@ -340,6 +340,10 @@ class KnownOrgs:
         rows = {k: {"org": v.org, "box_key": v.box_key} for k, v in sorted(self._orgs.items())}
         write_secret(self._path, json.dumps(rows, indent=1).encode())
 
+    def ids(self) -> set[str]:
+        """The node id of every peer met (kept from its first session on: durable)."""
+        return set(self._orgs)
+
     def find(self, spec: str) -> list[KnownOrg]:
         """The one org ``spec`` names among those met, or none.
 

@@ -43,6 +43,13 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (owner, blob)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The newest horizon of each namespace (crypto.Horizon, verified when read): its
+-- tombstones at or below it are collected, and are not read back after a crash.
+CREATE TABLE IF NOT EXISTS horizons (
+    owner TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,  -- database.version_to_db
+    record BLOB NOT NULL
+) WITHOUT ROWID;
 -- The catalog as it was at the last clean stop (catalog.Snapshot), trusted only while
 -- state 'snapshot' is there: the node removes it when it starts.
 CREATE TABLE IF NOT EXISTS snapshot (
@@ -98,6 +105,7 @@ class StoreIndex:
     ) -> None:
         """``after(rows)`` runs on the disk thread once a group with them committed."""
         self._after = after
+        self._run = run
         try:
             self._db = Database(path, _SCHEMA)
             self._db.reader.execute("SELECT count(*) FROM entries").fetchone()
@@ -157,8 +165,12 @@ class StoreIndex:
         return Catalog.from_snapshot(Snapshot(totals, leaves))
 
     def rows(self) -> Iterator[Row]:
+        """Every row, except tombstones at or below their namespace's horizon (dropped
+        once it was adopted, but perhaps not yet on disk when the node crashed)."""
         for owner, blob, version, size, deleted, proof, sender, tomb in self._db.reader.execute(
-            "SELECT owner, blob, version, size, deleted, proof, sender, tomb FROM entries"
+            "SELECT e.owner, blob, e.version, size, deleted, proof, sender, tomb "
+            "FROM entries e LEFT JOIN horizons h ON h.owner = e.owner "
+            "WHERE NOT (deleted AND h.version IS NOT NULL AND e.version <= h.version)"
         ):
             entry = Entry(
                 version_from_db(version), size, bool(deleted), proof=bytes(proof), sender=sender
@@ -219,6 +231,27 @@ class StoreIndex:
             (key.owner, key.blob),
         ).fetchone()
         return None if row is None or row[0] is None else bytes(row[0])
+
+    def horizons(self) -> dict[str, bytes]:
+        """The stored horizon of each namespace that has one (unverified bytes)."""
+        return {
+            owner: bytes(record)
+            for owner, record in self._db.reader.execute("SELECT owner, record FROM horizons")
+        }
+
+    def put_horizon(self, owner: str, version: int, record: bytes) -> Deferred[None]:
+        """Keep ``owner``'s newest horizon (on the disk thread, after what is queued)."""
+        return self._run(
+            self._db.transaction,
+            [
+                (
+                    "INSERT INTO horizons VALUES (?, ?, ?) ON CONFLICT (owner) DO UPDATE "
+                    "SET version = excluded.version, record = excluded.record "
+                    "WHERE excluded.version > horizons.version",
+                    [(owner, version_to_db(version), record)],
+                )
+            ],
+        )
 
     def replace_all(self, rows: list[Row]) -> None:
         """At start-up, before the disk thread runs: the rows of a new index."""

@@ -85,6 +85,15 @@ class Ledger:
         )
         return [_entry(row) for row in rows]
 
+    def deletions(self, above: int, limit: int = -1) -> list[LedgerEntry]:
+        """The deletions newer than ``above``, oldest first (at most ``limit``)."""
+        rows = self._db.reader.execute(
+            "SELECT blob, version, deleted, proof, name, size, mtime FROM files "
+            "WHERE deleted = 1 AND version > ? ORDER BY version LIMIT ?",
+            (version_to_db(min(above, (1 << 64) - 1)), limit),
+        )
+        return [_entry(row) for row in rows]
+
     def seed(self, entries: list[LedgerEntry]) -> None:
         """Write at start-up, before the disk thread runs (versions found in the store
         that the ledger lacks: a node older than the ledger, or a ledger restored

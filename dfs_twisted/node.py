@@ -141,6 +141,7 @@ class NodeService(MultiService):
         audit_sample: int = 8,
         redundancy: Redundancy | None = None,
         repair_after: float = 3600.0,
+        collect_after: float = 3600.0,
         create: bool = True,
         reactor: PosixReactorBase | None = None,
     ) -> None:
@@ -168,6 +169,7 @@ class NodeService(MultiService):
         self.audit_sample = audit_sample
         self.redundancy = redundancy or Redundancy()
         self.repair_after = repair_after
+        self.collect_after = collect_after
         self._audits: task.LoopingCall | None = None
         self.create = create
         self.private = self.data_dir / "private"
@@ -235,6 +237,7 @@ class NodeService(MultiService):
             audit_sample=self.audit_sample,
             redundancy=self.redundancy,
             repair_after=self.repair_after,
+            collect_after=self.collect_after,
         )
         self.tls = MutualTLS(self.identity)
         self.factory = PeerFactory(
@@ -505,6 +508,7 @@ def node_from_options(options: Any) -> NodeService:
         audit_sample=options["audit-sample"],
         redundancy=Redundancy(options["replicas"], options["erasure"]),
         repair_after=options["repair-after"],
+        collect_after=options["collect-after"],
         create=not options["no-create"],
     )
 

@@ -141,6 +141,7 @@ DEFAULTS: dict[str, Setting] = {
     "audit-sample": "8",
     "replicas": "all",
     "repair-after": "1h",
+    "collect-after": "1h",
     "log-format": "text",
     "log-level": "info",
     "no-relay": False,
@@ -219,6 +220,12 @@ class NodeOptions(usage.Options):
             None,
             None,
             "how long a holder may be away before its copies go elsewhere (default 1h)",
+        ],
+        [
+            "collect-after",
+            None,
+            None,
+            "how long a deletion's tombstone is kept at least, once every node has it (default 1h)",
         ],
         ["log-format", None, None, "text (default) or json (one JSON object per line)"],
         [
@@ -315,6 +322,7 @@ class NodeOptions(usage.Options):
             ("sync-period", parse_duration),
             ("audit-period", parse_duration),
             ("repair-after", parse_duration),
+            ("collect-after", parse_duration),
             ("replicas", parse_replicas),
         ):
             try:

@@ -15,7 +15,7 @@ from typing import BinaryIO, Protocol
 from twisted.internet.defer import Deferred
 
 from . import merkle, wire
-from .crypto import Release, Tombstone
+from .crypto import CryptoError, Horizon, Release, Tombstone
 from .store import BlobKey
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "RemoteError",
     "SessionClosed",
     "delete_message",
+    "horizon_message",
     "release_message",
 ]
 
@@ -194,6 +195,24 @@ class PeerClient:
         if not isinstance(reply, wire.Ack):
             raise RemoteError("bad_reply", "RELEASE answered with something else")
 
+    async def horizon(
+        self, owner: str, mine: Horizon | None
+    ) -> tuple[Horizon | None, wire.HorizonReply]:
+        """Offer the peer this node's horizon of ``owner``'s namespace; return the
+        peer's (checked: None if it has none, or one that does not verify) and its reply."""
+        reply = await self._ask(horizon_message(owner, mine))
+        if not isinstance(reply, wire.HorizonReply):
+            raise RemoteError("bad_reply", "HORIZON answered with something else")
+        if reply.version is None or reply.key is None or reply.signature is None:
+            return None, reply
+        try:
+            theirs = Horizon(
+                owner, bytes.fromhex(reply.key), reply.version, bytes.fromhex(reply.signature)
+            ).verify()
+        except CryptoError:
+            return None, reply
+        return theirs, reply
+
     async def push(self, key: BlobKey, version: int, blob: BinaryIO, size: int) -> None:
         """Stream a stored blob to the peer as it reads it; return once it answered."""
         await self.send(key, version, size, iter(lambda: blob.read(PUSH_BLOCK), b""))
@@ -223,6 +242,13 @@ def release_message(release: Release) -> wire.Release:
         release.owner_key.hex(),
         release.signature.hex(),
     )
+
+
+def horizon_message(owner: str, horizon: Horizon | None) -> wire.Horizon:
+    """The HORIZON that offers a namespace's horizon (or asks for one)."""
+    if horizon is None:
+        return wire.Horizon(owner)
+    return wire.Horizon(owner, horizon.version, horizon.owner_key.hex(), horizon.signature.hex())
 
 
 def delete_message(tomb: Tombstone) -> wire.Delete:

@@ -25,6 +25,7 @@ from dfs_twisted.session import PeerSession
 MAX_VERSION = 2**64 - 1
 
 Forgery = Callable[[wire.ListReply], wire.ListReply]
+HorizonForgery = Callable[[wire.HorizonReply], wire.HorizonReply]
 
 
 class Liar:
@@ -33,6 +34,7 @@ class Liar:
     def __init__(self, node: NodeService) -> None:
         self.real = node.files.server
         self.forge_listing: Forgery | None = None  # rewrites every LIST answer
+        self.forge_horizon: HorizonForgery | None = None  # rewrites every HORIZON answer
         self.refuse_fetch = False  # answers every FETCH "not_found"
         self.flip_at: int | None = None  # serves blobs with this byte flipped
         self.cut_after: int | None = None  # drops the connection after serving this much
@@ -66,6 +68,12 @@ class Liar:
             forge = self.forge_listing
             return real.addCallback(
                 lambda reply: forge(reply) if isinstance(reply, wire.ListReply) else reply
+            )
+        if isinstance(request, wire.Horizon) and self.forge_horizon is not None:
+            real = self._answer(session, request)
+            lie = self.forge_horizon
+            return real.addCallback(
+                lambda reply: lie(reply) if isinstance(reply, wire.HorizonReply) else reply
             )
         return self._answer(session, request)
 
@@ -121,4 +129,9 @@ def newer_with_replayed_proof(reply: wire.ListReply) -> wire.ListReply:
     )
 
 
-__all__ = ["Liar", "deleted_at_max", "newer_with_replayed_proof", "succeed"]
+def naming_no_one(reply: wire.HorizonReply) -> wire.HorizonReply:
+    """Claims to have met no node at all (so that none would be waited for)."""
+    return wire.HorizonReply(reply.version, reply.key, reply.signature, (), True)
+
+
+__all__ = ["Liar", "deleted_at_max", "naming_no_one", "newer_with_replayed_proof", "succeed"]

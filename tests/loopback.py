@@ -26,6 +26,7 @@ from dfs_twisted.crypto import OrgKey, owner_id
 from dfs_twisted.diskqueue import DiskQueue
 from dfs_twisted.erasure import Erasure
 from dfs_twisted.files.audit import Auditor
+from dfs_twisted.files.collect import Collector, Horizons
 from dfs_twisted.files.fetch import Fetcher
 from dfs_twisted.files.holdings import Holdings, load_catalog
 from dfs_twisted.files.owner import Owner
@@ -177,12 +178,29 @@ class MemoryNode:
             Redundancy(replicas, erasure), self.known, clock=self.clock.seconds
         )
         self.sync = Sync(self.owner, self.holdings, self.live, relay, self.placement)
+        # Every node ever linked has been met (and `also_met`, for a test's own).
+        self.also_met: set[str] = set()
+        met = lambda: set(self.known()) | self.also_met  # noqa: E731
+        self.horizons = Horizons(self.holdings, met)
+        self.collector = Collector(
+            self.owner,
+            self.holdings,
+            self.ledger,
+            self.horizons,
+            self.live,
+            met,
+            collect_after=0,
+            clock=lambda: 1e10,  # after every version made here: age does not count
+        )
+        self.sync.before_namespace = self.horizons.exchange
+        self.sync.listed = self.collector.listed
         self.server = Server(
             self.node_id,
             self.holdings,
             self.space,
             KnownOrgs(root / "private" / "known.json"),
             self.sync,
+            self.horizons,
         )
         self.fetcher = Fetcher(self.holdings, self.live, self.clock)
         self.auditor = Auditor(

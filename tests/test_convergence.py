@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from functools import partial
 
 import pytest
 
@@ -172,3 +174,51 @@ class ListAfterLossTests(ConvergenceTestCase):
         owner.dfs("recover")
         self.assertEqual(self.ls(owner), {"kept.txt": 2})
         self.assertNotIn("peers only", owner.dfs("ls").stdout.decode())
+
+
+class TombstoneCollectionTests(ConvergenceTestCase):
+    """The seed's three nodes, each comparing every second and collecting at once."""
+
+    FLAGS = ("--sync-period", "1s", "--collect-after", "0")
+
+    def test_collected_only_once_the_node_away_is_back_and_confirmed(self) -> None:
+        a_port, b_port, c_port = free_port(), free_port(), free_port()
+        a = self.node("a", a_port, [], *self.FLAGS)
+        b = self.node("b", b_port, [a_port], *self.FLAGS)
+        c = self.node("c", c_port, [a_port, b_port], *self.FLAGS)
+        for node in (a, b, c):
+            node.wait_peers(2)
+        a_id, c_id = a.status()["node_id"], c.status()["node_id"]
+        self.put(a, "kept.txt", b"stays\n")
+        self.put(a, "doomed.txt", b"must not come back\n")
+        self.assertEqual(len(held(c, a_id)), 2)
+
+        c.stop()
+        wait_until(lambda: len(a.status()["peers"]) == 1, "a to see c go")
+        a.dfs("rm", "doomed.txt")
+        [doomed] = tombstones(a, a_id)
+        # c holds the blob and has not confirmed: a says so, and nothing is collected.
+        wait_until(
+            lambda: (
+                f"1 deletions kept until 1 nodes confirm them: {c_id}" in a.log_path.read_text()
+            ),
+            "a to wait for c",
+        )
+        self.assertEqual(tombstones(a, a_id), {doomed})
+        self.assertEqual(tombstones(b, a_id), {doomed})
+
+        c = self.node("c", c_port, [a_port, b_port], *self.FLAGS)
+        for node in (a, b, c):
+            wait_until(
+                partial(lambda n: tombstones(n, a_id) == set(), node), f"{node.port} collects"
+            )
+        self.assertIn("collected 1 deletions", a.log_path.read_text())
+        self.assertEqual(held(c, a_id), held(a, a_id))
+        self.assertEqual(len(held(c, a_id)), 1)
+        # Compared every second: the tombstone does not come back, nor does the file.
+        time.sleep(3)
+        for node in (a, b, c):
+            self.assertEqual(tombstones(node, a_id), set())
+            self.assertEqual(held(node, a_id), held(a, a_id))
+        self.assertEqual(self.ls(a), {"kept.txt": 3})
+        self.assertNotEqual(a.dfs("get", "doomed.txt", check=False).returncode, 0)

@@ -16,16 +16,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from dfs_twisted import wire
 from dfs_twisted.catalog import BLOCK
-from dfs_twisted.crypto import Encryptor, OrgKey, Tombstone
+from dfs_twisted.crypto import Encryptor, Horizon, OrgKey, Tombstone
 from dfs_twisted.files import FileNotFound, NewestUnavailable
 from dfs_twisted.files.serve import DELETE_BURST
 from dfs_twisted.node import NodeService
-from dfs_twisted.session import PeerSession, RemoteError, delete_message
+from dfs_twisted.session import PeerSession, RemoteError, delete_message, horizon_message
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
 from .inprocess import NodeTestCase, blob_path, eventually, free_port, get, put
-from .liars import Liar, deleted_at_max, newer_with_replayed_proof
+from .liars import Liar, deleted_at_max, naming_no_one, newer_with_replayed_proof
 
 pytestmark = pytest.mark.inprocess
 
@@ -332,3 +332,84 @@ class ForgedReplicaTests(NodeTestCase):
         self.assertIsNone(holder.files.catalog.get(BlobKey(owner, blob)))
         # The real blob is still taken: nothing of the refused ones was left behind.
         self.assertEqual(await send(session, owner, blob, data), "ok")
+
+
+class CollectionTests(NodeTestCase):
+    """V deletes a file H and L hold; L lies to have V's tombstones collected early."""
+
+    async def test_a_liar_cannot_collect_a_deletion_a_node_away_has_not_confirmed(
+        self,
+    ) -> None:
+        v_port, h_port = free_port(), free_port()
+        h_dir = Path(self.mktemp())
+        victim = self.make_node(v_port, org="victim")
+        honest = self.make_node(h_port, peers=[v_port], org="honest", data_dir=h_dir)
+        liar_node = self.make_node(peers=[v_port, h_port], org="liar")
+        await self.connected(victim, honest, liar_node)
+        liar = Liar(liar_node)
+        victim.files.collector.collect_after = 0
+        await put(victim, "doomed.bin", NOTES)
+        key = victim.files.owner.key_for("doomed.bin")
+        await eventually(lambda: honest.files.holdings.held(key) is not None, "H to hold it")
+        kept = blob_path(liar_node, key.owner, key.blob).read_bytes()  # L keeps a copy
+        version = victim.files.catalog.get(key).version  # type: ignore[union-attr]
+
+        # H is away during the deletion; L confirms it, and names no node it has met.
+        await honest.stopService()
+        await eventually(lambda: len(victim.registry.live()) == 1, "V to see H go")
+        await victim.files.delete("doomed.bin")
+        tomb = liar_node.files.holdings.tombstone(key)
+        assert tomb is not None
+        liar.forge_horizon = naming_no_one
+        self.assertEqual(await victim.files.collector.run(), 0)
+        self.assertEqual(await victim.files.collector.run(), 0)
+        self.assertIsNotNone(victim.files.holdings.tombstone(key))
+        self.assertEqual(liar_node.files.horizons.version(victim.node_id), 0)
+
+        # H is back, with the old copy. L offers it a horizon it signed itself: refused.
+        honest = self.make_node(h_port, peers=[v_port], org="honest", data_dir=h_dir)
+        await self.connected(victim, honest, liar_node)
+        forged = Horizon.sign(liar_node.identity.key, tomb.version)
+        with self.assertRaises(RemoteError) as refused:
+            await self.session(liar_node, honest).request(horizon_message(victim.node_id, forged))
+        self.assertEqual(refused.exception.code, wire.Code.BAD_SIGNATURE)
+        # H took the tombstone (from V or L, when they met again) and confirms it to V.
+        await eventually(
+            lambda: honest.files.holdings.tombstone(key) is not None, "H to take the deletion"
+        )
+        self.assertFalse(honest.store.exists(key))
+        self.assertEqual(await victim.files.collector.run(), 1)
+        for node in (victim, honest, liar_node):
+            await eventually(
+                lambda node=node: node.files.holdings.tombstone(key) is None,  # type: ignore[misc]
+                f"{node.org} to collect the tombstone",
+            )
+        # L replays the collected tombstone: refused, not recorded again.
+        with self.assertRaises(RemoteError) as again:
+            await self.session(liar_node, honest).request(delete_message(tomb))
+        self.assertEqual(again.exception.code, wire.Code.HAVE)
+        self.assertIsNone(honest.files.holdings.tombstone(key))
+
+        # L pushes its old copy to H, which has no tombstone left to refuse it with:
+        # V sees it at its next comparison with H, and deletes it again.
+        self.assertEqual(
+            await send_version(self.session(liar_node, honest), key, version, kept), "ok"
+        )
+        self.assertTrue(honest.store.exists(key))
+        await victim.files.sync.catch_up(self.session(victim, honest))
+        await eventually(lambda: not honest.store.exists(key), "V to delete it again at H")
+        written = victim.files.ledger.get(key.blob)
+        assert written is not None
+        self.assertTrue(written.deleted)
+        self.assertGreater(written.version, victim.files.horizons.version(victim.node_id))
+
+
+async def send_version(session: PeerSession, key: BlobKey, version: int, data: bytes) -> str:
+    """STORE a blob version through the real protocol; "ok" or the refusal's code."""
+    stream = session.store(wire.Store(key.owner, key.blob, len(data), version))
+    stream.write(data)
+    try:
+        await stream.finish()
+    except RemoteError as e:
+        return e.code
+    return "ok"

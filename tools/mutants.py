@@ -64,6 +64,9 @@ LIMITS = "tests/test_limits.py::ConnectionLimitTests"
 HOSTILE_INPUT = "tests/test_protocol.py::HostileInputTests"
 HANDSHAKE = "tests/test_handshake.py::HandshakeTests"
 ADMISSION = "tests/test_admission.py"
+COLLECT = "tests/test_collect.py"
+COLLECTING = f"{COLLECT}::CollectionTests"
+LYING_COLLECT = "tests/test_lying_peers.py::CollectionTests"
 
 MUTANTS = [
     # ------------------------------------------------------------ signatures
@@ -219,6 +222,96 @@ MUTANTS = [
         "        except CryptoError as e:\n"
         '            raise RequestRefused("bad_signature", f"tombstone does not verify',
         (AUTH, f"{LYING}::LyingListingTests"),
+    ),
+    # ------------------------------------------------------------ tombstone collection
+    Mutant(
+        "horizon-signature-checked",
+        "dfs_twisted/files/collect.py",
+        "                        bytes.fromhex(request.signature),\n"
+        "                    ).verify()\n",
+        "                        bytes.fromhex(request.signature),\n                    )\n",
+        (f"{COLLECT}::ForgedHorizonTests", LYING_COLLECT),
+    ),
+    Mutant(
+        "collect-only-what-every-node-confirmed",
+        "dfs_twisted/files/collect.py",
+        "            if not required <= p.vouched:\n",
+        "            if False:\n",
+        (COLLECTING, LYING_COLLECT),
+    ),
+    Mutant(
+        "collect-waits-for-every-node-met",
+        "dfs_twisted/files/collect.py",
+        "        nodes = set(self._known())\n",
+        "        nodes: set[str] = set()\n",
+        (
+            f"{COLLECTING}::test_a_node_away_holds_collection_back_until_it_is_back_and_confirmed",
+            f"{COLLECTING}::test_a_peer_naming_no_one_does_not_drop_a_node_the_owner_met",
+            LYING_COLLECT,
+        ),
+    ),
+    Mutant(
+        "collect-no-further-than-the-deletions-read",
+        "dfs_twisted/files/collect.py",
+        "            if p.tomb.version > ripe or p.tomb.version > self._complete_to:\n",
+        "            if p.tomb.version > ripe:\n",
+        (f"{COLLECT}::WindowTests",),
+    ),
+    Mutant(
+        "collect-waits-for-the-nodes-peers-met",
+        "dfs_twisted/files/collect.py",
+        "            nodes |= named\n",
+        "            pass\n",
+        (f"{COLLECTING}::test_a_node_only_a_peer_has_met_holds_collection_back",),
+    ),
+    Mutant(
+        "a-refused-deletion-is-not-confirmed",
+        "dfs_twisted/files/collect.py",
+        "                continue  # refused (quota, ...): not confirmed\n",
+        "                pass\n",
+        (f"{COLLECTING}::test_a_peer_that_refuses_the_deletion_has_not_confirmed",),
+    ),
+    Mutant(
+        "collected-tombstones-refused",
+        "dfs_twisted/files/serve.py",
+        "        if self._horizons.collected(tomb.owner, tomb.version):\n",
+        "        if False:\n",
+        (
+            f"{COLLECTING}::test_a_node_that_missed_the_horizon_does_not_hand_tombstones_back",
+            f"{COLLECT}::ForgedHorizonTests",
+            LYING_COLLECT,
+        ),
+    ),
+    Mutant(
+        "horizons-exchanged-before-comparing",
+        "dfs_twisted/files/sync.py",
+        "            await self.before_namespace(session, owner)\n",
+        "            pass\n",
+        (
+            f"{COLLECTING}::test_a_node_that_missed_the_horizon_does_not_hand_tombstones_back",
+            f"{COLLECTING}::test_a_node_holding_the_namespace_passes_the_horizon_on",
+        ),
+    ),
+    Mutant(
+        "collected-deletion-seen-again-is-deleted-again",
+        "dfs_twisted/files/sync.py",
+        "        self.listed(peer, theirs)\n",
+        "        pass\n",
+        (f"{COLLECT}::ResurrectionTests", LYING_COLLECT),
+    ),
+    Mutant(
+        "deleted-again-only-on-a-proven-claim",
+        "dfs_twisted/files/collect.py",
+        "            if not self._owner.proves(blob, claim, self._ledger.newest):\n",
+        "            if False:\n",
+        (f"{COLLECT}::ResurrectionTests",),
+    ),
+    Mutant(
+        "tombstones-under-the-horizon-not-read-back",
+        "dfs_twisted/index.py",
+        '"WHERE NOT (deleted AND h.version IS NOT NULL AND e.version <= h.version)"',
+        '"WHERE 1"',
+        (f"{COLLECT}::RestartTests",),
     ),
     # ------------------------------------------------------------ namespaces
     Mutant(

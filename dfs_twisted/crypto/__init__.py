@@ -62,6 +62,7 @@ from .format import (
     FormatError,
     IntegrityError,
 )
+from .horizon import Horizon
 from .orgkey import OrgKey, is_hex_id, owner_id, validate_name
 from .release import Release
 from .seal import SealCheck
@@ -88,6 +89,7 @@ __all__ = [
     "Encryptor",
     "FileKey",
     "FormatError",
+    "Horizon",
     "IntegrityError",
     "Metadata",
     "OrgKey",

@@ -30,6 +30,7 @@ from ..session import PeerSession
 from ..space import SpaceAccount
 from ..store import BlobKey, BlobStore
 from .audit import Auditor
+from .collect import COLLECT_AFTER, Collector, Horizons
 from .delete import Remover
 from .errors import DamagedBlob, FileNotFound, NewestUnavailable, PutInProgress, UnknownPeer
 from .fetch import Clock, Fetcher
@@ -79,6 +80,7 @@ class Files:
         audit_sample: int = 8,
         redundancy: Redundancy | None = None,
         repair_after: float = 3600.0,
+        collect_after: float = COLLECT_AFTER,
     ) -> None:
         self.owner = owner
         self.holdings = holdings
@@ -94,9 +96,18 @@ class Files:
         # orgs' blobs on to every peer would undo that.
         relay = relay and self.placement.everywhere
         self.sync = Sync(owner, holdings, peers.live, relay, self.placement)
-        self.server = Server(owner.node_id, holdings, space, known, self.sync)
+        # Every node met may hold this org's blobs (and pass them on): kept in
+        # known_orgs.json from its first session on.
+        met = lambda: known.ids() | set(peers.known())  # noqa: E731
+        self.horizons = Horizons(holdings, met)
+        self.collector = Collector(
+            owner, holdings, ledger, self.horizons, peers.live, met, collect_after
+        )
+        self.sync.before_namespace = self.horizons.exchange
+        self.sync.listed = self.collector.listed
+        self.server = Server(owner.node_id, holdings, space, known, self.sync, self.horizons)
         self._reader = Reader(owner, holdings, ledger, self.fetcher, clock, self.rebuild)
-        self._remover = Remover(owner, holdings, ledger, peers.live, self.placement)
+        self._remover = Remover(owner, holdings, ledger, peers.live, self.placement, self.collector)
         self.auditor = Auditor(
             owner, holdings, peers.live, self._resend, self.placement, audit_sample
         )
@@ -108,7 +119,13 @@ class Files:
         self.delete = self._remover.delete
         self.recover = self._recovery.recover
         self.damaged = holdings.damaged
-        self.sync_all = self.sync.sync_all
+
+    def sync_all(self) -> None:
+        """Compare with every live peer, and collect the deletions all have confirmed."""
+        self.sync.sync_all()
+        self.collector.run().addErrback(
+            lambda f: log.warn("collecting tombstones failed: {error}", error=f.getErrorMessage())
+        )
 
     @property
     def node_id(self) -> str:

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from ..crypto import Tombstone, share_id
 from ..ledger import Ledger, LedgerEntry
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
+from .collect import Collector
 from .errors import FileNotFound
 from .holdings import Holdings
 from .owner import Owner
@@ -27,12 +28,14 @@ class Remover:
         ledger: Ledger,
         peers: Callable[[], Sequence[PeerSession]],
         placement: Placement,
+        collector: Collector | None = None,
     ) -> None:
         self._owner = owner
         self._holdings = holdings
         self._ledger = ledger
         self._peers = peers
         self._placement = placement
+        self._collector = collector
 
     async def delete(self, name: str) -> tuple[bool, list[PeerOutcome]]:
         """Remove here and on every live peer, leaving a signed tombstone everywhere.
@@ -59,6 +62,8 @@ class Remover:
         await self._ledger.record(LedgerEntry(key.blob, version, True, tomb.signature))
         for blob in (key.blob, *shares):
             self._placement.forget(blob)
+        if self._collector is not None:
+            self._collector.deleted(tomb)
         outcomes = []
         for session in self._peers():
             peer = session.info
@@ -66,6 +71,8 @@ class Remover:
                 for each in tombs:
                     await PeerClient(session).delete(each)
                 outcomes.append(PeerOutcome(peer.org, peer.node_id, True))
+                if self._collector is not None:
+                    self._collector.acked(peer.node_id, tomb)
             except (RemoteError, SessionClosed) as e:
                 outcomes.append(PeerOutcome(peer.org, peer.node_id, False, str(e)))
         log.info(

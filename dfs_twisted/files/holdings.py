@@ -175,6 +175,18 @@ class Holdings:
         await self.disk.run(self._remove_if_older, key, version + 1)
         return True
 
+    def collect(self, owner: str, horizon: int) -> int:
+        """Drop ``owner``'s tombstones at or below ``horizon`` (its owner signed that
+        every node has them); return how many. Blobs are not touched."""
+        collected = [
+            blob
+            for blob, entry in self.catalog.entries(owner)
+            if entry.deleted and entry.version <= horizon
+        ]
+        for blob in collected:
+            self._forget(BlobKey(owner, blob))
+        return len(collected)
+
     def proof(self, key: BlobKey, entry: Entry) -> bytes:
         """The owner's proof of ``entry`` (the blob's record or the tombstone's
         signature): kept in memory until its row is in the index, then read there."""

@@ -33,6 +33,7 @@ from ..session import PeerSession
 from ..space import NoSpace, Reservation, SpaceAccount
 from ..store import BlobKey
 from ..wire import Code
+from .collect import Horizons
 from .holdings import Holdings, read_header
 from .sync import Sync
 
@@ -209,12 +210,14 @@ class Server:
         space: SpaceAccount,
         known: KnownOrgs,
         sync: Sync,
+        horizons: Horizons,
     ) -> None:
         self._node_id = node_id
         self._holdings = holdings
         self._space = space
         self._known = known
         self._sync = sync
+        self._horizons = horizons
         self._incoming: dict[BlobKey, IncomingReplica] = {}
         self._deletions = RateLimit(DELETE_RATE, DELETE_BURST)
 
@@ -324,6 +327,8 @@ class Server:
             return Deferred.fromCoroutine(self._answer_delete(session, request))
         if isinstance(request, wire.Release):
             return Deferred.fromCoroutine(self._answer_release(request))
+        if isinstance(request, wire.Horizon):
+            return succeed(self._horizons.answer(session, request))
         if isinstance(request, wire.Digest):
             return succeed(self._digest(request))
         if isinstance(request, wire.Head):
@@ -426,6 +431,9 @@ class Server:
             ).verify()
         except CryptoError as e:
             raise RequestRefused("bad_signature", f"tombstone does not verify: {e}") from None
+        if self._horizons.collected(tomb.owner, tomb.version):
+            # Its owner collected it everywhere: taking it again would undo that.
+            raise RequestRefused(Code.HAVE, "this deletion was collected (below the horizon)")
         key = BlobKey(tomb.owner, tomb.blob)
         catalog = self._holdings.catalog
         held = catalog.get(key)

@@ -59,6 +59,10 @@ class Sync:
         self._matched: dict[str, tuple[tuple[object, ...], tuple[str, int]]] = {}
         # Orgs met that place their files on chosen peers: never relayed.
         self.placed_owners: set[str] = set()
+        # Set by files.collect: horizons exchanged before a namespace is compared, and
+        # what a peer listed of this org's namespace.
+        self.before_namespace: Callable[[PeerSession, str], Awaitable[object]] = _nothing
+        self.listed: Callable[[str, dict[str, wire.ListEntry]], object] = lambda peer, theirs: None
 
     def _unchanged(self, peer: str, state: tuple[object, ...], theirs: tuple[str, int]) -> bool:
         return self._matched.get(peer) == (state, theirs)
@@ -112,6 +116,7 @@ class Sync:
             owners += [o for o in catalog.owners() if o not in skip]
         sent = 0
         for owner in owners:
+            await self.before_namespace(session, owner)
             own = owner == self._node_id
             if own and not self.placement.everywhere:
                 changes = await self._catch_up_placed(session)
@@ -329,6 +334,7 @@ class Sync:
     ) -> None:
         """What a peer listed of this org's namespace (of ``prefixes`` of it): the
         versions this org proves."""
+        self.listed(peer, theirs)
         newest = self._holdings.catalog.newest(self._node_id)
         self.placement.learn(
             peer,
@@ -379,3 +385,7 @@ class Sync:
                 if (share := share_id(blob, index)) in theirs:
                     found[share] = (blob, index, entry.version)
         return found
+
+
+async def _nothing(session: PeerSession, owner: str) -> None:
+    return None

@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import NoReturn
 
-PROTOCOL_VERSION = 4  # 4: DIGEST of a prefix, and its children
+PROTOCOL_VERSION = 5  # 4: DIGEST of a prefix, and its children; 5: HORIZON
 # HELLO features: this org places its files on chosen peers (do not relay them).
 PLACED = "placed"
 HEADER = struct.Struct("!BBII")
@@ -20,6 +20,8 @@ MAX_DATA_BODY = 1024 * 1024
 # A listing entry carries its proof (a 140-byte record, as hex): 128 fit a body well.
 MAX_LIST_PAGE = 128
 MAX_DIGEST_CHILDREN = 256  # a node of the digest tree has one child per byte value
+# Node ids a HORIZON_REPLY names (67 bytes each as JSON): a node that met more says so.
+MAX_MET = 512
 
 FLAG_END = 0x01
 FLAG_REPLY = 0x02
@@ -58,6 +60,8 @@ class MessageType(enum.IntEnum):
     AUDIT = 17
     AUDIT_REPLY = 18
     RELEASE = 19
+    HORIZON = 20
+    HORIZON_REPLY = 21
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in MessageType)

@@ -32,6 +32,7 @@ from .frames import (
     MAX_FEATURES,
     MAX_HEAD,
     MAX_LIST_PAGE,
+    MAX_MET,
     MAX_ORG,
     MAX_PROOF,
     MAX_REQUEST_ID,
@@ -131,6 +132,20 @@ class Release:
     holder: Annotated[str, HEX_ID]
     key: Annotated[str, HEX_ID]  # the owner's Ed25519 public key, 64 hex
     signature: Annotated[str, SIGNATURE]
+
+
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """The owner's signed horizon of its namespace (crypto.Horizon), as the sender
+    holds it (all None: it holds none): every tombstone at or below it is collected.
+    Answered with the receiver's own, after it took this one if newer."""
+
+    TYPE: ClassVar[MessageType] = MessageType.HORIZON
+
+    owner: Annotated[str, HEX_ID]
+    version: Annotated[int | None, Nullable(VERSION)] = None
+    key: Annotated[str | None, Nullable(HEX_ID)] = None  # the owner's Ed25519 public key
+    signature: Annotated[str | None, Nullable(SIGNATURE)] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +322,21 @@ class DigestReply:
 
 
 @dataclass(frozen=True, slots=True)
+class HorizonReply:
+    """The receiver's horizon of the namespace asked (all None: none); to the owner of
+    that namespace only, also every node the receiver has met (``complete``: all of
+    them are named), which the owner waits for before it collects anything."""
+
+    TYPE: ClassVar[MessageType] = MessageType.HORIZON_REPLY
+
+    version: Annotated[int | None, Nullable(VERSION)] = None
+    key: Annotated[str | None, Nullable(HEX_ID)] = None
+    signature: Annotated[str | None, Nullable(SIGNATURE)] = None
+    met: Annotated[tuple[str, ...], Array(HEX_ID, MAX_MET)] = ()
+    complete: Annotated[bool, Bool()] = False
+
+
+@dataclass(frozen=True, slots=True)
 class AuditReply:
     TYPE: ClassVar[MessageType] = MessageType.AUDIT_REPLY
 
@@ -342,6 +372,7 @@ Message: TypeAlias = (
     | Fetch
     | Delete
     | Release
+    | Horizon
     | List
     | Digest
     | Head
@@ -352,6 +383,7 @@ Message: TypeAlias = (
     | ListReply
     | DigestReply
     | HeadReply
+    | HorizonReply
     | AuditReply
     | Error
     | Abort
@@ -359,7 +391,7 @@ Message: TypeAlias = (
 )
 
 # Requests answered by one control message (no DATA either way).
-ControlRequest: TypeAlias = Delete | Release | List | Digest | Head | Audit
+ControlRequest: TypeAlias = Delete | Release | Horizon | List | Digest | Head | Audit
 
 _CONTROL_MESSAGES: tuple[type[Any], ...] = (
     Hello,
@@ -367,6 +399,7 @@ _CONTROL_MESSAGES: tuple[type[Any], ...] = (
     Fetch,
     Delete,
     Release,
+    Horizon,
     List,
     Digest,
     Head,
@@ -377,6 +410,7 @@ _CONTROL_MESSAGES: tuple[type[Any], ...] = (
     ListReply,
     DigestReply,
     HeadReply,
+    HorizonReply,
     AuditReply,
     Error,
     Abort,
