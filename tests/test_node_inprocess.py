@@ -63,6 +63,10 @@ class TwoNodeTests(NodeTestCase):
         self.assertEqual(row["direction"], "outgoing")
         [row] = a.registry.status()
         self.assertEqual((row["node_id"], row["direction"]), (b.node_id, "incoming"))
+        # Both ends send small frames at once (no Nagle delay on a put's answers).
+        for session in (on_a, on_b):
+            tcp = session.transport.transport  # type: ignore[union-attr]
+            self.assertTrue(tcp.getTcpNoDelay())
 
     async def test_put_reaches_peer_then_download_from_peer_then_delete(self) -> None:
         a, b = await self.two_nodes()
