@@ -172,7 +172,9 @@ class MemoryNode:
         # Every peer ever linked is known; one whose session closed was seen at the
         # clock's time when it left (the test's clock).
         self.placement = Placement(Redundancy(replicas), self.known, clock=self.clock.seconds)
-        self.sync = Sync(self.owner, self.holdings, self.live, relay, self.placement)
+        self.sync = Sync(
+            self.owner, self.holdings, self.live, relay, self.placement, self.clock.seconds
+        )
         self.server = Server(
             self.node_id,
             self.holdings,

@@ -88,7 +88,7 @@ class Files:
         # Placed copies go only where the owner puts them: a node that passed other
         # orgs' blobs on to every peer would undo that.
         relay = relay and self.placement.everywhere
-        self.sync = Sync(owner, holdings, peers.live, relay, self.placement)
+        self.sync = Sync(owner, holdings, peers.live, relay, self.placement, clock.seconds)
         self.server = Server(owner.node_id, holdings, space, known, self.sync)
         self._reader = Reader(owner, holdings, ledger, self.fetcher, clock)
         self._remover = Remover(owner, holdings, ledger, peers.live, self.placement)

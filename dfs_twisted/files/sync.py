@@ -13,6 +13,7 @@ hold (placement.py), and copies beyond that are released.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred
@@ -33,6 +34,14 @@ log = Logger()
 # roots differ: four LIST pages, no more round trips than descending the tree.
 LIST_ALL_BELOW = 4 * wire.MAX_LIST_PAGE
 
+# A peer that answered a relayed change of an owner with "have" or "busy" (it held
+# it, or was receiving it already) gets that owner's changes another way, from
+# the owner itself most likely: the next relays of that owner's changes to it are
+# held back this long, then one goes again and its answer decides anew. In a full
+# mesh that is every relay (each put cost every holder a STORE exchange with every
+# other holder); what a hold-back misses, anti-entropy (--sync-period) sends.
+RELAY_HOLD_BACK = 30.0
+
 
 class Sync:
     def __init__(
@@ -42,6 +51,7 @@ class Sync:
         peers: Callable[[], Sequence[PeerSession]],
         relay: bool,
         placement: Placement,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._owner = owner
         self._node_id = owner.node_id
@@ -51,6 +61,9 @@ class Sync:
         self.placement = placement
         self._syncing: set[PeerSession] = set()
         self.list_all_below = LIST_ALL_BELOW
+        self._clock = clock
+        # (peer, owner) -> until when relays of that owner's changes to it wait.
+        self._held_back: dict[tuple[str, str], float] = {}
 
     def sync_all(self) -> None:
         """Compare with every live peer (periodically: a refused or failed transfer
@@ -196,27 +209,32 @@ class Sync:
 
     async def offer(self, session: PeerSession, key: BlobKey, entry: Entry) -> int:
         """Send one blob or tombstone to a peer; 1 if the peer took it."""
+        return 1 if await self._offer(session, key, entry) is None else 0
+
+    async def _offer(self, session: PeerSession, key: BlobKey, entry: Entry) -> str | None:
+        """Send one blob or tombstone to a peer; None if the peer took it, else why
+        not (the code it refused with, or "failed")."""
         client = PeerClient(session)
         try:
             if entry.deleted:
                 tomb = self._holdings.tombstone(key)
                 if tomb is None:
-                    return 0
+                    return "gone"
                 await client.delete(tomb)
             else:
                 f = self._holdings.store.open(key)
                 if f is None:
-                    return 0  # deleted meanwhile
+                    return "gone"  # deleted meanwhile
                 with f:
                     await client.push(key, entry.version, f, os.fstat(f.fileno()).st_size)
                 if key.owner == self._node_id:
                     self.placement.holds(session.info.node_id, key.blob, entry.version)
-            return 1
+            return None
         except RemoteError as e:
             if key.owner == self._node_id and e.code in ROOM_CODES:
                 self.placement.refused(session.info.node_id, key.blob)
             if e.code in ("have", "busy", "not_found"):
-                return 0
+                return e.code
             # Out of room or of rate there is expected, and retried each sync: not a warning.
             level = log.info if e.code in ("quota", "disk_full", "slow_down") else log.warn
             level(
@@ -229,16 +247,31 @@ class Sync:
                 org=session.info.org,
                 error=str(e),
             )
-        return 0
+        return "failed"
 
     def relay_change(self, source: PeerSession, key: BlobKey, entry: Entry) -> None:
-        """Pass a change received from ``source`` on to the other live peers."""
+        """Pass a change received from ``source`` on to the other live peers, but
+        those that get this owner's changes another way (RELAY_HOLD_BACK)."""
         if not self.relay:
             return
+        now = self._clock()
         for session in self._peers():
-            if session is source or session.info.node_id == key.owner:
+            peer = session.info.node_id
+            if session is source or peer == key.owner:
                 continue
-            Deferred.fromCoroutine(self.offer(session, key, entry))
+            if self._held_back.get((peer, key.owner), now) > now:
+                continue
+            Deferred.fromCoroutine(self._relay(session, key, entry))
+
+    async def _relay(self, session: PeerSession, key: BlobKey, entry: Entry) -> None:
+        refused = await self._offer(session, key, entry)
+        held_back = (session.info.node_id, key.owner)
+        if refused in ("have", "busy"):
+            if held_back not in self._held_back and len(self._held_back) >= 4096:
+                self._held_back.clear()  # forgetting costs only relays again
+            self._held_back[held_back] = self._clock() + RELAY_HOLD_BACK
+        elif refused is None:
+            self._held_back.pop(held_back, None)
 
     def learn(
         self, peer: str, theirs: dict[str, wire.ListEntry], prefixes: Sequence[str] = ("",)
