@@ -198,8 +198,12 @@ class QueuedBlob:
             d.callback(None)
         return d
 
-    def commit(self) -> Deferred[None]:
-        """Fires once every write and the commit are done (fails if any failed)."""
+    def commit(self, then: Callable[[], None] | None = None) -> Deferred[None]:
+        """Fires once every write and the commit are done (fails if any failed).
+
+        ``then`` runs on the same sync thread once the blob is durable (a write that
+        must follow it, such as the owner's ledger row): no trip back to the reactor
+        and out to another thread in between."""
         self._flush()
         self._closed = True
 
@@ -208,6 +212,8 @@ class QueuedBlob:
                 self._writer.abort()
                 raise self._broken
             self._writer.commit()
+            if then is not None:
+                then()
 
         return self._idle().addCallback(lambda _: self._queue.sync(commit))
 
