@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -35,6 +35,7 @@ from .store import BlobWriter
 SYNC_EVERY = 64 << 20
 SYNC_THREADS = 8
 BATCH = 1 << 20
+BATCH_CALLS = 64  # most calls a disk thread runs before handing their results back
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]
 
@@ -74,16 +75,38 @@ class Workers:
         return done
 
     def _work(self) -> None:
-        call = self._reactor.callFromThread
-        while (job := self._jobs.get()) is not None:
-            f, args, done = job
-            try:
-                result = f(*args)
-            except BaseException:
-                call(done.errback, Failure())
-            else:
-                call(done.callback, result)
-            del job, f, args, done  # no reference kept while waiting for the next
+        jobs = self._jobs
+        stop = False
+        while not stop and (job := jobs.get()) is not None:
+            # The calls queued meanwhile run in the same turn and their results go
+            # back together: one wake-up of the reactor for them all, and none of
+            # this thread (the costly part of a hand-off) while it is busy.
+            batch = [job]
+            while len(batch) < BATCH_CALLS:
+                try:
+                    more = jobs.get_nowait()
+                except Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            results: list[tuple[Deferred[Any], bool, Any]] = []
+            for f, args, done in batch:
+                try:
+                    results.append((done, True, f(*args)))
+                except BaseException:
+                    results.append((done, False, Failure()))
+            self._reactor.callFromThread(_deliver, results)
+            del job, batch, results  # no reference kept while waiting for the next
+
+
+def _deliver(results: list[tuple[Deferred[Any], bool, Any]]) -> None:
+    for done, ok, result in results:
+        if ok:
+            done.callback(result)
+        else:
+            done.errback(result)
 
 
 class DiskQueue:
