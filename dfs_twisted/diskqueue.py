@@ -9,9 +9,12 @@ before the rename, their directories after it) run on a few threads at once: the
 file system then makes many of them durable in one journal commit, where one
 thread would wait for a commit per fsync (measured here: about 7 ms a small file
 one at a time, under 1 ms with four at once). That is the group commit of many
-concurrent puts; each still fires only once its own fsyncs returned. Aborts and
-the SQLite commits stay on one ordered thread; a rename (on a sync thread) and the
-removal of an older file of the same blob never interleave (store.BlobStore.renames).
+concurrent puts; each still fires only once its own fsyncs returned. A put's
+ledger row is written right after its blob, on the same sync thread (ledger.py);
+aborts and the index's SQLite commits stay on one ordered thread. A rename (on a
+sync thread) and the removal of an older file of the same blob never interleave
+(store.BlobStore.renames). A thread runs the calls queued meanwhile in one turn
+and hands their results back together (`Workers`).
 
 Every `SYNC_EVERY` bytes a blob's data is flushed, so the final fsync of a big
 blob does not stall its acknowledgement; while such a flush is still running and
