@@ -29,7 +29,7 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
@@ -59,6 +59,7 @@ class Workers:
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
             for i in range(threads)
         ]
+        self._stopped = False
 
     def start(self) -> None:
         for thread in self._threads:
@@ -66,6 +67,9 @@ class Workers:
 
     def stop(self) -> None:
         """Let the calls queued so far end, then the threads."""
+        if self._stopped:
+            return
+        self._stopped = True
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
@@ -73,6 +77,9 @@ class Workers:
                 thread.join()
 
     def submit(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if self._stopped:
+            # Nobody would run it: its caller would wait for ever.
+            return fail(RuntimeError("the disk threads have stopped"))
         done: Deferred[Any] = Deferred()
         self._jobs.put((f, args, done))
         return done

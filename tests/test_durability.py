@@ -9,6 +9,7 @@ looked like at that moment. The order of those calls is the promise.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import sqlite3
 import threading
@@ -25,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from dfs_twisted import backup
 from dfs_twisted.backup import Entry
 from dfs_twisted.database import Database
-from dfs_twisted.diskqueue import DiskQueue
+from dfs_twisted.diskqueue import DiskQueue, Workers
 from dfs_twisted.identity import write_secret
 from dfs_twisted.ledger import Ledger, LedgerEntry
 from dfs_twisted.store import BlobKey, BlobStore
@@ -162,6 +163,36 @@ class QueuedCommitTests(TestCase):
         blob.write(b"z" * 1000)
         await blob.commit(lambda: seen.append(sync.calls[-1]))
         self.assertEqual(seen, [(final.parent, True)])
+
+
+class WorkerTests(TestCase):
+    """The disk threads: each call's result or failure back on the reactor, in order."""
+
+    timeout = 30
+
+    async def test_results_failures_and_stop(self) -> None:
+        workers = Workers(cast(IReactorFromThreads, reactor), 1, "test-disk")
+        workers.start()
+        self.addCleanup(workers.stop)
+        gate = threading.Event()
+        first = workers.submit(gate.wait, 20)
+        # Queued while the thread is busy: run in one turn after it, in order.
+        ran: list[int] = []
+        later = [workers.submit(ran.append, i) for i in range(5)]
+        failing = workers.submit(operator.truediv, 1, 0)
+        gate.set()
+        self.assertTrue(await first)
+        for d in later:
+            await d
+        self.assertEqual(ran, list(range(5)))
+        with self.assertRaises(ZeroDivisionError):
+            await failing
+        queued = workers.submit(ran.append, 5)
+        workers.stop()  # what was queued before still runs
+        await queued
+        self.assertEqual(ran, list(range(6)))
+        with self.assertRaises(RuntimeError):
+            await workers.submit(ran.append, 6)
 
 
 class LedgerCommitTests(SynchronousTestCase):
