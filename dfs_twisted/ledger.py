@@ -8,12 +8,14 @@ written here, whether it is a deletion, the owner's proof of it (the blob's reco
 or the tombstone's signature), and the file's name, size and time (names stay in
 private/). Reads and recovery accept no version older than the ledger's.
 
-Written on the disk thread in group commits (database.GroupCommit); read from the
-reactor thread.
+Written in group commits: through the ordered disk thread (database.GroupCommit), or
+by a put right after its blob's commit, on that commit's thread (`recorder`), with
+the rows of the puts whose commits ended meanwhile. Read from the reactor thread.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,10 @@ class Ledger:
         """``run(f, *args)`` runs ``f`` on the disk thread, in order."""
         self._db = Database(path, _SCHEMA)
         self._commits: GroupCommit[LedgerEntry] = GroupCommit(run, self._write)
+        # Rows of `recorder`s waiting for a transaction, and the one writer at a time.
+        self._waiting: list[LedgerEntry] = []
+        self._waiting_lock = threading.Lock()
+        self._writing = threading.Lock()
         # The newest version of every row, also kept in memory: every put asks.
         row = self._db.reader.execute("SELECT max(version) FROM files").fetchone()
         self.newest = 0 if row[0] is None else version_from_db(row[0])
@@ -108,8 +114,39 @@ class Ledger:
         self.newest = max(self.newest, entry.version)
         return self._commits.add(entry)
 
+    def recorder(self, entry: LedgerEntry) -> Callable[[], None]:
+        """For a put: ``entry`` is counted now (`newest`), and written by the function
+        returned, to be called on a disk thread once the blob is durable. It returns
+        once the row is durable too (or raises), written in one transaction with the
+        rows of every other caller waiting at that moment: a group commit without a
+        trip through the reactor. A row is written unless a newer version of its
+        blob is recorded (a deletion that won keeps its row)."""
+        self.newest = max(self.newest, entry.version)
+
+        def record() -> None:
+            with self._waiting_lock:
+                self._waiting.append(entry)
+            with self._writing:
+                with self._waiting_lock:
+                    if all(e is not entry for e in self._waiting):
+                        return  # written with the group of a caller before this one
+                    group, self._waiting = self._waiting, []
+                try:
+                    self._transaction(group)
+                except BaseException:
+                    # The others of the group write them again (and fail on their own).
+                    with self._waiting_lock:
+                        self._waiting[:0] = [e for e in group if e is not entry]
+                    raise
+
+        return record
+
     def _write(self, entries: list[LedgerEntry]) -> None:
         """On the disk thread: one transaction for the whole group."""
+        with self._writing:
+            self._transaction(entries)
+
+    def _transaction(self, entries: list[LedgerEntry]) -> None:
         self._db.transaction(
             [
                 (

@@ -21,6 +21,7 @@ command line by `configure`.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -36,6 +37,7 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     formatEvent,
     formatEventAsClassicLogText,
+    formatTime,
     globalLogPublisher,
 )
 from twisted.python.logfile import LogFile
@@ -111,7 +113,18 @@ def text_line(event: dict[str, Any]) -> str | None:
     if node is not None and "log_system" not in event:
         level = event.get("log_level", LogLevel.info)
         event = {**event, "log_system": f"{node} {event.get('log_namespace')}#{level.name}"}
-    return formatEventAsClassicLogText(event)
+    return formatEventAsClassicLogText(event, formatTime=_line_time)
+
+
+def _line_time(when: float | None) -> str:
+    """twistd's time stamp (to the second), worked out once a second: a busy node
+    writes hundreds of lines in one, and the time zone lookup cost more than the rest."""
+    return _second(None if when is None else int(when))
+
+
+@functools.lru_cache(maxsize=4)
+def _second(second: int | None) -> str:
+    return formatTime(second)
 
 
 def json_line(event: dict[str, Any]) -> str:

@@ -77,20 +77,24 @@ def _fsync_dir(path: str | os.PathLike[str], fsync: Fsync = os.fsync) -> None:
         os.close(fd)
 
 
-def _make_blob_dirs(final_path: pathlib.Path) -> list[pathlib.Path]:
+def _make_blob_dirs(final_path: str) -> list[str]:
     """Create the blob's missing directories; return the directories whose entries
     changed (the parent of each one made), to be synced before the blob counts."""
-    bb_dir = final_path.parent
-    owner_dir = bb_dir.parent.parent
+    # Plain strings: path objects cost more than the system calls here, per blob.
+    bb_dir = os.path.dirname(final_path)
+    aa_dir = os.path.dirname(bb_dir)
+    owner_dir = os.path.dirname(aa_dir)
+    if os.path.isdir(bb_dir):
+        return []  # the usual case once a store has grown
     changed = []
-    for d in (owner_dir, bb_dir.parent, bb_dir):
+    for d in (owner_dir, aa_dir, bb_dir):
         try:
             os.mkdir(d, _DIR_MODE)
         except FileExistsError:
             continue
         # A new directory entry lives in its parent: sync that too, or the
         # whole subtree may vanish after a crash.
-        changed.append(d.parent)
+        changed.append(os.path.dirname(d))
     return changed
 
 
@@ -109,8 +113,8 @@ class BlobWriter:
         self,
         key: BlobKey,
         fd: int,
-        tmp_path: pathlib.Path,
-        final_path: pathlib.Path,
+        tmp_path: str,
+        final_path: str,
         fsync: Fsync = os.fsync,
         renames: threading.Lock | None = None,
     ) -> None:
@@ -184,7 +188,7 @@ class BlobWriter:
                 raise
             self._committed = True
             # Persist the rename itself, and the entries of new directories.
-            for directory in [*changed, self._final_path.parent]:
+            for directory in [*changed, os.path.dirname(self._final_path)]:
                 _fsync_dir(directory, self._fsync)
 
     def abort(self) -> None:
@@ -218,6 +222,7 @@ class BlobStore:
         self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         self._tmp = self.root / _TMP_DIR
         self._tmp.mkdir(mode=_DIR_MODE, exist_ok=True)
+        self._root_str, self._tmp_str = str(self.root), str(self._tmp)
         self._clear_tmp()
 
     def _clear_tmp(self) -> None:
@@ -232,19 +237,22 @@ class BlobStore:
                         pass
 
     def path_for(self, key: BlobKey) -> pathlib.Path:
+        return pathlib.Path(self._path(key))
+
+    def _path(self, key: BlobKey) -> str:
         # Re-check: BlobKey validates, but a path is the last line of defence
         # (object.__setattr__ can bypass a frozen dataclass).
         owner = parse_id(key.owner)
         blob = parse_id(key.blob)
-        return self.root / owner / blob[0:2] / blob[2:4] / blob
+        return f"{self._root_str}/{owner}/{blob[0:2]}/{blob[2:4]}/{blob}"
 
     def begin(self, key: BlobKey) -> BlobWriter:
-        final_path = self.path_for(key)
+        final_path = self._path(key)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         while True:
             # Random name so that concurrent uploads of the same key never
             # share a temp file; O_EXCL makes a collision an error, not a clobber.
-            tmp_path = self._tmp / (secrets.token_hex(16) + _TMP_SUFFIX)
+            tmp_path = f"{self._tmp_str}/{secrets.token_hex(16)}{_TMP_SUFFIX}"
             try:
                 fd = os.open(tmp_path, flags, _FILE_MODE)
             except FileExistsError:
@@ -257,13 +265,13 @@ class BlobStore:
 
     def open(self, key: BlobKey) -> BinaryIO | None:
         try:
-            return open(self.path_for(key), "rb", buffering=0)
+            return open(self._path(key), "rb", buffering=0)
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def _stat(self, key: BlobKey) -> os.stat_result | None:
         try:
-            st = os.stat(self.path_for(key))
+            st = os.stat(self._path(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
         return st if stat.S_ISREG(st.st_mode) else None

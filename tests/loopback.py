@@ -177,7 +177,9 @@ class MemoryNode:
         self.placement = Placement(
             Redundancy(replicas, erasure), self.known, clock=self.clock.seconds
         )
-        self.sync = Sync(self.owner, self.holdings, self.live, relay, self.placement)
+        self.sync = Sync(
+            self.owner, self.holdings, self.live, relay, self.placement, self.clock.seconds
+        )
         # Every node ever linked has been met (and `also_met`, for a test's own).
         self.also_met: set[str] = set()
         met = lambda: set(self.known()) | self.also_met  # noqa: E731

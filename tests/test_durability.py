@@ -9,22 +9,26 @@ looked like at that moment. The order of those calls is the promise.
 from __future__ import annotations
 
 import errno
+import operator
 import os
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import cast
 
 import pytest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from dfs_twisted import backup
 from dfs_twisted.backup import Entry
 from dfs_twisted.database import Database
-from dfs_twisted.diskqueue import DiskQueue
+from dfs_twisted.diskqueue import DiskQueue, Workers
 from dfs_twisted.identity import write_secret
+from dfs_twisted.ledger import Ledger, LedgerEntry
 from dfs_twisted.store import BlobKey, BlobStore
 
 from .inprocess import eventually
@@ -144,6 +148,121 @@ class QueuedCommitTests(TestCase):
         self.assertEqual(sync.calls[-1], (final.parent, True))
         file_syncs = [seen for path, seen in sync.calls if path.parent == root / "tmp"]
         self.assertEqual(file_syncs, [False])
+
+    async def test_what_follows_a_commit_runs_once_the_blob_is_durable(self) -> None:
+        # The owner's ledger row follows its blob on the same thread (Ledger.recorder).
+        root = Path(self.mktemp()).resolve()
+        final = BlobStore(root).path_for(KEY)
+        sync = RecordingSync(watch=final)
+        store = BlobStore(root, fsync=sync)
+        queue = DiskQueue(cast(IReactorFromThreads, reactor))
+        queue.start()
+        self.addCleanup(queue.stop)
+        seen: list[tuple[Path, bool]] = []
+        blob = queue.blob(store.begin(KEY))
+        blob.write(b"z" * 1000)
+        await blob.commit(lambda: seen.append(sync.calls[-1]))
+        self.assertEqual(seen, [(final.parent, True)])
+
+
+class WorkerTests(TestCase):
+    """The disk threads: each call's result or failure back on the reactor, in order."""
+
+    timeout = 30
+
+    async def test_results_failures_and_stop(self) -> None:
+        workers = Workers(cast(IReactorFromThreads, reactor), 1, "test-disk")
+        workers.start()
+        self.addCleanup(workers.stop)
+        gate = threading.Event()
+        first = workers.submit(gate.wait, 20)
+        # Queued while the thread is busy: run in one turn after it, in order.
+        ran: list[int] = []
+        later = [workers.submit(ran.append, i) for i in range(5)]
+        failing = workers.submit(operator.truediv, 1, 0)
+        gate.set()
+        self.assertTrue(await first)
+        for d in later:
+            await d
+        self.assertEqual(ran, list(range(5)))
+        with self.assertRaises(ZeroDivisionError):
+            await failing
+        queued = workers.submit(ran.append, 5)
+        workers.stop()  # what was queued before still runs
+        await queued
+        self.assertEqual(ran, list(range(6)))
+        with self.assertRaises(RuntimeError):
+            await workers.submit(ran.append, 6)
+
+
+class LedgerCommitTests(SynchronousTestCase):
+    """Rows written right after their blobs, on the commits' threads, in groups."""
+
+    def ledger(self) -> Ledger:
+        path = Path(self.mktemp())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ledger = Ledger(path, lambda f, *a: maybeDeferred(f, *a))
+        self.addCleanup(ledger.close)
+        return ledger
+
+    def entry(self, i: int) -> LedgerEntry:
+        return LedgerEntry(f"{i:064x}", 1000 + i, False, b"proof", f"file {i}", 10, 20)
+
+    def test_rows_waiting_while_one_is_written_go_in_one_transaction(self) -> None:
+        ledger = self.ledger()
+        transaction = ledger._transaction
+        groups: list[list[str]] = []
+        first_writing, others_waiting = threading.Event(), threading.Event()
+
+        def slow(entries: list[LedgerEntry]) -> None:
+            groups.append([e.name or "" for e in entries])
+            if len(groups) == 1:
+                first_writing.set()
+                others_waiting.wait(20)
+            transaction(entries)
+
+        ledger._transaction = slow  # type: ignore[method-assign]
+        records = [ledger.recorder(self.entry(i)) for i in range(3)]
+        threads = [threading.Thread(target=record) for record in records]
+        threads[0].start()
+        first_writing.wait(20)
+        for thread in threads[1:]:
+            thread.start()
+        # Both are waiting behind the first write before it ends.
+        while len(ledger._waiting) < 2:
+            time.sleep(0.001)
+        others_waiting.set()
+        for thread in threads:
+            thread.join(20)
+        self.assertEqual(groups[0], ["file 0"])
+        self.assertEqual(sorted(groups[1]), ["file 1", "file 2"])
+        self.assertEqual(len(groups), 2)
+        for i in range(3):
+            self.assertEqual(ledger.get(self.entry(i).blob), self.entry(i))
+        self.assertEqual(ledger.newest, 1002)
+
+    def test_a_failed_group_fails_its_writer_and_the_others_write_their_own(self) -> None:
+        ledger = self.ledger()
+        transaction = ledger._transaction
+        failed: list[list[str | None]] = []
+
+        def failing_once(entries: list[LedgerEntry]) -> None:
+            if not failed:
+                failed.append([e.name for e in entries])
+                raise sqlite3.OperationalError("disk I/O error")
+            transaction(entries)
+
+        ledger._transaction = failing_once  # type: ignore[method-assign]
+        first, second = self.entry(1), self.entry(2)
+        record_first, record_second = ledger.recorder(first), ledger.recorder(second)
+        # As if both had queued before the first write began.
+        ledger._waiting.append(second)
+        with self.assertRaises(sqlite3.OperationalError):
+            record_first()
+        self.assertEqual(failed, [["file 2", "file 1"]])
+        record_second()
+        self.assertIsNone(ledger.get(first.blob))
+        self.assertEqual(ledger.get(second.blob), second)
 
 
 class SecretSyncTests(SynchronousTestCase):

@@ -18,6 +18,8 @@ from dfs_twisted.crypto import Decryptor
 from dfs_twisted.files.delete import Remover
 from dfs_twisted.files.owner import Owner
 from dfs_twisted.files.put import Upload
+from dfs_twisted.files.serve import IncomingReplica
+from dfs_twisted.files.sync import RELAY_HOLD_BACK
 from dfs_twisted.session import PeerSession
 from dfs_twisted.store import BlobKey
 from tests.loopback import MemoryNode, link, outcome, settled
@@ -195,6 +197,39 @@ class SyncTests(LoopbackCase):
             sent = settled(b.sync.catch_up(at_b))
             held = c.holdings.held(BlobKey(a.node_id, result.blob))
             self.assertEqual((sent, held is not None), (1, True) if relay else (0, False))
+
+    def test_relays_to_a_peer_that_gets_the_owners_changes_itself_are_held_back(self) -> None:
+        # a reaches b and c itself; d only through b.
+        a, b, c, d = self.node("a"), self.node("b"), self.node("c"), self.node("d")
+        link(a, b)
+        link(a, c)
+        link(b, c)
+        link(b, d)
+        relayed: dict[str, list[str]] = {"c": [], "d": []}
+        count_stores(c, b, relayed["c"])
+        count_stores(d, b, relayed["d"])
+        blobs = [settled(a.put("one", b"1")).blob]
+        # c had it (or was receiving it) from a: b holds back a's next changes for c.
+        self.assertEqual(relayed, {"c": blobs, "d": blobs})
+        blobs.append(settled(a.put("two", b"2")).blob)
+        self.assertEqual(relayed, {"c": blobs[:1], "d": blobs})
+        b.clock.advance(RELAY_HOLD_BACK)
+        blobs.append(settled(a.put("three", b"3")).blob)
+        self.assertEqual(relayed, {"c": [blobs[0], blobs[2]], "d": blobs})
+        for blob in blobs:
+            self.assertIsNotNone(d.holdings.held(BlobKey(a.node_id, blob)))
+
+
+def count_stores(node: MemoryNode, sender: MemoryNode, blobs: list[str]) -> None:
+    """Append to ``blobs`` the blob of each STORE ``node`` gets from ``sender``."""
+    open_store = node.server.open_store
+
+    def counting(session: PeerSession, request: wire.Store) -> IncomingReplica:
+        if session.info.node_id == sender.node_id:
+            blobs.append(request.blob)
+        return open_store(session, request)
+
+    node.server.open_store = counting  # type: ignore[method-assign]
 
 
 class RecoverTests(LoopbackCase):

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from twisted.logger import ILogObserver, Logger, LogLevel, LogPublisher, formatEvent
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogPublisher,
+    formatEvent,
+    formatTime,
+)
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -80,6 +87,14 @@ class ObserverTests(SynchronousTestCase):
     def test_text_lines_name_the_node(self) -> None:
         [line] = self.lines(LogLevel.info, [event(log_node="node:3000")], fmt="text")
         self.assertIn("[node:3000 dfs_twisted.protocol#warn] peer acme refused", line)
+
+    def test_text_lines_carry_twistds_time_stamp(self) -> None:
+        # Worked out once a second (logs._line_time), it stays twistd's own.
+        times = [1_700_000_000.25, 1_700_000_000.75, 1_700_000_001.5]
+        lines = self.lines(
+            LogLevel.info, [event(log_time=t, log_level=LogLevel.info) for t in times], fmt="text"
+        )
+        self.assertEqual([line.split(" ")[0] for line in lines], [formatTime(t) for t in times])
 
     def test_repeated_warnings_are_held_back(self) -> None:
         out: list[dict[str, Any]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 from dataclasses import replace
 
 import pytest
@@ -63,6 +64,10 @@ class TwoNodeTests(NodeTestCase):
         self.assertEqual(row["direction"], "outgoing")
         [row] = a.registry.status()
         self.assertEqual((row["node_id"], row["direction"]), (b.node_id, "incoming"))
+        # Both ends send small frames at once (no Nagle delay on a put's answers).
+        for session in (on_a, on_b):
+            tcp = session.transport.transport  # type: ignore[union-attr]
+            self.assertTrue(tcp.getTcpNoDelay())
 
     async def test_put_reaches_peer_then_download_from_peer_then_delete(self) -> None:
         a, b = await self.two_nodes()
@@ -314,6 +319,25 @@ class PublishOrderTests(NodeTestCase):
         self.assertTrue(await committing)
         self.assertTrue(await waiting)
         self.assertEqual(read(node, key), b"v7")
+
+    async def test_a_failure_after_the_commit_fails_the_publish_with_the_blob_held(self) -> None:
+        # What follows a commit on its thread (a put's ledger row) failed: the put
+        # fails, and the blob, durable by then, is what the catalog holds.
+        node = self.make_node()
+        await node.ready
+        key = BlobKey(node.node_id, "f" * 64)
+
+        def ledger_fails() -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        holdings = node.files.holdings
+        publishing = holdings.publish(
+            key, 5, self.writer(node, key, b"v5"), b"", key.owner, ledger_fails
+        )
+        with self.assertRaises(sqlite3.OperationalError):
+            await Deferred.fromCoroutine(publishing)
+        self.assertEqual(read(node, key), b"v5")
+        self.assertEqual(holdings.catalog.get(key), Entry(5, 2, sender=key.owner))
 
     async def test_deletion_landing_during_a_commit_wins(self) -> None:
         node = self.make_node()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -47,9 +48,21 @@ def is_hex_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and len(value) == _HEX_ID_LEN and _HEX_DIGITS.issuperset(value)
 
 
+# A node meets a few owners' keys again and again (in every header and signature):
+# what is derived from one is kept, instead of being worked out per blob and chunk.
+@functools.lru_cache(maxsize=256)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def owner_id(public_key: bytes) -> str:
     """The id of the node owning an Ed25519 public key: SHA-256 of its SPKI, hex."""
-    spki = Ed25519PublicKey.from_public_bytes(public_key).public_bytes(
+    return _owner_id(bytes(public_key))
+
+
+@functools.lru_cache(maxsize=256)
+def _owner_id(public_key: bytes) -> str:
+    spki = _public_key(public_key).public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return hashlib.sha256(spki).hexdigest()
@@ -65,7 +78,7 @@ def verify_signature(
     public_key: bytes, signature: bytes | memoryview, message: bytes, what: str
 ) -> None:
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+        _public_key(bytes(public_key)).verify(signature, message)
     except (InvalidSignature, ValueError):
         raise IntegrityError(f"{what}: the owner's signature does not verify") from None
 

@@ -108,8 +108,10 @@ class Encryptor:
         self._parsed = parse_header(self.header)
         self._aead = AESGCM(data_key)
         self._signer = signer
-        # Fixed-size staging buffer filled in place: no reallocation per chunk.
-        self._buf = bytearray(chunk_size)
+        # Staging buffer for a partial chunk: the slice assignments in update() grow
+        # it to one chunk at most, then it is filled in place (no reallocation per
+        # chunk); a small file never pays for a whole chunk's zeroed buffer.
+        self._buf = bytearray()
         self._fill = 0
         self._index = 0
         self._done = False

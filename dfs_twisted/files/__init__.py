@@ -95,7 +95,7 @@ class Files:
         # Placed copies go only where the owner puts them: a node that passed other
         # orgs' blobs on to every peer would undo that.
         relay = relay and self.placement.everywhere
-        self.sync = Sync(owner, holdings, peers.live, relay, self.placement)
+        self.sync = Sync(owner, holdings, peers.live, relay, self.placement, clock.seconds)
         # Every node met may hold this org's blobs (and pass them on): kept in
         # known_orgs.json from its first session on.
         met = lambda: known.ids() | set(peers.known())  # noqa: E731

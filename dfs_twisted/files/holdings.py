@@ -75,13 +75,22 @@ class Holdings:
         return max(time.time_ns(), self.catalog.newest(owner) + 1, above + 1)
 
     async def publish(
-        self, key: BlobKey, version: int, writer: QueuedBlob, proof: bytes, sender: str
+        self,
+        key: BlobKey,
+        version: int,
+        writer: QueuedBlob,
+        proof: bytes,
+        sender: str,
+        then: Callable[[], None] | None = None,
     ) -> bool:
         """Commit a written blob version, unless it or a newer one is held or on its way.
 
         Commits of one key can be queued at once (a put, a replica, a repair): the
         newest must be the one left on disk. True if this version is now held.
-        ``proof``: the blob's record; ``sender``: the node whose quota it counts on.
+        ``proof``: the blob's record; ``sender``: the node whose quota it counts on;
+        ``then``: run on the disk thread once the blob file is durable (QueuedBlob.commit),
+        also when a deletion landed meanwhile; if it fails, so does the publish, with
+        the blob held all the same.
         """
         pending = self._publishing.get(key)
         if pending is not None and pending == version:
@@ -103,25 +112,37 @@ class Holdings:
         previous = self._last_commit.get(key)
         committed: Deferred[None] = Deferred()
         self._last_commit[key] = committed
+        failed: list[BaseException] = []
+
+        def after() -> None:
+            assert then is not None
+            try:
+                then()
+            except BaseException as e:
+                failed.append(e)  # raised once the catalog knows the blob is here
+
         try:
             try:
                 if previous is not None:
                     await previous
-                await writer.commit()
+                await writer.commit(None if then is None else after)
             finally:
                 if self._publishing.get(key) == version:
                     del self._publishing[key]
-            if not self.catalog.is_newer(key, version):
+            published = self.catalog.is_newer(key, version)
+            if published:
+                entry = Entry(version, writer.written, proof=proof, sender=sender)
+                self.catalog.set(key, entry)
+                # Not awaited: a crash before this row is in means the store is indexed anew.
+                self.index.put(Row(key, entry)).addCallback(
+                    lambda _: self.catalog.settled(key, version)
+                )
+            else:
                 # A deletion landed while the commit was queued: the newer change wins.
                 self.store.delete(key)
-                return False
-            entry = Entry(version, writer.written, proof=proof, sender=sender)
-            self.catalog.set(key, entry)
-            # Not awaited: a crash before this row is in means the store is indexed anew.
-            self.index.put(Row(key, entry)).addCallback(
-                lambda _: self.catalog.settled(key, version)
-            )
-            return True
+            if failed:
+                raise failed[0]
+            return published
         finally:
             # Only now may the next commit of this key begin: this one's file is
             # in place, or removed if a deletion landed meanwhile.

@@ -179,21 +179,26 @@ class Upload:
         try:
             record = self._encryptor.record
             assert record is not None  # finalized
-            # False when an rm of this name came in meanwhile: the later change wins.
-            if await self._holdings.publish(
-                self.key, self.version, self._local, record.to_bytes(), self.key.owner
-            ):
-                await self._ledger.record(
-                    LedgerEntry(
-                        self.blob,
-                        self.version,
-                        False,
-                        record.to_bytes(),
-                        self._name,
-                        record.size,
-                        self._mtime,
-                    )
-                )
+            entry = LedgerEntry(
+                self.blob,
+                self.version,
+                False,
+                record.to_bytes(),
+                self._name,
+                record.size,
+                self._mtime,
+            )
+            # The ledger's row is written right after the blob is durable, on the same
+            # disk thread. False when an rm of this name came in meanwhile: the later
+            # change wins (its newer row stays in the ledger too).
+            await self._holdings.publish(
+                self.key,
+                self.version,
+                self._local,
+                record.to_bytes(),
+                self.key.owner,
+                self._ledger.recorder(entry),
+            )
         except BaseException:
             self.abort("local write failed")
             raise

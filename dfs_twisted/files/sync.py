@@ -35,6 +35,14 @@ log = Logger()
 # roots differ: four LIST pages, no more round trips than descending the tree.
 LIST_ALL_BELOW = 4 * wire.MAX_LIST_PAGE
 
+# A peer that answered a relayed change of an owner with "have" or "busy" (it held
+# it, or was receiving it already) gets that owner's changes another way, from
+# the owner itself most likely: the next relays of that owner's changes to it are
+# held back this long, then one goes again and its answer decides anew. In a full
+# mesh that is every relay (each put cost every holder a STORE exchange with every
+# other holder); what a hold-back misses, anti-entropy (--sync-period) sends.
+RELAY_HOLD_BACK = 30.0
+
 
 class Sync:
     def __init__(
@@ -44,6 +52,7 @@ class Sync:
         peers: Callable[[], Sequence[PeerSession]],
         relay: bool,
         placement: Placement,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._owner = owner
         self._node_id = owner.node_id
@@ -53,6 +62,9 @@ class Sync:
         self.placement = placement
         self._syncing: set[PeerSession] = set()
         self.list_all_below = LIST_ALL_BELOW
+        self._clock = clock
+        # (peer, owner) -> until when relays of that owner's changes to it wait.
+        self._held_back: dict[tuple[str, str], float] = {}
         # Per peer, the state of this org's namespace (and of placement) when the
         # peer's digest of it last matched, and that digest: while both stay the
         # same, a sync neither walks the namespace again nor learns it again.
@@ -253,59 +265,66 @@ class Sync:
 
     async def offer(self, session: PeerSession, key: BlobKey, entry: Entry) -> int:
         """Send one blob or tombstone to a peer; 1 if the peer took it."""
-        return await self._attempt(session, key, self._send(session, key, entry))
+        refused = await self._attempt(session, key, self._send(session, key, entry))
+        return 1 if refused is None else 0
 
-    async def _send(self, session: PeerSession, key: BlobKey, entry: Entry) -> int:
+    async def _send(self, session: PeerSession, key: BlobKey, entry: Entry) -> str | None:
         client = PeerClient(session)
         if entry.deleted:
             tomb = self._holdings.tombstone(key)
             if tomb is None:
-                return 0
+                return "gone"
             await client.delete(tomb)
-            return 1
+            return None
         f = self._holdings.store.open(key)
         if f is None:
-            return 0  # deleted meanwhile
+            return "gone"  # deleted meanwhile
         with f:
             await client.push(key, entry.version, f, os.fstat(f.fileno()).st_size)
         if key.owner == self._node_id:
             self.placement.holds(session.info.node_id, key.blob, entry.version)
-        return 1
+        return None
 
     async def offer_share(self, session: PeerSession, blob: str, index: int, entry: Entry) -> int:
         """Make share ``index`` of this org's file ``blob`` from the blob here and send
         it to a peer; 1 if the peer took it."""
         share = BlobKey(self._node_id, share_id(blob, index))
-        return await self._attempt(session, share, self._send_share(session, blob, index, entry))
+        sending = self._send_share(session, blob, index, entry)
+        return 1 if await self._attempt(session, share, sending) is None else 0
 
-    async def _send_share(self, session: PeerSession, blob: str, index: int, entry: Entry) -> int:
+    async def _send_share(
+        self, session: PeerSession, blob: str, index: int, entry: Entry
+    ) -> str | None:
         erasure = self.placement.erasure
         assert erasure is not None
         f = self._holdings.store.open(BlobKey(self._node_id, blob))
         if f is None:
-            return 0  # deleted meanwhile
+            return "gone"  # deleted meanwhile
         share = BlobKey(self._node_id, share_id(blob, index))
         with f:
             header = read_header(f)
             meta = open_metadata(self._owner.key, header)
             if header.version != entry.version:
-                return 0  # replaced meanwhile: the next sync sends the new one
+                return "gone"  # replaced meanwhile: the next sync sends the new one
             f.seek(0)
             maker = ShareMaker(self._owner, erasure, meta.name, header.version, meta.mtime, [index])
             size = maker.announced(0, os.fstat(f.fileno()).st_size)
             await PeerClient(session).send(share, header.version, size, share_pieces(maker, f))
         self.placement.holds(session.info.node_id, share.blob, entry.version)
-        return 1
+        return None
 
-    async def _attempt(self, session: PeerSession, key: BlobKey, send: Awaitable[int]) -> int:
-        """What ``send`` (of ``key`` to a peer) returns; 0 if it failed (logged)."""
+    async def _attempt(
+        self, session: PeerSession, key: BlobKey, send: Awaitable[str | None]
+    ) -> str | None:
+        """Send ``key`` to a peer: None if the peer took it, else why not (the code
+        it refused with, "gone" or "failed"; a failure is logged)."""
         try:
             return await send
         except RemoteError as e:
             if key.owner == self._node_id and e.code in ROOM_CODES:
                 self.placement.refused(session.info.node_id, key.blob)
             if e.code in ("have", "busy", "not_found"):
-                return 0
+                return e.code
             # Out of room or of rate there is expected, and retried each sync: not a warning.
             level = log.info if e.code in ("quota", "disk_full", "slow_down") else log.warn
             level(
@@ -318,16 +337,31 @@ class Sync:
                 org=session.info.org,
                 error=str(e),
             )
-        return 0
+        return "failed"
 
     def relay_change(self, source: PeerSession, key: BlobKey, entry: Entry) -> None:
-        """Pass a change received from ``source`` on to the other live peers."""
+        """Pass a change received from ``source`` on to the other live peers, but
+        those that get this owner's changes another way (RELAY_HOLD_BACK)."""
         if not self.relay or key.owner in self.placed_owners:
             return
+        now = self._clock()
         for session in self._peers():
-            if session is source or session.info.node_id == key.owner:
+            peer = session.info.node_id
+            if session is source or peer == key.owner:
                 continue
-            Deferred.fromCoroutine(self.offer(session, key, entry))
+            if self._held_back.get((peer, key.owner), now) > now:
+                continue
+            Deferred.fromCoroutine(self._relay(session, key, entry))
+
+    async def _relay(self, session: PeerSession, key: BlobKey, entry: Entry) -> None:
+        refused = await self._attempt(session, key, self._send(session, key, entry))
+        held_back = (session.info.node_id, key.owner)
+        if refused in ("have", "busy"):
+            if held_back not in self._held_back and len(self._held_back) >= 4096:
+                self._held_back.clear()  # forgetting costs only relays again
+            self._held_back[held_back] = self._clock() + RELAY_HOLD_BACK
+        elif refused is None:
+            self._held_back.pop(held_back, None)
 
     def learn(
         self, peer: str, theirs: dict[str, wire.ListEntry], prefixes: Sequence[str] = ("",)
