@@ -20,7 +20,8 @@ from dfs_twisted import wire
 from dfs_twisted.files.serve import FileSource, IncomingReplica
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import BlobSource, RequestRefused
-from dfs_twisted.session import PeerSession
+from dfs_twisted.session import PeerSession, RemoteError
+from dfs_twisted.store import BlobKey
 
 MAX_VERSION = 2**64 - 1
 
@@ -135,3 +136,15 @@ def naming_no_one(reply: wire.HorizonReply) -> wire.HorizonReply:
 
 
 __all__ = ["Liar", "deleted_at_max", "naming_no_one", "newer_with_replayed_proof", "succeed"]
+
+
+async def store_blob(session: PeerSession, key: BlobKey, version: int, data: bytes) -> str:
+    """STORE ``data`` as a version of ``key`` through the real protocol: "ok" or the
+    refusal's code."""
+    stream = session.store(wire.Store(key.owner, key.blob, len(data), version))
+    stream.write(data)
+    try:
+        await stream.finish()
+    except RemoteError as e:
+        return e.code
+    return "ok"

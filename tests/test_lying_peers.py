@@ -25,7 +25,7 @@ from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
 from .inprocess import NodeTestCase, blob_path, eventually, free_port, get, put
-from .liars import Liar, deleted_at_max, naming_no_one, newer_with_replayed_proof
+from .liars import Liar, deleted_at_max, naming_no_one, newer_with_replayed_proof, store_blob
 
 pytestmark = pytest.mark.inprocess
 
@@ -159,17 +159,6 @@ def signed_blob(
     return enc.owner, enc.blob, data
 
 
-async def send(session: PeerSession, owner: str, blob: str, data: bytes) -> str:
-    """STORE a blob through the real protocol; "ok" or the refusal's code."""
-    stream = session.store(wire.Store(owner, blob, len(data), 1))
-    stream.write(data)
-    try:
-        await stream.finish()
-    except RemoteError as e:
-        return e.code
-    return "ok"
-
-
 class QuotaTests(NodeTestCase):
     """Space is charged to the peer that sends, and transfers in flight count."""
 
@@ -189,7 +178,8 @@ class QuotaTests(NodeTestCase):
 
     async def test_invented_owners_share_the_senders_quota(self) -> None:
         victim, attacker, session = await self.pair()
-        codes = [await send(session, *signed_blob(f"f{i}", 100_000)) for i in range(20)]
+        blobs = [signed_blob(f"f{i}", 100_000) for i in range(20)]
+        codes = [await store_blob(session, BlobKey(o, b), 1, data) for o, b, data in blobs]
         self.assertEqual(codes.count("ok"), 2)
         self.assertEqual(set(codes), {"ok", "quota"})
         self.assertLessEqual(victim.files.catalog.sent_by(attacker.node_id), self.QUOTA)
@@ -325,13 +315,13 @@ class ForgedReplicaTests(NodeTestCase):
         session = self.session(sender, holder)
         owner, blob, data = signed_blob("f", 100_000)
         altered = data[:-1] + bytes([data[-1] ^ 1])  # the last chunk's signature
-        self.assertEqual(await send(session, owner, blob, altered), "bad_blob")
+        self.assertEqual(await store_blob(session, BlobKey(owner, blob), 1, altered), "bad_blob")
         cut = data[:-64]  # the signature of the last chunk left off
-        self.assertEqual(await send(session, owner, blob, cut), "bad_blob")
+        self.assertEqual(await store_blob(session, BlobKey(owner, blob), 1, cut), "bad_blob")
         self.assertFalse(holder.store.exists(BlobKey(owner, blob)))
         self.assertIsNone(holder.files.catalog.get(BlobKey(owner, blob)))
         # The real blob is still taken: nothing of the refused ones was left behind.
-        self.assertEqual(await send(session, owner, blob, data), "ok")
+        self.assertEqual(await store_blob(session, BlobKey(owner, blob), 1, data), "ok")
 
 
 class CollectionTests(NodeTestCase):
@@ -393,7 +383,7 @@ class CollectionTests(NodeTestCase):
         # L pushes its old copy to H, which has no tombstone left to refuse it with:
         # V sees it at its next comparison with H, and deletes it again.
         self.assertEqual(
-            await send_version(self.session(liar_node, honest), key, version, kept), "ok"
+            await store_blob(self.session(liar_node, honest), key, version, kept), "ok"
         )
         self.assertTrue(honest.store.exists(key))
         await victim.files.sync.catch_up(self.session(victim, honest))
@@ -402,14 +392,3 @@ class CollectionTests(NodeTestCase):
         assert written is not None
         self.assertTrue(written.deleted)
         self.assertGreater(written.version, victim.files.horizons.version(victim.node_id))
-
-
-async def send_version(session: PeerSession, key: BlobKey, version: int, data: bytes) -> str:
-    """STORE a blob version through the real protocol; "ok" or the refusal's code."""
-    stream = session.store(wire.Store(key.owner, key.blob, len(data), version))
-    stream.write(data)
-    try:
-        await stream.finish()
-    except RemoteError as e:
-        return e.code
-    return "ok"

@@ -35,13 +35,14 @@ from dfs_twisted.crypto import (
 from dfs_twisted.mux import OutgoingStream
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import PeerProtocol
-from dfs_twisted.session import PeerSession, RemoteError, SessionClosed
+from dfs_twisted.session import RemoteError, SessionClosed
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 from dfs_twisted.transport import TLSClientEndpoint
 
 from .environment import cannot_run
 from .inprocess import NodeTestCase, eventually, free_port, reactor, start_node
+from .liars import store_blob
 
 pytestmark = pytest.mark.inprocess
 
@@ -88,17 +89,6 @@ def v2_blob() -> SignedBlob:
     return SignedBlob(BlobKey(owner, path.name), header.version, data, len(header.raw))
 
 
-async def send(session: PeerSession, blob: SignedBlob, data: bytes) -> str:
-    """STORE ``data`` as ``blob`` through the real protocol: "ok" or the refusal's code."""
-    stream = session.store(wire.Store(blob.key.owner, blob.key.blob, len(data), blob.version))
-    stream.write(data)
-    try:
-        await stream.finish()
-    except RemoteError as e:
-        return e.code
-    return "ok"
-
-
 class ReplicaSignatureTests(NodeTestCase):
     """A holder checks the owner's signature over every chunk of a replica it receives.
 
@@ -124,10 +114,10 @@ class ReplicaSignatureTests(NodeTestCase):
 
     async def refused_then_the_real_one_taken(self, blob: SignedBlob, altered: bytes) -> None:
         holder, _, session = await self.pair()
-        self.assertEqual(await send(session, blob, altered), "bad_blob")
+        self.assertEqual(await store_blob(session, blob.key, blob.version, altered), "bad_blob")
         await self.assert_nothing_kept(holder, blob)
         # The real blob goes in after that: the refusal was for the altered byte.
-        self.assertEqual(await send(session, blob, blob.data), "ok")
+        self.assertEqual(await store_blob(session, blob.key, blob.version, blob.data), "ok")
         with holder.store.path_for(blob.key).open("rb") as f:
             self.assertEqual(f.read(), blob.data)
         self.assertIsNotNone(holder.files.holdings.catalog.get(blob.key))
