@@ -317,8 +317,8 @@ MUTANTS = [
     Mutant(
         "namespace-write-check",
         "dfs_twisted/files/serve.py",
-        "if owner == session.info.node_id or (self._sync.relay and owner != self._node_id):",
-        "if True:",
+        "        if owner == session.info.node_id:\n            return\n",
+        "        return\n",
         (
             AUTH,
             "tests/test_hostile.py::StoreAttackTests::"
@@ -328,8 +328,8 @@ MUTANTS = [
     Mutant(
         "own-namespace-written-by-nobody-else",
         "dfs_twisted/files/serve.py",
-        "(self._sync.relay and owner != self._node_id)",
-        "(self._sync.relay)",
+        "owner not in (self._node_id, *self._sync.placed_owners)",
+        "owner not in self._sync.placed_owners",
         (AUTH, "tests/test_hostile.py::StoreAttackTests"),
     ),
     # ------------------------------------------------------------ version order
@@ -676,8 +676,8 @@ MUTANTS = [
     Mutant(
         "ls-lists-a-file-whose-blob-went-missing",
         "dfs_twisted/files/recover.py",
-        "            f = self._holdings.open(key)\n",
-        "            f = store.open(key)\n",
+        "                if self._holdings.held(key) is None:\n",
+        "                if False:\n",
         (f"{PATHS}::MissingBlobListingTests",),
     ),
     Mutant(
@@ -690,8 +690,8 @@ MUTANTS = [
     Mutant(
         "no-relay-refuses-relayed-replicas",
         "dfs_twisted/files/serve.py",
-        "(self._sync.relay and owner != self._node_id)",
-        "(owner != self._node_id)",
+        "        if self._sync.relay and owner not in",
+        "        if owner not in",
         (f"{PATHS}::ReplicaTests",),
     ),
     Mutant(
