@@ -11,12 +11,16 @@ import json
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from twisted.internet import reactor as _reactor
 from twisted.internet import task, tcp
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -28,6 +32,7 @@ from dfs_twisted.store import BlobKey
 
 # The module is the running reactor: typed as what it is.
 reactor = cast(PosixReactorBase, _reactor)
+_Raw = TypeVar("_Raw", bound="RawHttp")
 
 POLL = 0.01  # seconds between checks of a condition
 PATIENCE = 10.0  # seconds before a condition that never comes true fails the test
@@ -126,6 +131,21 @@ class NodeTestCase(TestCase):
         await self.start(*nodes)
         await eventually(all_connected, "sessions between all nodes")
 
+    async def liar_then_honest(
+        self, name: str, data: bytes
+    ) -> tuple[NodeService, NodeService, NodeService, str]:
+        """V dials L first (so L is asked first), then H dials V; all hold V's file
+        ``name``. Returns V, L, H and the file's blob id (L for a test to make lie)."""
+        l_port = free_port()
+        liar_node = self.make_node(l_port, org="liar")
+        victim = self.make_node(peers=[l_port], org="victim")
+        await self.connected(victim, liar_node)
+        honest = self.make_node(peers=[victim.port], org="honest")
+        await self.connected(victim, honest)
+        blob, replicas = await put(victim, name, data)
+        self.assertEqual(replicas, 3)
+        return victim, liar_node, honest, blob
+
     @staticmethod
     def session(node: NodeService, to: NodeService) -> PeerProtocol:
         """``node``'s live session with ``to``."""
@@ -133,6 +153,29 @@ class NodeTestCase(TestCase):
             if s.info is not None and s.info.node_id == to.node_id:
                 return s
         raise AssertionError(f"{node.org} has no session with {to.org}")
+
+
+class RawHttp(Protocol):
+    """A bare HTTP client connection to a node's API: what it received, and when it
+    closed (requests are written on ``transport`` by the test)."""
+
+    transport: Any  # a TCP connection (write, pauseProducing, abortConnection)
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed: Deferred[None] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closed.callback(None)
+
+
+async def connect_raw(port: int, client: _Raw) -> _Raw:
+    """``client`` connected to the API listening on ``port`` of 127.0.0.1."""
+    await connectProtocol(TCP4ClientEndpoint(_reactor, "127.0.0.1", port), client)
+    return client
 
 
 @implementer(IConsumer)

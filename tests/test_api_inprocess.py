@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 
 from dfs_twisted.node import NodeService
 
-from .inprocess import NodeTestCase
+from .inprocess import NodeTestCase, RawHttp, connect_raw
 
 reactor = cast(PosixReactorBase, _reactor)  # the module is the running reactor
 
@@ -239,18 +239,8 @@ class ApiTests(ApiTestCase):
         self.assertEqual(response.code, 404)
 
 
-class _RawClient(Protocol):
+class _RawClient(RawHttp):
     """A bare HTTP/1.1 connection: send bytes, read back whole responses."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.closed.callback(None)
 
     def response(self) -> tuple[int, dict[bytes, bytes], bytes] | None:
         """The first complete response received, taken off the buffer (None: not yet)."""
@@ -272,12 +262,7 @@ class RawHttpTestCase(ApiTestCase):
     """Requests written byte by byte on a connection the test keeps."""
 
     async def raw(self) -> _RawClient:
-        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-
-        port = int(self.url.rsplit(":", 1)[1])
-        client = _RawClient()
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-        return client
+        return await connect_raw(int(self.url.rsplit(":", 1)[1]), _RawClient())
 
     async def hang_up(self, client: _RawClient) -> None:
         if client.transport is not None and not client.closed.called:

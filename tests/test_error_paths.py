@@ -16,9 +16,6 @@ from typing import Any
 import pytest
 from twisted.internet import task
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
 
 from dfs_twisted import wire
 from dfs_twisted.crypto import Encryptor
@@ -31,7 +28,17 @@ from dfs_twisted.session import RemoteError, SessionClosed
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
-from .inprocess import NodeTestCase, blob_path, eventually, free_port, get, put, reactor
+from .inprocess import (
+    NodeTestCase,
+    RawHttp,
+    blob_path,
+    connect_raw,
+    eventually,
+    free_port,
+    get,
+    put,
+    reactor,
+)
 from .liars import Liar
 
 pytestmark = pytest.mark.inprocess
@@ -66,28 +73,9 @@ def sealed(node: NodeService, name: str, data: bytes) -> tuple[BlobKey, int, byt
     return BlobKey(node.node_id, encryptor.blob), version, blob
 
 
-class _RawHttp(Protocol):
-    """A bare HTTP client connection: what it received, and when it closed."""
-
-    transport: Any  # a TCP connection (pauseProducing, abortConnection)
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.closed.callback(None)
-
-
-async def raw_http(node: NodeService) -> _RawHttp:
+async def raw_http(node: NodeService) -> RawHttp:
     url = await node.ready
-    port = int(url.rstrip("/").rsplit(":", 1)[1])
-    client = _RawHttp()
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
-    return client
+    return await connect_raw(int(url.rstrip("/").rsplit(":", 1)[1]), RawHttp())
 
 
 def request_head(node: NodeService, method: str, name: str, length: int | None = None) -> bytes:

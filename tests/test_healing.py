@@ -18,7 +18,7 @@ from dfs_twisted.crypto import SIGNATURE_SIZE, file_key, parse_header
 from dfs_twisted.files import DamagedBlob
 from dfs_twisted.node import NodeService
 
-from .inprocess import BytesConsumer, NodeTestCase, blob_path, eventually, free_port, get, put
+from .inprocess import BytesConsumer, NodeTestCase, blob_path, eventually, get
 from .liars import Liar
 
 pytestmark = pytest.mark.inprocess
@@ -30,15 +30,7 @@ DATA = os.urandom(5 * (1 << 20) + 12345)
 class HealingTests(NodeTestCase):
     async def network(self) -> tuple[NodeService, Liar, NodeService]:
         """V dials L first (L is asked first), then H dials V; all hold V's file."""
-        l_port = free_port()
-        liar_node = self.make_node(l_port, org="liar")
-        victim = self.make_node(peers=[l_port], org="victim")
-        await self.connected(victim, liar_node)
-        honest = self.make_node(peers=[victim.port], org="honest")
-        await self.connected(victim, honest)
-        blob, replicas = await put(victim, "big.bin", DATA)
-        self.assertEqual(replicas, 3)
-        self.blob = blob
+        victim, liar_node, honest, self.blob = await self.liar_then_honest("big.bin", DATA)
         return victim, Liar(liar_node), honest
 
     def chunk_offset(self, node: NodeService, index: int) -> int:

@@ -68,14 +68,7 @@ class ScrubRepairTests(NodeTestCase):
 class AskedLastTests(NodeTestCase):
     async def network(self) -> tuple[NodeService, Liar, NodeService, str]:
         """V dials L first (L is asked first), then H dials V; all hold V's file."""
-        l_port = free_port()
-        liar_node = self.make_node(l_port, org="liar")
-        victim = self.make_node(peers=[l_port], org="victim")
-        await self.connected(victim, liar_node)
-        honest = self.make_node(peers=[victim.port], org="honest")
-        await self.connected(victim, honest)
-        blob, replicas = await put(victim, "asked.bin", DATA)
-        self.assertEqual(replicas, 3)
+        victim, liar_node, honest, blob = await self.liar_then_honest("asked.bin", DATA)
         self.assertEqual([s.info.org for s in victim.registry.live()], ["liar", "honest"])
         return victim, Liar(liar_node), honest, blob
 
