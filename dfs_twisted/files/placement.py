@@ -122,12 +122,11 @@ class Placement:
         return refused is not None and now - refused < REFUSAL_MEMORY
 
     def targets(self, blob: str, available: list[str] | None = None) -> list[str]:
-        """The peers that should hold ``blob`` (or, with erasure, one of its shares)
-        now, in rank order (among ``available``, by default the peers available now)."""
+        """The peers that should hold a copy of ``blob`` now, in rank order (among
+        ``available``, by default the peers available now). With erasure coding,
+        `slots` says which peer holds which share instead."""
         if available is None:
             available = self.available()
-        if self.erasure is not None:
-            return [peer for peer in self.slots(blob, available) if peer is not None]
         wanted = self.redundancy.peers
         if wanted is None:
             return available
