@@ -1,8 +1,11 @@
-"""Blob writes: into the page cache from the caller, the waits for the disk on threads.
+"""Blob writes: gathered where the data arrives, written and made durable on threads.
 
-A write into the page cache is a memory copy: done where the data arrives (the
-reactor), it costs less than handing each piece to another thread, which on a
-busy machine cost more CPU than the copy itself (lock, wake-up, GIL hand-over).
+The pieces of a blob (a frame or a TLS record each) are gathered on the reactor and
+handed to the write thread about a megabyte at a time: one hand-off per megabyte,
+where one per piece cost more CPU than the write (lock, wake-up, GIL hand-over). A
+big blob is written past the page cache (store.py), so a write waits for the disk;
+while more than `WRITE_AHEAD` bytes wait for the write thread, the source is paused
+(an HTTP upload or a peer connection).
 
 What waits for the disk runs on worker threads. The fsyncs of blobs (their data
 before the rename, their directories after it) run on a few threads at once: the
@@ -16,10 +19,10 @@ sync thread) and the removal of an older file of the same blob never interleave
 (store.BlobStore.renames). A thread runs the calls queued meanwhile in one turn
 and hands their results back together (`Workers`).
 
-Every `SYNC_EVERY` bytes a blob's data is flushed, so the final fsync of a big
-blob does not stall its acknowledgement; while such a flush is still running and
-another `SYNC_EVERY` bytes came in, the source is paused (an HTTP upload or a peer
-connection): dirty memory per blob stays bounded however slow the disk.
+Every `SYNC_EVERY` bytes a blob's data is flushed on the write thread, so the final
+fsync of a big blob does not stall its acknowledgement, and a blob written through
+the page cache (a file system without direct I/O) keeps its dirty memory bounded
+however slow the disk.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .store import BlobWriter
 SYNC_EVERY = 64 << 20
 SYNC_THREADS = 8
 BATCH = 1 << 20
+WRITE_AHEAD = 8 << 20  # bytes of a blob waiting for the write thread before its source pauses
 BATCH_CALLS = 64  # most calls a disk thread runs before handing their results back
 
 _Job = tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]
@@ -120,23 +124,30 @@ def _deliver(results: list[tuple[Deferred[Any], bool, Any]]) -> None:
 
 
 class DiskQueue:
-    """The node's disk threads: one in order, and a few for fsyncs."""
+    """The node's disk threads: one in order, one for blob data, and a few for fsyncs."""
 
     def __init__(self, reactor: IReactorFromThreads) -> None:
         self._pool = Workers(reactor, 1, "dfs-disk")
+        self._writes = Workers(reactor, 1, "dfs-write")
         self._syncs = Workers(reactor, SYNC_THREADS, "dfs-sync")
 
     def start(self) -> None:
         self._pool.start()
+        self._writes.start()
         self._syncs.start()
 
     def stop(self) -> None:
         self._pool.stop()
+        self._writes.stop()
         self._syncs.stop()
 
     def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run ``f`` on the ordered disk thread after everything queued before it."""
         return self._pool.submit(f, *args)
+
+    def write(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run ``f`` (a blob's data write) on the write thread, after those queued before."""
+        return self._writes.submit(f, *args)
 
     def sync(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run ``f`` (one that waits for fsyncs) on a sync thread, in no order."""
@@ -152,8 +163,8 @@ class DiskQueue:
 
 
 class QueuedBlob:
-    """A BlobWriter written from the caller's thread; its flushes and commit run on a
-    sync thread, its abort on the ordered disk thread."""
+    """A BlobWriter fed from the reactor: its writes run on the write thread, its
+    commit on a sync thread, its abort on the ordered disk thread."""
 
     def __init__(
         self,
@@ -167,9 +178,9 @@ class QueuedBlob:
         self._pause = pause
         self._resume = resume
         self._paused = False
-        self._syncing = False
-        self._after_sync: list[Deferred[None]] = []
-        self._unsynced = 0
+        self._writing = 0  # bytes handed to the write thread and not written yet
+        self._idle_waiters: list[Deferred[None]] = []
+        self._unsynced = 0  # written since the last flush; used on the write thread only
         self._broken: BaseException | None = None
         self._closed = False
         self._batch: list[bytes] = []
@@ -186,47 +197,42 @@ class QueuedBlob:
         self.written += len(data)
         self._batch.append(data)
         self._batched += len(data)
-        # Peer data comes in pieces of a frame or a TLS record: one writev per ~1 MiB.
         if self._batched >= BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._batch or self._broken is not None:
-            return
         pieces, size = self._batch, self._batched
         self._batch, self._batched = [], 0
-        try:
-            self._writer.write_pieces(pieces)
-        except OSError as e:
-            self._broken = e  # reported by commit(), which fails
-            return
-        self._unsynced += size
-        if self._unsynced < SYNC_EVERY:
-            return
-        if not self._syncing:
-            self._unsynced = 0
-            self._syncing = True
-            self._queue.sync(self._writer.sync).addBoth(self._synced)
-        elif not self._paused:
+        self._writing += size
+        self._queue.write(self._write, pieces).addBoth(self._written, size)
+        if self._writing > WRITE_AHEAD and not self._paused:
             self._paused = True  # the disk is slower than the source: wait for it
             self._pause()
 
-    def _synced(self, result: object) -> None:
-        self._syncing = False
+    def _write(self, pieces: list[bytes]) -> None:
+        """On the write thread."""
+        self._unsynced += self._writer.write_pieces(pieces)
+        if self._unsynced >= SYNC_EVERY:
+            self._unsynced = 0
+            self._writer.sync()
+
+    def _written(self, result: object, size: int) -> None:
+        self._writing -= size
         if isinstance(result, Failure) and self._broken is None:
-            self._broken = result.value
-        if self._paused:
+            self._broken = result.value  # reported by commit(), which fails
+        if self._paused and self._writing <= WRITE_AHEAD // 2:
             self._paused = False
             self._resume()
-        waiting, self._after_sync = self._after_sync, []
-        for d in waiting:
-            d.callback(None)
+        if not self._writing:
+            waiting, self._idle_waiters = self._idle_waiters, []
+            for d in waiting:
+                d.callback(None)
 
     def _idle(self) -> Deferred[None]:
-        """Fires when no flush of this blob is running (the file may be closed then)."""
+        """Fires when no write of this blob is waiting or running."""
         d: Deferred[None] = Deferred()
-        if self._syncing:
-            self._after_sync.append(d)
+        if self._writing:
+            self._idle_waiters.append(d)
         else:
             d.callback(None)
         return d
@@ -237,13 +243,15 @@ class QueuedBlob:
         ``then`` runs on the same sync thread once the blob is durable (a write that
         must follow it, such as the owner's ledger row): no trip back to the reactor
         and out to another thread in between."""
-        self._flush()
+        rest, self._batch, self._batched = self._batch, [], 0
         self._closed = True
 
         def commit() -> None:
             if self._broken is not None:
                 self._writer.abort()
                 raise self._broken
+            if rest:
+                self._writer.write_pieces(rest)
             self._writer.commit()
             if then is not None:
                 then()

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
 from . import merkle, wire
 from .crypto import CryptoError, Horizon, Release, Tombstone
-from .store import BlobKey
+from .store import BlobFile, BlobKey
 
 __all__ = [
     "BlobStream",
@@ -213,7 +213,7 @@ class PeerClient:
             return None, reply
         return theirs, reply
 
-    async def push(self, key: BlobKey, version: int, blob: BinaryIO, size: int) -> None:
+    async def push(self, key: BlobKey, version: int, blob: BlobFile, size: int) -> None:
         """Stream a stored blob to the peer as it reads it; return once it answered."""
         await self.send(key, version, size, iter(lambda: blob.read(PUSH_BLOCK), b""))
 

@@ -8,6 +8,9 @@ index (index.py), where tombstones now live.  A blob becomes visible only
 through an atomic ``os.replace`` after its data has been fsynced, so readers
 never see a partial blob, even after a crash.
 
+Blobs of a megabyte or more are written and read past the page cache (directio.py):
+a blob is written once and read seldom.
+
 This module is deliberately synchronous and free of Twisted: callers run the
 blocking parts (notably :meth:`BlobWriter.commit`) in a thread.
 """
@@ -21,11 +24,14 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from types import TracebackType
+from typing import Protocol
 
-__all__ = ["BlobKey", "BlobStore", "BlobWriter", "Fsync", "InvalidId", "parse_id"]
+from .directio import DIRECT_MIN, DirectReader, DirectWriter, set_direct, write_all
+
+__all__ = ["BlobFile", "BlobKey", "BlobStore", "BlobWriter", "Fsync", "InvalidId", "parse_id"]
 
 # How a file or directory is made durable: os.fsync, or a test's recording one.
 Fsync = Callable[[int], None]
@@ -38,6 +44,20 @@ _DIR_MODE = 0o700
 _TMP_DIR = "tmp"
 _TMP_SUFFIX = ".part"
 _TOMB_SUFFIX = ".tomb"
+
+
+class BlobFile(Protocol):
+    """A stored blob opened for reading: a plain file, or a `DirectReader`."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def tell(self) -> int: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> BlobFile: ...
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None, /
+    ) -> None: ...
 
 
 class InvalidId(ValueError):
@@ -117,8 +137,11 @@ class BlobWriter:
         final_path: str,
         fsync: Fsync = os.fsync,
         renames: threading.Lock | None = None,
+        direct: bool = True,
     ) -> None:
         self.key = key
+        self._may_go_direct = direct
+        self._direct: DirectWriter | None = None  # set while written past the page cache
         self._fsync = fsync
         self._renames = renames or threading.Lock()
         self.written = 0
@@ -126,41 +149,39 @@ class BlobWriter:
         self._tmp_path = tmp_path
         self._final_path = final_path
         self._committed = False
-        # commit() runs in a worker thread while abort() may come from the
-        # reactor thread (e.g. on disconnect); the lock keeps them from
-        # interleaving on the same fd.
+        # Writes and commit() run on worker threads while abort() may come from
+        # another (e.g. on disconnect); the lock keeps them from interleaving on
+        # the same fd and buffer.
         self._lock = threading.Lock()
 
     def write(self, data: bytes | memoryview) -> None:
-        fd = self._fd
-        if fd is None:
-            raise ValueError("blob writer is closed")
-        view = memoryview(data).cast("B")
-        # os.write may write less than asked (signals, big buffers): loop.
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-            self.written += n
+        self.write_pieces([data])
 
-    def write_pieces(self, pieces: list[bytes]) -> int:
+    def write_pieces(self, pieces: Sequence[bytes | memoryview]) -> int:
         """Write several buffers with as few system calls as possible; return the bytes."""
-        fd = self._fd
-        if fd is None:
-            raise ValueError("blob writer is closed")
-        total = sum(len(p) for p in pieces)
-        done = os.writev(fd, pieces)
-        self.written += done
-        if done < total:  # short write (signals, big buffers): finish the rest one by one
-            rest = b"".join(pieces)[done:]
-            self.write(rest)
-        return total
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                raise ValueError("blob writer is closed")
+            total = sum(len(p) for p in pieces)
+            if self._may_go_direct and self.written == 0 and total >= DIRECT_MIN:
+                self._direct = DirectWriter.begin(fd)
+            if self._direct is not None:
+                self._direct.write(pieces)
+            else:
+                done = os.writev(fd, pieces)
+                if done < total:  # short write (signals, big buffers): finish the rest
+                    write_all(fd, memoryview(b"".join(pieces))[done:])
+            self.written += total
+            return total
 
     def sync(self) -> None:
         """Flush what was written so far to disk, so that commit() has little left to do."""
-        fd = self._fd
-        if fd is None:
-            raise ValueError("blob writer is closed")
-        os.fdatasync(fd)
+        with self._lock:
+            fd = self._fd
+            if fd is None:
+                raise ValueError("blob writer is closed")
+            os.fdatasync(fd)
 
     def commit(self) -> None:
         """Durably publish the blob, atomically replacing any previous version."""
@@ -170,10 +191,14 @@ class BlobWriter:
                 raise ValueError("blob writer is closed")
             self._fd = None
             try:
+                if self._direct is not None:
+                    self._direct.finish()
                 # Data must be on disk before the rename makes it visible,
                 # otherwise a crash could leave a visible but truncated blob.
                 self._fsync(fd)
             except BaseException:
+                if self._direct is not None:
+                    self._direct.release()
                 # Never published: nothing may be left of it in tmp.
                 os.close(fd)
                 self._unlink_tmp()
@@ -200,6 +225,8 @@ class BlobWriter:
             self._fd = None
             if fd is not None:
                 os.close(fd)
+            if self._direct is not None:
+                self._direct.release()
             self._unlink_tmp()
 
     def _unlink_tmp(self) -> None:
@@ -212,10 +239,14 @@ class BlobWriter:
 class BlobStore:
     """Blobs on disk, grouped per owner."""
 
-    def __init__(self, root: str | os.PathLike[str], fsync: Fsync = os.fsync) -> None:
-        """``fsync``: how files and directories are made durable (tests record it)."""
+    def __init__(
+        self, root: str | os.PathLike[str], fsync: Fsync = os.fsync, direct: bool = True
+    ) -> None:
+        """``fsync``: how files and directories are made durable (tests record it);
+        ``direct``: big blobs past the page cache where the file system allows it."""
         self.root = pathlib.Path(root)
         self._fsync = fsync
+        self._direct = direct
         # Commits run on several threads: held while a blob file is renamed into
         # place, and by whoever removes one after checking which version it is.
         self.renames = threading.Lock()
@@ -261,13 +292,23 @@ class BlobStore:
                 # Someone removed the store under a running node: start it afresh.
                 self._tmp.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
                 continue
-            return BlobWriter(key, fd, tmp_path, final_path, self._fsync, self.renames)
+            return BlobWriter(
+                key, fd, tmp_path, final_path, self._fsync, self.renames, self._direct
+            )
 
-    def open(self, key: BlobKey) -> BinaryIO | None:
+    def open(self, key: BlobKey) -> BlobFile | None:
         try:
-            return open(self._path(key), "rb", buffering=0)
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        try:
+            size = os.fstat(fd).st_size
+            if self._direct and size >= DIRECT_MIN and set_direct(fd, True):
+                return DirectReader(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return open(fd, "rb", buffering=0)
 
     def _stat(self, key: BlobKey) -> os.stat_result | None:
         try:

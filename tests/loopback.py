@@ -58,6 +58,9 @@ class InlineDisk(DiskQueue):
     def sync(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return maybeDeferred(f, *args)
 
+    def write(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return maybeDeferred(f, *args)
+
 
 class MemorySession:
     """One side of an in-memory link: a `PeerSession` over a real multiplexer."""

@@ -12,7 +12,7 @@ peer's), and restored whole when it was missing.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -37,7 +37,7 @@ from ..grants import Grant
 from ..keys import ReadKey
 from ..ledger import Ledger
 from ..session import PeerClient, PeerSession, RemoteError, SessionClosed
-from ..store import BlobKey
+from ..store import BlobFile, BlobKey
 from .errors import DamagedBlob, FileNotFound, NewestUnavailable
 from .fetch import FETCH_TIMEOUT, Clock, Fetcher
 from .holdings import Holdings, read_header
@@ -118,7 +118,7 @@ class Source(Protocol):
 class _LocalSource:
     name = "local"
 
-    def __init__(self, f: BinaryIO, header: BlobHeader) -> None:
+    def __init__(self, f: BlobFile, header: BlobHeader) -> None:
         self.file = f
         self._header = header
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import BinaryIO
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -30,12 +29,12 @@ from ..crypto import (
 from ..crypto import parse_header as _parse_header
 from ..diskqueue import DiskQueue, QueuedBlob
 from ..index import Row, StoreIndex
-from ..store import BlobKey, BlobStore
+from ..store import BlobFile, BlobKey, BlobStore
 
 log = Logger()
 
 
-def read_header(f: BinaryIO) -> BlobHeader:
+def read_header(f: BlobFile) -> BlobHeader:
     """Parse the header at the start of an open blob file."""
     prefix = f.read(FIXED_HEADER_SIZE)
     total = header_length(prefix)
@@ -261,7 +260,7 @@ class Holdings:
             return None
         return held
 
-    def open(self, key: BlobKey) -> BinaryIO | None:
+    def open(self, key: BlobKey) -> BlobFile | None:
         """The stored blob, opened for reading (None: not here; then it is forgotten)."""
         f = self.store.open(key)
         if f is None:
@@ -273,7 +272,7 @@ def _buried(tomb: Tombstone, sender: str) -> Entry:
     return Entry(tomb.version, 0, deleted=True, proof=tomb.signature, sender=sender)
 
 
-def stored_proof(f: BinaryIO, header: BlobHeader, size: int) -> bytes:
+def stored_proof(f: BlobFile, header: BlobHeader, size: int) -> bytes:
     """The record of a stored blob, read from its last chunk (none for the old format)."""
     if header.format == LEGACY_FORMAT:
         return b""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import BinaryIO
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -31,7 +30,7 @@ from ..identity import KnownOrgs
 from ..protocol import RequestRefused
 from ..session import PeerSession
 from ..space import NoSpace, Reservation, SpaceAccount
-from ..store import BlobKey
+from ..store import BlobFile, BlobKey
 from ..wire import Code
 from .collect import Horizons
 from .holdings import Holdings, read_header
@@ -69,7 +68,7 @@ class RateLimit:
 class FileSource:
     """A stored blob served to a peer's FETCH."""
 
-    def __init__(self, f: BinaryIO, size: int) -> None:
+    def __init__(self, f: BlobFile, size: int) -> None:
         self._file = f
         self.size = size
 
@@ -297,7 +296,7 @@ class Server:
         if entry is not None:
             self._sync.relay_change(incoming.session, key, entry)
 
-    def _open(self, key: BlobKey, version: int | None) -> tuple[BinaryIO, BlobHeader, int]:
+    def _open(self, key: BlobKey, version: int | None) -> tuple[BlobFile, BlobHeader, int]:
         """A stored blob (of ``version``, if given), its header and its length."""
         f = self._holdings.open(key)
         if f is None:

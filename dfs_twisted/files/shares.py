@@ -35,7 +35,7 @@ from ..crypto import (
 )
 from ..erasure import BLOCK, Erasure, ShareDecoder, ShareEncoder
 from ..session import PeerSession, RemoteError, SessionClosed
-from ..store import BlobKey
+from ..store import BlobFile, BlobKey
 from .errors import DamagedBlob
 from .fetch import FETCH_TIMEOUT, Clock
 from .holdings import Holdings
@@ -103,7 +103,7 @@ class ShareMaker:
         return out
 
 
-def share_pieces(maker: ShareMaker, blob: BinaryIO) -> Iterator[bytes]:
+def share_pieces(maker: ShareMaker, blob: BlobFile) -> Iterator[bytes]:
     """The one share ``maker`` makes, as pieces, from a whole blob read from ``blob``."""
     assert len(maker.indices) == 1
     yield from maker.headers()
