@@ -126,6 +126,15 @@ class CommandTests(SharedFixture, CliTestCase):
         self.assertEqual(process.wait(60), 141)  # as a SIGPIPE'd Unix tool
         self.assertEqual(stderr, b"")
 
+    def test_a_big_file_comes_back_whole_from_put_and_get_o(self) -> None:
+        # Sent by sendfile, stored and read past the page cache (whole blocks and a
+        # partial last one), written to OUT past it too.
+        data = os.urandom((5 << 20) + 1234)
+        self.put("whole.bin", data)
+        out = self.tempdir() / "whole.out"
+        self.node.dfs("get", "whole.bin", "-o", str(out))
+        self.assertEqual(out.read_bytes(), data)
+
     def test_get_output_never_follows_a_planted_link(self) -> None:
         self.put("linked.bin", b"the real content\n")
         where = self.tempdir()
@@ -467,6 +476,17 @@ class TokenTests(CliTestCase):
         self.assertEqual(remote.returncode, 0, remote.stderr)
         self.assertEqual(json.loads(remote.stdout)["name"], "from-afar.txt")
         self.assertEqual(node.dfs("get", "from-afar.txt").stdout, b"hello from elsewhere\n")
+        # A file (not stdin) goes over TLS too, where the kernel cannot send it alone.
+        big = where / "big.bin"
+        big.write_bytes(os.urandom((2 << 20) + 7))
+        sent = subprocess.run(
+            [*argv, "put", str(big), "--json"],
+            capture_output=True,
+            timeout=120,
+            env={**{k: v for k, v in os.environ.items() if k != "DFS_NODE"}, **client_env},
+        )
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        self.assertEqual(node.dfs("get", "big.bin").stdout, big.read_bytes())
         status = json.loads(
             dfs("--api", url, "--token-file", str(access), "status", "--json").stdout
         )

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote
 
 from cryptography import x509
@@ -20,9 +20,19 @@ from tqdm import tqdm
 
 from .. import backup
 from ..access import AccessFile
-from ..client import BLOCK, ApiFailure, CliError, NodeClient, decode, find_node_dir, umask
+from ..client import (
+    BLOCK,
+    ApiFailure,
+    CliError,
+    FileBody,
+    NodeClient,
+    decode,
+    find_node_dir,
+    umask,
+)
 from ..config import CONFIG_FILE
 from ..crypto import CryptoError, OrgKey
+from ..directio import DIRECT_MIN, DirectWriter
 from ..display import count, files_table, rate, shown, status_table
 from ..identity import CERT_FILE, SecretFileError, create_secret, node_id_of
 from ..keys import Keyring, ReadKey, ReadKeyError
@@ -89,10 +99,10 @@ def cmd_put(client: NodeClient, args: argparse.Namespace) -> None:
             if not path.is_file():
                 raise CliError(f"{path} is not a regular file")
             size = os.fstat(f.fileno()).st_size
-            headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+            headers = {"Content-Type": "application/octet-stream"}
             with progress_bar(args, size, "put") as bar:
-                body = read_blocks(f, bar)
-                answer = decode(client.request("PUT", file_path(name), body, headers))
+                sent = FileBody(f, size, bar.update)
+                answer = decode(client.request("PUT", file_path(name), sent, headers))
     peers = answer["peers"]
     held = [p for p in peers if p["ok"]]
     result(args, {"name": name, **answer})
@@ -140,7 +150,7 @@ def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
     on_terminal = not bar.disable  # closing the bar sets disable
     if to_stdout:
         with bar:
-            received = _copy(response, sys.stdout.buffer, bar)
+            received = _copy(response, sys.stdout.buffer.write, bar)
         try:
             sys.stdout.buffer.flush()
         except BrokenPipeError:
@@ -183,7 +193,8 @@ def _write_output(
     """Stream into a new temp file beside OUT, renamed to OUT once complete.
 
     The temp file has a random name and is created exclusively: a link planted
-    beside OUT is never followed, and a cut transfer leaves nothing behind.
+    beside OUT is never followed, and a cut transfer leaves nothing behind. A big
+    file is written past the page cache (directio.py) where the file system allows.
     """
     directory = out.parent
     try:
@@ -192,7 +203,15 @@ def _write_output(
         raise CliError(f"cannot write {out}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f, bar:
-            received = _copy(response, f, bar)
+            direct = DirectWriter.begin(fd) if expected >= DIRECT_MIN else None
+            if direct is None:
+                received = _copy(response, f.write, bar)
+            else:
+                try:
+                    received = _copy(response, lambda data: direct.write([data]), bar)
+                    direct.finish()
+                finally:
+                    direct.release()
         if received == expected:
             os.chmod(temp, 0o666 & ~umask())
             os.replace(temp, out)
@@ -206,7 +225,9 @@ def _write_output(
     return received
 
 
-def _copy(response: http.client.HTTPResponse, out: IO[bytes], bar: tqdm[Any]) -> int:
+def _copy(
+    response: http.client.HTTPResponse, write: Callable[[memoryview], object], bar: tqdm[Any]
+) -> int:
     """Copy the body to ``out``; stop at the end of what the node sent."""
     received = 0
     buffer = memoryview(bytearray(BLOCK))  # refilled, for the reason in read_blocks
@@ -218,7 +239,7 @@ def _copy(response: http.client.HTTPResponse, out: IO[bytes], bar: tqdm[Any]) ->
         if not n:
             break
         try:
-            out.write(buffer[:n])
+            write(buffer[:n])
         except BrokenPipeError:
             raise OutputClosed from None
         except OSError as e:
