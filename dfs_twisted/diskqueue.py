@@ -183,7 +183,7 @@ class QueuedBlob:
         self._unsynced = 0  # written since the last flush; used on the write thread only
         self._broken: BaseException | None = None
         self._closed = False
-        self._batch: list[bytes] = []
+        self._batch: list[bytes | memoryview] = []
         self._batched = 0
         self.written = 0
 
@@ -191,7 +191,7 @@ class QueuedBlob:
     def key(self) -> Any:
         return self._writer.key
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._closed or self._broken is not None:
             return
         self.written += len(data)
@@ -209,7 +209,7 @@ class QueuedBlob:
             self._paused = True  # the disk is slower than the source: wait for it
             self._pause()
 
-    def _write(self, pieces: list[bytes]) -> None:
+    def _write(self, pieces: list[bytes | memoryview]) -> None:
         """On the write thread."""
         self._unsynced += self._writer.write_pieces(pieces)
         if self._unsynced >= SYNC_EVERY:

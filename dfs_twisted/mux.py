@@ -42,7 +42,7 @@ class RequestRefused(Exception):
 class IncomingBlob(TypingProtocol):
     """Where the bytes of a peer's STORE go."""
 
-    def write(self, data: bytes) -> None: ...
+    def write(self, data: bytes | memoryview) -> None: ...
     def finish(self) -> Deferred[None]: ...
     def abort(self, reason: str) -> None: ...
 
@@ -105,7 +105,7 @@ class OutgoingStream:
             self._mux.send(wire.Abort("refused"), self._id)
         return result
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self.closed:
             return
         view = memoryview(data)

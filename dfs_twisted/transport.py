@@ -149,7 +149,8 @@ class BulkTLSProtocol(BufferingTLSTransport):
 
     def _deliver(self, plain: bytearray, size: int) -> None:
         if size and not self._aborted:
-            ProtocolWrapper.dataReceived(self, bytes(plain[:size]))
+            with memoryview(plain) as view:
+                ProtocolWrapper.dataReceived(self, view[:size].tobytes())
 
     def _flushSendBIO(self) -> None:
         # Records go from OpenSSL's buffer into one reused buffer and, while the

@@ -104,7 +104,7 @@ class Blob:
         self.finished = False
         self._refuse_after = refuse_after
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._refuse_after is not None and len(self.data) + len(data) > self._refuse_after:
             raise RequestRefused("quota", "full")
         self.data += data
@@ -162,5 +162,5 @@ class Sink:
     def started(self, size: int) -> None:
         self.size = size
 
-    def data(self, payload: bytes) -> None:
+    def data(self, payload: bytes | memoryview) -> None:
         self.received += payload

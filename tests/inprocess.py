@@ -190,8 +190,8 @@ class BytesConsumer:
     def value(self) -> bytes:
         return b"".join(self.chunks)
 
-    def write(self, data: bytes) -> None:
-        self.chunks.append(data)
+    def write(self, data: bytes | memoryview) -> None:
+        self.chunks.append(bytes(data))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.producer = producer

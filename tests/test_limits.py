@@ -36,8 +36,8 @@ class Sink:
         self.data: list[bytes] = []
         self.aborted: str | None = None
 
-    def write(self, data: bytes) -> None:
-        self.data.append(data)
+    def write(self, data: bytes | memoryview) -> None:
+        self.data.append(bytes(data))
 
     def finish(self) -> Deferred[None]:
         return succeed(None)

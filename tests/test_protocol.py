@@ -40,7 +40,7 @@ BLOB = "d" * 64
 def tampered(frame: bytes, **changes: object) -> bytes:
     """``frame`` with fields of its JSON body changed, bypassing encode()'s checks."""
     [decoded] = wire.FrameDecoder().feed(frame)
-    body = json.loads(decoded.body)
+    body = json.loads(bytes(decoded.body))
     body.update(changes)
     raw = json.dumps(body).encode()
     return wire.HEADER.pack(decoded.type, decoded.flags, decoded.request_id, len(raw)) + raw
@@ -256,7 +256,7 @@ class HostileInputTests(SynchronousTestCase):
             def started(self, size: int) -> None:
                 pass
 
-            def data(self, payload: bytes) -> None:
+            def data(self, payload: bytes | memoryview) -> None:
                 raise AssertionError("no data may reach the sink")
 
         reply = proto.fetch(wire.Fetch(OWNER, BLOB), Sink())

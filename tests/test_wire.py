@@ -83,7 +83,7 @@ def merged(frames: list[Frame]) -> list[Frame]:
             and (f.flags & FLAG_REPLY) == (prev.flags & FLAG_REPLY)
             and not prev.flags & FLAG_END
         ):
-            out[-1] = Frame(f.type, f.flags, f.request_id, prev.body + f.body)
+            out[-1] = Frame(f.type, f.flags, f.request_id, bytes(prev.body) + bytes(f.body))
         else:
             out.append(f)
     return out

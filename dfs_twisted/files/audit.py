@@ -237,7 +237,7 @@ class _Range:
     def started(self, size: int) -> None:
         pass
 
-    def data(self, payload: bytes) -> None:
+    def data(self, payload: bytes | memoryview) -> None:
         if not self.done.called:
             self._data += payload[: self._size - len(self._data)]
             if len(self._data) == self._size:

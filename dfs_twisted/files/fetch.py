@@ -60,7 +60,7 @@ class PeerFetch:
     def started(self, size: int) -> None:
         self.size = size
 
-    def data(self, payload: bytes) -> None:
+    def data(self, payload: bytes | memoryview) -> None:
         if self._failed is not None:
             return
         self.received += len(payload)

@@ -45,7 +45,7 @@ from .owner import Owner
 
 log = Logger()
 
-Feed = Callable[[bytes], None]
+Feed = Callable[[bytes | memoryview], None]
 # What makes a source give up, so that the next one takes over.
 SOURCE_FAILURES = (CryptoError, DamagedBlob, RemoteError, SessionClosed, TimeoutError)
 
@@ -180,7 +180,7 @@ class _Fetching:
     ) -> None:
         self._offset = offset
         self._feed: Feed | None = None
-        self._held: list[bytes] = []
+        self._held: list[bytes | memoryview] = []
         self._answered: Deferred[None] = Deferred()
         self.size: int | None = None
         self.received = 0
@@ -224,7 +224,7 @@ class _Fetching:
         if not self._answered.called:
             self._answered.callback(None)
 
-    def data(self, payload: bytes) -> None:
+    def data(self, payload: bytes | memoryview) -> None:
         if self.error is not None:
             return
         self.received += len(payload)
@@ -396,7 +396,7 @@ class BlobRead(Download):
 def _plain_to(consumer: IConsumer, decryptor: Decryptor) -> Feed:
     """Blob bytes in, checked plaintext out to the consumer."""
 
-    def feed(data: bytes) -> None:
+    def feed(data: bytes | memoryview) -> None:
         consumer.write(decryptor.feed(data))
 
     return feed

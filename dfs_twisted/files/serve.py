@@ -125,7 +125,7 @@ class IncomingReplica:
     def written(self) -> int:
         return self._writer.written
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._aborted:
             return  # superseded by the owner's own stream: the rest is dropped
         if self._size is not None and self._writer.written + len(data) > self._size:

@@ -128,7 +128,7 @@ class _ShareFetch:
     def started(self, size: int) -> None:
         pass
 
-    def data(self, payload: bytes) -> None:
+    def data(self, payload: bytes | memoryview) -> None:
         if self.error is None:
             try:
                 self._out.write(self._decryptor.feed(payload))

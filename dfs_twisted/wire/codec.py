@@ -38,7 +38,7 @@ def _no_constant(name: str) -> NoReturn:
     raise ProtocolError(f"non-standard JSON constant {name}")
 
 
-def _load_body(body: bytes, what: str) -> dict[str, Any]:
+def _load_body(body: bytes | memoryview, what: str) -> dict[str, Any]:
     try:
         # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
         text = bytes(body).decode("utf-8")

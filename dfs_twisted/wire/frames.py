@@ -90,7 +90,7 @@ class Frame:
     type: int
     flags: int
     request_id: int
-    body: bytes
+    body: bytes | memoryview  # a DATA piece is a view of the bytes received
 
 
 # --------------------------------------------------------------------------- framing
@@ -182,13 +182,14 @@ class FrameDecoder:
                     self._pending = (mtype, flags, request_id, length)
             elif self._pending[0] == MessageType.DATA:
                 # Bulk data is passed on as it arrives, each piece a DATA frame of
-                # its own (FLAG_END only on the last): never buffered, never re-copied.
+                # its own (FLAG_END only on the last): never buffered, never copied
+                # (a view of the immutable bytes received).
                 mtype, flags, request_id, length = self._pending
                 chunk = view[pos : pos + length]
                 pos += len(chunk)
                 remaining = length - len(chunk)
                 piece_flags = flags if remaining == 0 else flags & ~FLAG_END
-                frames.append(Frame(mtype, piece_flags, request_id, chunk.tobytes()))
+                frames.append(Frame(mtype, piece_flags, request_id, chunk))
                 self._pending = None if remaining == 0 else (mtype, flags, request_id, remaining)
             else:
                 mtype, flags, request_id, length = self._pending

@@ -362,7 +362,7 @@ class Abort:
 class Data:
     TYPE: ClassVar[MessageType] = MessageType.DATA
 
-    payload: bytes
+    payload: bytes | memoryview
     end: bool
 
 
