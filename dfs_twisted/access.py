@@ -21,7 +21,6 @@ from zope.interface import implementer
 from .crypto import is_hex_id
 from .identity import NodeIdentity
 
-API_SOCKET = "api.sock"  # in private/
 _MAGIC = "dfs-api-access"
 FORMAT_VERSION = 1
 

@@ -22,11 +22,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from cryptography import x509
-
-from .access import API_SOCKET, AccessError, AccessFile
 from .display import shown
-from .identity import TOKEN_FILE, node_id_of
+from .nodedir import API_SOCKET, TOKEN_FILE
 
 BLOCK = 1 << 20
 TIMEOUT = 300.0
@@ -117,6 +114,10 @@ class _PinnedConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         super().connect()  # TCP and the TLS handshake
+        from cryptography import x509  # here: a local command need not load it
+
+        from .identity import node_id_of
+
         assert isinstance(self.sock, ssl.SSLSocket)
         der = self.sock.getpeercert(binary_form=True)
         found = node_id_of(x509.load_der_x509_certificate(der)) if der else "no certificate"
@@ -168,6 +169,8 @@ class NodeClient:
 
     @classmethod
     def remote(cls, url: str, token_file: str | None) -> NodeClient:
+        from .access import AccessError, AccessFile  # here: a local command need not load it
+
         if token_file is None:
             raise CliError("--api needs --token-file FILE (an access file made by `dfs access`)")
         parts = urlsplit(url)

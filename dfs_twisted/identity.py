@@ -31,13 +31,9 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-log = Logger()
+from .nodedir import BOX_FILE, CERT_FILE, KEY_FILE
 
-KEY_FILE = "node.key"
-BOX_FILE = "box.key"  # X25519: what per-file grants to this node are encrypted to
-CERT_FILE = "node.crt"
-PINS_FILE = "known_peers.json"
-TOKEN_FILE = "api_token"
+log = Logger()
 
 
 class PrivateDirError(Exception):

@@ -25,7 +25,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from . import readiness
-from .access import API_SOCKET, ApiTLS
+from .access import ApiTLS
 from .admission import Admission
 from .api import Api, ApiSite
 from .config import CONFIG_FILE, render_config
@@ -36,8 +36,6 @@ from .files import Files, Owner, Redundancy
 from .files.holdings import Holdings, load_catalog
 from .files.migrate import rewrite_legacy, unrecorded
 from .identity import (
-    KEY_FILE,
-    TOKEN_FILE,
     KnownOrgs,
     MutualTLS,
     NodeIdentity,
@@ -52,6 +50,7 @@ from .keys import Keyring
 from .ledger import LEDGER_FILE, Ledger
 from .logs import node_tags
 from .metrics import NodeMetrics
+from .nodedir import API_SOCKET, KEY_FILE, TOKEN_FILE
 from .options import PeerAddress
 from .peers import PeerRegistry
 from .protocol import Limits, PeerFactory

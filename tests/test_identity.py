@@ -12,8 +12,6 @@ from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted.identity import (
-    CERT_FILE,
-    KEY_FILE,
     KnownOrgs,
     NodeIdentity,
     OrgSpecError,
@@ -24,6 +22,7 @@ from dfs_twisted.identity import (
     load_or_create_secret,
     node_id_of,
 )
+from dfs_twisted.nodedir import CERT_FILE, KEY_FILE
 
 pytestmark = pytest.mark.unit
 

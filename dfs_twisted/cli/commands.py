@@ -1,4 +1,8 @@
-"""The commands that talk to a running node, one function each."""
+"""The commands that talk to a running node, one function each.
+
+What only some commands need (certificates, key files, backups) is imported in
+those commands: every command pays for what is loaded at its start.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cryptography import x509
 from tqdm import tqdm
 
-from .. import backup
-from ..access import AccessFile
 from ..client import (
     BLOCK,
     ApiFailure,
@@ -31,12 +32,10 @@ from ..client import (
     umask,
 )
 from ..config import CONFIG_FILE
-from ..crypto import CryptoError, OrgKey
 from ..directio import DIRECT_MIN, DirectWriter
 from ..display import count, files_table, rate, shown, status_table
-from ..identity import CERT_FILE, SecretFileError, create_secret, node_id_of
-from ..keys import Keyring, ReadKey, ReadKeyError
 from ..names import check_new_name
+from ..nodedir import CERT_FILE
 from .output import WATCH_SECONDS, OutputClosed, progress_bar, read_blocks, result, say, warn
 
 PASSPHRASE_ENV = "DFS_PASSPHRASE"
@@ -250,6 +249,8 @@ def _copy(
 
 
 def cmd_share(client: NodeClient, args: argparse.Namespace) -> None:
+    from ..identity import SecretFileError, create_secret
+
     grant = _named(
         args.name, lambda: client.json("POST", "/v1/shares", {"name": args.name, "to": args.to})
     )
@@ -274,6 +275,9 @@ def cmd_rm(client: NodeClient, args: argparse.Namespace) -> None:
 
 
 def cmd_key_export(client: NodeClient, args: argparse.Namespace) -> None:
+    from ..crypto import CryptoError, OrgKey
+    from ..keys import ReadKey, ReadKeyError
+
     node_dir = _local(client, "key export")
     status = client.json("GET", "/v1/status")
     try:
@@ -290,6 +294,8 @@ def cmd_key_export(client: NodeClient, args: argparse.Namespace) -> None:
 
 
 def cmd_key_import(client: NodeClient, args: argparse.Namespace) -> None:
+    from ..keys import Keyring, ReadKey, ReadKeyError
+
     node_dir = _local(client, "key import")
     try:
         key = ReadKey.from_bytes(Path(args.file).read_bytes())
@@ -360,6 +366,9 @@ def cmd_recover(client: NodeClient, args: argparse.Namespace) -> None:
 
 
 def cmd_access(client: NodeClient, args: argparse.Namespace) -> None:
+    from ..access import AccessFile
+    from ..identity import SecretFileError, create_secret
+
     node_dir = _local(client, "access")
     status = client.json("GET", "/v1/status")
     token = (node_dir / "private" / "api_token").read_text().strip()
@@ -375,6 +384,9 @@ def cmd_access(client: NodeClient, args: argparse.Namespace) -> None:
 
 
 def cmd_backup(client: NodeClient | None, args: argparse.Namespace) -> None:
+    from .. import backup
+    from ..identity import SecretFileError, create_secret
+
     node_dir = find_node_dir(args.node) if args.node else None
     if node_dir is None:
         raise CliError("backup reads a node's private/: give --node DIR")
@@ -395,6 +407,8 @@ def cmd_backup(client: NodeClient | None, args: argparse.Namespace) -> None:
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
+    from .. import backup
+
     try:
         archive = Path(args.file).read_bytes()
     except OSError as e:
@@ -421,6 +435,10 @@ def cmd_restore(args: argparse.Namespace) -> None:
 
 
 def node_id_in(node_dir: Path) -> str:
+    from cryptography import x509
+
+    from ..identity import node_id_of
+
     try:
         return node_id_of(
             x509.load_pem_x509_certificate((node_dir / "private" / CERT_FILE).read_bytes())
@@ -431,6 +449,8 @@ def node_id_in(node_dir: Path) -> str:
 
 def _passphrase(args: argparse.Namespace, confirm: bool) -> str:
     """From --passphrase-file, else $DFS_PASSPHRASE, else asked on the terminal."""
+    from .. import backup
+
     if args.passphrase_file is not None:
         try:
             text = Path(args.passphrase_file).read_text("utf-8")

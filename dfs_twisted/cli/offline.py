@@ -1,4 +1,7 @@
-"""The commands that need no running node: a network key, a new node's data dir."""
+"""The commands that need no running node: a network key, a new node's data dir.
+
+They import what they use when they run: loading it costs every other command too.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from twisted.python import usage
-
-from ..admission import AdmissionError, NetworkKey
 from ..client import CliError
 from ..config import CONFIG_FILE
 from ..display import shown
@@ -19,6 +19,8 @@ from .output import result, say
 
 
 def cmd_network_key_create(args: argparse.Namespace) -> None:
+    from ..admission import AdmissionError, NetworkKey
+
     try:
         NetworkKey.generate().create(Path(args.file))
     except AdmissionError as e:
@@ -29,6 +31,8 @@ def cmd_network_key_create(args: argparse.Namespace) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> None:
+    from twisted.python import usage
+
     from ..node import create_keys, has_identity, write_config
     from ..options import NodeOptions
 
