@@ -133,32 +133,25 @@ class StoreDirectTests(SynchronousTestCase):
             writer.write_pieces([data[at : at + 100_000], data[at + 100_000 : at + step]])
         return writer
 
-    def test_a_big_blob_goes_past_the_page_cache_and_reads_back(self) -> None:
-        store = BlobStore(self.root)
-        data = pattern(3 * DIRECT_MIN + 999)
+    def round_trip(self, store: BlobStore, size: int, direct: bool) -> None:
+        """Write and commit a blob of ``size`` bytes, read it back; each of its
+        write and read is direct or not as ``direct`` says."""
+        data = pattern(size)
         writer = self.write(store, data)
-        self.assertTrue(is_direct(writer._fd))  # type: ignore[arg-type]
+        self.assertEqual(is_direct(writer._fd), direct)  # type: ignore[arg-type]
         writer.commit()
         f = store.open(KEY)
         assert f is not None
         with f:
-            self.assertIsInstance(f, DirectReader)
+            self.assertEqual(isinstance(f, DirectReader), direct)
             self.assertEqual(f.read(), data)
 
+    def test_a_big_blob_goes_past_the_page_cache_and_reads_back(self) -> None:
+        self.round_trip(BlobStore(self.root), 3 * DIRECT_MIN + 999, direct=True)
+
     def test_a_small_blob_and_a_store_without_direct_io_use_the_page_cache(self) -> None:
-        for store, size in (
-            (BlobStore(self.root), 5000),
-            (BlobStore(self.root, direct=False), 2 * DIRECT_MIN),
-        ):
-            data = pattern(size)
-            writer = self.write(store, data)
-            self.assertFalse(is_direct(writer._fd))  # type: ignore[arg-type]
-            writer.commit()
-            f = store.open(KEY)
-            assert f is not None
-            with f:
-                self.assertNotIsInstance(f, DirectReader)
-                self.assertEqual(f.read(), data)
+        self.round_trip(BlobStore(self.root), 5000, direct=False)
+        self.round_trip(BlobStore(self.root, direct=False), 2 * DIRECT_MIN, direct=False)
 
     def test_an_aborted_blob_leaves_nothing_and_gives_its_buffer_back(self) -> None:
         store = BlobStore(self.root)
