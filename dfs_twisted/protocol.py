@@ -11,7 +11,11 @@ on connections and sessions, and the log lines.
 Flow control: the protocol registers itself as the streaming producer of its
 transport, so a peer that reads slowly pauses it; senders of bulk data wait on
 `when_writable()` before writing more. Holders of reading (a slow disk or client)
-pause the transport's reading in turn.
+pause the transport's reading in turn. A peer that reads as fast as we send never
+pauses the transport (TLS records go straight to the socket), so the link also
+pauses itself after `TURN_BYTES` of blob data until the reactor's next turn: a
+sender then hears a refusal or an abort within a few megabytes instead of after
+the whole blob, and the node's other connections and timers are not starved.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ __all__ = [
 
 log = Logger()
 
+TURN_BYTES = 4 << 20  # blob data sent before bulk senders wait for the reactor's next turn
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -107,6 +113,9 @@ class PeerProtocol(Protocol):
         self.bytes_in = 0
         self._decoder = wire.FrameDecoder()
         self._read_holds: set[object] = set()
+        self._send_paused = False  # by the transport: the peer reads slower than we write
+        self._turn_sent = 0  # blob bytes sent since the link last waited for a turn
+        self._next_turn_call: Any = None  # set while the link waits for the next turn
         self._counted = False
         self._closing = False
         self._timeout: Any = None
@@ -263,6 +272,9 @@ class PeerProtocol(Protocol):
         self._closing = True
         self._handshake.closed()
         self._cancel_timeout()
+        if self._next_turn_call is not None:
+            self._next_turn_call.cancel()
+            self._next_turn_call = None
         self._authenticated()
         self._liveness.stop()
         why = reason.getErrorMessage() if reason is not None else "closed"
@@ -328,12 +340,22 @@ class PeerProtocol(Protocol):
     # -- the producer of the transport's writes
 
     def pauseProducing(self) -> None:
+        self._send_paused = True
         self._mux.paused = True
 
     def resumeProducing(self) -> None:
-        self._mux.writable()
+        self._send_paused = False
+        if self._next_turn_call is None:
+            self._mux.writable()
+
+    def _next_turn(self) -> None:
+        self._next_turn_call = None
+        self._turn_sent = 0
+        if not self._send_paused and not self._closing:
+            self._mux.writable()
 
     def stopProducing(self) -> None:
+        self._send_paused = True
         self._mux.paused = True
 
     # -- holding the transport's reads
@@ -381,6 +403,10 @@ class PeerProtocol(Protocol):
     def data(self, header: bytes, payload: bytes | memoryview) -> None:
         # BulkTLSProtocol takes a memoryview payload without copying it.
         self.transport.writeSequence([header, payload])  # type: ignore[union-attr, list-item]
+        self._turn_sent += len(payload)
+        if self._turn_sent >= TURN_BYTES and self._next_turn_call is None:
+            self._mux.paused = True
+            self._next_turn_call = self.factory.clock.callLater(0, self._next_turn)
 
     # -- receiving
 

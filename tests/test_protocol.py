@@ -7,12 +7,14 @@ certificate when asked. The handler is a recording fake standing for the node's 
 from __future__ import annotations
 
 import gc
+import io
 import json
 from pathlib import Path
 from typing import cast
 
 import pytest
 from twisted.internet import task
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
@@ -22,12 +24,15 @@ from dfs_twisted import wire
 from dfs_twisted.identity import PeerPins, ensure_private_dir
 from dfs_twisted.protocol import (
     PING_INTERVAL,
+    TURN_BYTES,
     Limits,
     PeerFactory,
     PeerProtocol,
     RemoteError,
     SessionClosed,
 )
+from dfs_twisted.session import PeerClient
+from dfs_twisted.store import BlobKey
 
 from .fakes import FakeHandler, TLSStringTransport, identity, sent
 
@@ -345,3 +350,39 @@ class HostileInputTests(SynchronousTestCase):
         assert isinstance(error, RemoteError)
         self.assertEqual(error.code, "forbidden")
         self.assertFalse(transport.disconnecting)
+
+    # -- a peer that reads as fast as we send: this transport never pauses
+
+    def push(self, proto: PeerProtocol, size: int) -> tuple[Deferred[None], io.BytesIO]:
+        blob = io.BytesIO(bytes(size))
+        client = PeerClient(proto)
+        return Deferred.fromCoroutine(client.push(BlobKey(OWNER, BLOB), 1, blob, size)), blob
+
+    def test_a_refused_push_stops_within_a_turn_of_the_reactor(self) -> None:
+        # A relayed copy the peer holds already: the link waits for the reactor's next
+        # turn after TURN_BYTES, so the refusal that came meanwhile stops the push
+        # long before the blob's end (not after sending it all, unheard).
+        proto, transport = self.connected()
+        pushing, blob = self.push(proto, 8 * TURN_BYTES)
+        self.assertLess(len(transport.value()), 2 * TURN_BYTES)
+        self.assertNoResult(pushing)
+        request_id = wire.FrameDecoder().feed(transport.value())[0].request_id
+        proto.dataReceived(wire.encode(wire.Error("have", "held"), request_id, reply=True))
+        self.clock.advance(0)
+        error = self.failureResultOf(pushing, RemoteError).value
+        assert isinstance(error, RemoteError)
+        self.assertEqual(error.code, "have")
+        self.assertLess(blob.tell(), 3 * TURN_BYTES)
+        self.assertEqual(self.clock.getDelayedCalls()[1:], [])  # the pinger's alone
+
+    def test_a_push_goes_on_turn_after_turn_to_its_end(self) -> None:
+        proto, transport = self.connected()
+        size = 3 * TURN_BYTES + 5
+        pushing, _ = self.push(proto, size)
+        self.assertLess(len(transport.value()), 2 * TURN_BYTES)
+        self.clock.advance(0)  # a Clock runs the calls made meanwhile too: every turn
+        frames = wire.FrameDecoder().feed(transport.value())
+        self.assertTrue(frames[-1].flags & wire.FLAG_END)
+        self.assertEqual(sum(len(f.body) for f in frames[1:]), size)
+        proto.dataReceived(wire.encode(wire.Ack(), frames[0].request_id, reply=True))
+        self.assertIsNone(self.successResultOf(pushing))
