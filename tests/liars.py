@@ -103,6 +103,7 @@ class _Served:
             data[flip - self._at] ^= 0x01
         cut = self._liar.cut_after
         if cut is not None and self._session is not None and self._at + len(data) >= cut:
+            self._liar.cut_after = None  # once: the reads until the cut lands go nowhere
             protocol: Any = self._session
             reactor.callLater(0, protocol.transport.abortConnection)
         self._at += len(data)
