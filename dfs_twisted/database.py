@@ -68,6 +68,7 @@ class GroupCommit(Generic[Item]):
         self._write = write
         self._queue: list[tuple[Item, Deferred[None]]] = []
         self._committing = False
+        self._idle: list[Deferred[None]] = []
 
     def add(self, item: Item) -> Deferred[None]:
         """Fires once ``item`` is durable (or fails with the write)."""
@@ -75,6 +76,15 @@ class GroupCommit(Generic[Item]):
         self._queue.append((item, done))
         if not self._committing:
             self._next()
+        return done
+
+    def idle(self) -> Deferred[None]:
+        """Fires once every item added so far is written (or failed)."""
+        done: Deferred[None] = Deferred()
+        if self._committing:
+            self._idle.append(done)
+        else:
+            done.callback(None)
         return done
 
     def _next(self) -> None:
@@ -90,5 +100,9 @@ class GroupCommit(Generic[Item]):
                     done.callback(None)
             if self._queue:
                 self._next()
+            else:
+                idle, self._idle = self._idle, []
+                for d in idle:
+                    d.callback(None)
 
         self._run(self._write, [item for item, _ in batch]).addBoth(finished)

@@ -272,6 +272,10 @@ class StoreIndex:
         """Write ``row`` (fires once durable)."""
         return self._commits.add(_Change(row.key, row))
 
+    def written(self) -> Deferred[None]:
+        """Fires once every row put or dropped so far is written."""
+        return self._commits.idle()
+
     def drop(self, key: BlobKey) -> Deferred[None]:
         return self._commits.add(_Change(key, None))
 

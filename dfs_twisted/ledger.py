@@ -114,6 +114,10 @@ class Ledger:
         self.newest = max(self.newest, entry.version)
         return self._commits.add(entry)
 
+    def written(self) -> Deferred[None]:
+        """Fires once every entry recorded so far is written."""
+        return self._commits.idle()
+
     def recorder(self, entry: LedgerEntry) -> Callable[[], None]:
         """For a put: ``entry`` is counted now (`newest`), and written by the function
         returned, to be called on a disk thread once the blob is durable. It returns

@@ -441,7 +441,10 @@ class NodeService(MultiService):
     def stopService(self) -> Deferred[None]:
         d = Deferred.fromCoroutine(self._close())
         d.addCallback(lambda _: super(NodeService, self).stopService())
-        # Last: queued writes (and aborts of cut transfers) finish before the thread ends.
+        # Last: commits under way, their index rows and ledger entries, and queued
+        # writes (and aborts of cut transfers) finish before the threads end.
+        d.addCallback(lambda _: Deferred.fromCoroutine(self.files.holdings.settle()))
+        d.addCallback(lambda _: self.ledger.written())
         d.addCallback(lambda _: self.disk.stop())
         d.addCallback(lambda _: self.ledger.close())
         d.addCallback(lambda _: self.index.closed(self.files.catalog))

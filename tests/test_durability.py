@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from dfs_twisted import backup
 from dfs_twisted.backup import Entry
-from dfs_twisted.database import Database
+from dfs_twisted.database import Database, GroupCommit
 from dfs_twisted.diskqueue import DiskQueue, Workers
 from dfs_twisted.identity import write_secret
 from dfs_twisted.ledger import Ledger, LedgerEntry
@@ -263,6 +263,34 @@ class LedgerCommitTests(SynchronousTestCase):
         record_second()
         self.assertIsNone(ledger.get(first.blob))
         self.assertEqual(ledger.get(second.blob), second)
+
+
+class GroupCommitIdleTests(SynchronousTestCase):
+    def test_idle_fires_once_every_item_added_so_far_is_written(self) -> None:
+        # The disk thread, by hand: each group runs when the test says.
+        runs: list[tuple[Deferred[None], list[int]]] = []
+        written: list[int] = []
+
+        def run(write: object, items: list[int]) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            runs.append((d, items))
+            return d
+
+        def next_group() -> None:
+            d, items = runs.pop(0)
+            written.extend(items)
+            d.callback(None)
+
+        commits: GroupCommit[int] = GroupCommit(run, lambda items: None)
+        self.successResultOf(commits.idle())  # nothing added: idle at once
+        commits.add(1)
+        commits.add(2)  # waits for the group of 1
+        idle = commits.idle()
+        next_group()
+        self.assertNoResult(idle)  # the group of 2 is running now
+        next_group()
+        self.successResultOf(idle)
+        self.assertEqual(written, [1, 2])
 
 
 class SecretSyncTests(SynchronousTestCase):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from dataclasses import replace
 
 import pytest
@@ -132,6 +133,35 @@ class TwoNodeTests(NodeTestCase):
         await eventually(lambda: a.registry.live() == [], "a to drop its session")
         [row] = b.registry.status()
         self.assertNotEqual(row["state"], "connected")
+
+    async def test_a_replica_committing_while_its_node_stops_is_known_after_a_restart(
+        self,
+    ) -> None:
+        # b's disk is slow: a replica is in b's commit when b is told to stop. The stop
+        # waits for the commit and its index row; a commit that ended after the disk
+        # threads would leave a file that neither the index nor the catalog kept at
+        # the stop knows of (and its row's write would fail, unheard).
+        a, b = await self.two_nodes()
+        committing, disk_back = threading.Event(), threading.Event()
+
+        def slow_fsync(fd: int) -> None:
+            committing.set()
+            disk_back.wait(10)
+            os.fsync(fd)
+
+        b.store._fsync = slow_fsync
+        putting = Deferred.fromCoroutine(put(a, "late", DATA))
+        await eventually(committing.is_set, "b to commit the replica")
+        threading.Timer(0.3, disk_back.set).start()
+        await b.stopService()
+        blob, _ = await putting
+        key = BlobKey(a.node_id, blob)
+        self.assertTrue(blob_path(b, a.node_id, blob).exists())
+        again = self.make_node(b.port, org="beta", data_dir=b.data_dir)
+        await self.start(again)
+        held = again.files.catalog.get(key)
+        assert held is not None
+        self.assertEqual(held.version, a.files.catalog.get(key).version)  # type: ignore[union-attr]
 
     async def test_reconnects_after_peer_restart(self) -> None:
         a, b = await self.two_nodes()

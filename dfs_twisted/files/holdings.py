@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from ..catalog import Catalog, Entry
@@ -57,6 +57,14 @@ class Holdings:
         self._waiting: dict[tuple[BlobKey, int], list[Deferred[None]]] = {}
         # The last commit begun of each key, done or not: a newer one starts after it.
         self._last_commit: dict[BlobKey, Deferred[None]] = {}
+
+    async def settle(self) -> None:
+        """Wait until no commit is under way and the index holds every row: at a stop,
+        before the disk threads end. A commit that ended after them would leave a
+        blob file that neither the index nor the catalog's snapshot knows of."""
+        while self._last_commit:
+            await DeferredList(list(self._last_commit.values()))
+        await self.index.written()
 
     def writer(
         self,
@@ -133,8 +141,9 @@ class Holdings:
                 entry = Entry(version, writer.written, proof=proof, sender=sender)
                 self.catalog.set(key, entry)
                 # Not awaited: a crash before this row is in means the store is indexed anew.
-                self.index.put(Row(key, entry)).addCallback(
-                    lambda _: self.catalog.settled(key, version)
+                self.index.put(Row(key, entry)).addCallbacks(
+                    lambda _: self.catalog.settled(key, version),
+                    lambda f: log.failure("index row of {blob} not written", f, blob=key.blob),
                 )
             else:
                 # A deletion landed while the commit was queued: the newer change wins.
