@@ -291,7 +291,9 @@ class Server:
 
     def _stored(self, incoming: IncomingReplica) -> None:
         key = incoming.key
-        log.info("stored replica {blob} for {owner}", blob=key.blob, owner=key.owner)
+        # Debug: a line per replica would be most of a holder's log; its owner logs
+        # each put, and the holder's metrics count what it holds.
+        log.debug("stored replica {blob} for {owner}", blob=key.blob, owner=key.owner)
         entry = self._holdings.catalog.get(key)
         if entry is not None:
             self._sync.relay_change(incoming.session, key, entry)
