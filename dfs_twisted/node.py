@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import secrets
 import shutil
@@ -24,7 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from . import readiness
+from . import heap, readiness
 from .access import ApiTLS
 from .admission import Admission
 from .api import Api, ApiSite
@@ -97,25 +96,6 @@ def write_config(data_dir: Path, settings: dict[str, Any], comment: str) -> None
     path.chmod(0o644)
 
 
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
-def tune_malloc() -> None:
-    """Keep ~1 MiB transfer buffers in the heap (glibc only).
-
-    By default glibc serves each 1 MiB buffer with its own mmap and trims the
-    heap as soon as it is freed: measured here, that page-fault churn cost more
-    kernel time than the transfers themselves. 32 MiB bounds what stays cached.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 128 << 20)
-    except (OSError, AttributeError):
-        pass
-
-
 class NodeService(MultiService):
     """One organization's node: peer listener, peer links, files and HTTP API."""
 
@@ -185,6 +165,7 @@ class NodeService(MultiService):
         self.ready: Deferred[str] = Deferred()
         self._listening: Deferred[None] | None = None
         self._sync: task.LoopingCall | None = None
+        self._trims = task.LoopingCall(heap.trim)
         node_tags.register(self.label, self)
         self._load()
 
@@ -360,7 +341,7 @@ class NodeService(MultiService):
         return Deferred.fromCoroutine(self.files.auditor.run())
 
     def startService(self) -> None:
-        tune_malloc()
+        heap.tune()
         raise_fd_limit()
         self.index.opened()
         self.disk.start()
@@ -371,6 +352,8 @@ class NodeService(MultiService):
             self._sync = task.LoopingCall(self.files.sync_all)
             self._sync.clock = self.reactor
             self._sync.start(self.sync_period, now=False)
+        self._trims.clock = self.reactor
+        self._trims.start(heap.TRIM_PERIOD, now=False)
         if self.audit_period > 0:
             # A round runs to its end before the next may start (LoopingCall waits).
             self._audits = task.LoopingCall(
@@ -431,7 +414,7 @@ class NodeService(MultiService):
 
     async def _close(self) -> None:
         readiness.notify("STOPPING=1")
-        for loop in (self._sync, self._audits):
+        for loop in (self._sync, self._audits, self._trims):
             if loop is not None and loop.running:
                 loop.stop()
         self.api_url_file.unlink(missing_ok=True)

@@ -1,0 +1,66 @@
+"""The C heap: transfer buffers stay in it while in use, and free pages go back."""
+
+from __future__ import annotations
+
+import os
+from unittest import SkipTest
+
+import pytest
+from twisted.trial.unittest import TestCase
+
+from dfs_twisted import heap
+
+from .inprocess import NodeTestCase, eventually
+
+MIB = 1 << 20
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def burst() -> int:
+    """Allocate 64 buffers of 1 MiB, every byte written, free all but every eighth
+    (freed pages inside the heap, not at its end); return the RSS right after."""
+    buffers = [bytearray(b"\x01") * MIB for _ in range(64)]
+    kept = buffers[7::8]
+    del buffers
+    after = rss()
+    del kept
+    return after
+
+
+def glibc_only() -> None:
+    if heap._glibc() is None:
+        raise SkipTest("glibc's heap only")
+
+
+@pytest.mark.unit
+class HeapTests(TestCase):
+    def test_freed_buffers_stay_in_the_heap_until_trimmed(self) -> None:
+        glibc_only()
+        heap.tune()
+        heap.trim()
+        before = rss()
+        after_free = burst()
+        # Kept (tune): 56 of the 64 MiB are free, yet still resident.
+        self.assertGreater(after_free - before, 48 * MIB)
+        heap.trim()
+        self.assertLess(rss() - before, 16 * MIB)
+
+
+@pytest.mark.inprocess
+class NodeTrimsTests(NodeTestCase):
+    async def test_a_running_node_gives_free_heap_pages_back(self) -> None:
+        glibc_only()
+        self.make_node()
+        heap.trim()  # what earlier tests left free is not counted
+        before = rss()
+        after_free = burst()
+        self.assertGreater(after_free - before, 48 * MIB)
+        await eventually(
+            lambda: rss() - before < 16 * MIB,
+            "the node to trim the heap",
+            patience=heap.TRIM_PERIOD * 3,
+        )
