@@ -14,10 +14,11 @@ thread would wait for a commit per fsync (measured here: about 7 ms a small file
 one at a time, under 1 ms with four at once). That is the group commit of many
 concurrent puts; each still fires only once its own fsyncs returned. A put's
 ledger row is written right after its blob, on the same sync thread (ledger.py);
-aborts and the index's SQLite commits stay on one ordered thread. A rename (on a
-sync thread) and the removal of an older file of the same blob never interleave
-(store.BlobStore.renames). A thread runs the calls queued meanwhile in one turn
-and hands their results back together (`Workers`).
+aborts and the index's SQLite commits stay on one ordered thread. A local get's
+reads run on the sync threads too, the next chunk read while one is sent. A rename
+(on a sync thread) and the removal of an older file of the same blob never
+interleave (store.BlobStore.renames). A thread runs the calls queued meanwhile in
+one turn and hands their results back together (`Workers`).
 
 Every `SYNC_EVERY` bytes a blob's data is flushed on the write thread, so the final
 fsync of a big blob does not stall its acknowledgement, and a blob written through
@@ -151,6 +152,10 @@ class DiskQueue:
 
     def sync(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run ``f`` (one that waits for fsyncs) on a sync thread, in no order."""
+        return self._syncs.submit(f, *args)
+
+    def read(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run ``f`` (a blob read, one at a time per file) on a sync thread, in no order."""
         return self._syncs.submit(f, *args)
 
     def blob(

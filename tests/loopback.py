@@ -61,6 +61,9 @@ class InlineDisk(DiskQueue):
     def write(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return maybeDeferred(f, *args)
 
+    def read(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return maybeDeferred(f, *args)
+
 
 class MemorySession:
     """One side of an in-memory link: a `PeerSession` over a real multiplexer."""

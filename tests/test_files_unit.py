@@ -6,16 +6,22 @@ threads: each step happens synchronously, so these tests read as the protocol do
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
-from dfs_twisted.crypto import Decryptor
+from dfs_twisted.crypto import CryptoError, Decryptor
+from dfs_twisted.diskqueue import DiskQueue
 from dfs_twisted.files.delete import Remover
+from dfs_twisted.files.get import _Flow, _LocalSource
 from dfs_twisted.files.owner import Owner
 from dfs_twisted.files.put import Upload
 from dfs_twisted.files.serve import IncomingReplica
@@ -282,3 +288,56 @@ class RecoverTests(LoopbackCase):
                 held = node.holdings.held(key)
                 assert held is not None
                 self.assertEqual((held.version, held.deleted), (real.version, False))
+
+
+class _HeldReads(DiskQueue):
+    """Reads that finish only when the test says so, in order."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def read(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((d, f, args))
+        return d
+
+    def finish_one(self) -> None:
+        d, f, args = self.pending.pop(0)
+        d.callback(f(*args))
+
+
+class LocalReadTests(SynchronousTestCase):
+    def test_a_failed_chunk_ends_the_read_only_once_the_next_read_is_done(self) -> None:
+        # The caller reads the file again (a repair) or closes it right after: a
+        # read still running on a disk thread would race with that.
+        disk = _HeldReads()
+        header: Any = SimpleNamespace(raw=b"H" * 10, span=4)
+        source = _LocalSource(io.BytesIO(b"H" * 10 + b"aaaabbbbcccc"), header, disk)
+        fed: list[bytes] = []
+
+        def feed(data: bytes | memoryview) -> None:
+            fed.append(bytes(data))
+            if len(fed) == 2:
+                raise CryptoError("chunk 0 is damaged")
+
+        done = Deferred.fromCoroutine(source.read(0, feed, _Flow()))
+        disk.finish_one()  # the header, fed; chunk 0 is being read
+        disk.finish_one()  # chunk 0 fails its check; chunk 1 is being read
+        self.assertEqual(fed, [b"H" * 10, b"aaaa"])
+        self.assertNoResult(done)
+        disk.finish_one()
+        self.failureResultOf(done, CryptoError)
+        self.assertEqual(disk.pending, [])
+
+    def test_every_chunk_is_fed_in_order(self) -> None:
+        disk = _HeldReads()
+        header: Any = SimpleNamespace(raw=b"H" * 10, span=4)
+        source = _LocalSource(io.BytesIO(b"H" * 10 + b"aaaabbbbcc"), header, disk)
+        fed: list[bytes] = []
+        done = Deferred.fromCoroutine(
+            source.read(14, lambda data: fed.append(bytes(data)), _Flow())
+        )
+        while disk.pending:
+            disk.finish_one()
+        self.successResultOf(done)
+        self.assertEqual(fed, [b"bbbb", b"cc"])

@@ -32,7 +32,7 @@ from ..crypto import (
     parse_header,
     plaintext_size,
 )
-from ..diskqueue import QueuedBlob
+from ..diskqueue import DiskQueue, QueuedBlob
 from ..grants import Grant
 from ..keys import ReadKey
 from ..ledger import Ledger
@@ -118,21 +118,38 @@ class Source(Protocol):
 class _LocalSource:
     name = "local"
 
-    def __init__(self, f: BlobFile, header: BlobHeader) -> None:
+    def __init__(self, f: BlobFile, header: BlobHeader, disk: DiskQueue) -> None:
         self.file = f
         self._header = header
+        self._disk = disk
 
     async def read(self, offset: int, feed: Feed, flow: _Flow) -> None:
-        # A chunk at a time: each read is checked whole, without a copy.
+        # A chunk at a time, each checked whole without a copy. A read waits for the
+        # disk (blobs are read past the page cache): it runs on a disk thread, the
+        # next chunk's while this one is checked and sent.
         self.file.seek(offset)
         size = len(self._header.raw) if offset == 0 else self._header.span
+        reading = self._disk.read(self.file.read, size)
         while True:
-            await flow.ready()
-            data = self.file.read(size)
+            data = await reading
             if not data:
                 return
-            feed(data)
-            size = self._header.span
+            reading = self._disk.read(self.file.read, self._header.span)
+            try:
+                await flow.ready()
+                feed(data)
+            except BaseException:
+                # The caller reads the file again or closes it next: not while a
+                # thread reads it.
+                await _settled(reading)
+                raise
+
+
+async def _settled(d: Deferred[object]) -> None:
+    try:
+        await d
+    except Exception:
+        pass  # what the failure that ends the read says matters, not this read's
 
 
 class _PeerSource:
@@ -547,7 +564,8 @@ class Reader:
                 self._holdings.damaged(key, str(e))
             return None
         # Another org's replica damaged mid-read is not ours to repair: only ours is kept.
-        return self._read(key, header, org_key, name, size, _LocalSource(f, header), own)
+        local = _LocalSource(f, header, self._holdings.disk)
+        return self._read(key, header, org_key, name, size, local, own)
 
     async def _open_from_peer(
         self,
