@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 from unittest import SkipTest
 
 import pytest
@@ -48,6 +51,33 @@ class HeapTests(TestCase):
         self.assertGreater(after_free - before, 48 * MIB)
         heap.trim()
         self.assertLess(rss() - before, 16 * MIB)
+
+
+    def test_what_a_thread_freed_goes_back_too(self) -> None:
+        # In a fresh process: which heap a thread gets is settled when it first
+        # allocates, and this test process has run threads before.
+        glibc_only()
+        script = textwrap.dedent(
+            """
+            import threading
+            from dfs_twisted import heap
+            from tests.test_heap import MIB, burst, rss
+            heap.tune()
+            before = rss()
+            grown = []
+            thread = threading.Thread(target=lambda: grown.append(burst() - before))
+            thread.start()
+            thread.join()
+            heap.trim()
+            print(grown[0] // MIB, (rss() - before) // MIB)
+            """
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        ).stdout
+        grown, left = (int(n) for n in out.split())
+        self.assertGreater(grown, 48)
+        self.assertLess(left, 16)
 
 
 @pytest.mark.inprocess
