@@ -52,7 +52,6 @@ class HeapTests(TestCase):
         heap.trim()
         self.assertLess(rss() - before, 16 * MIB)
 
-
     def test_what_a_thread_freed_goes_back_too(self) -> None:
         # In a fresh process: which heap a thread gets is settled when it first
         # allocates, and this test process has run threads before.
