@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,25 +12,8 @@ from twisted.trial.unittest import TestCase
 
 from dfs_twisted import heap
 
+from .heapuse import MIB, burst, rss
 from .inprocess import NodeTestCase, eventually
-
-MIB = 1 << 20
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def burst() -> int:
-    """Allocate 64 buffers of 1 MiB, every byte written, free all but every eighth
-    (freed pages inside the heap, not at its end); return the RSS right after."""
-    buffers = [bytearray(b"\x01") * MIB for _ in range(64)]
-    kept = buffers[7::8]
-    del buffers
-    after = rss()
-    del kept
-    return after
 
 
 def glibc_only() -> None:
@@ -60,7 +42,7 @@ class HeapTests(TestCase):
             """
             import threading
             from dfs_twisted import heap
-            from tests.test_heap import MIB, burst, rss
+            from tests.heapuse import MIB, burst, rss
             heap.tune()
             before = rss()
             grown = []
