@@ -111,7 +111,13 @@ def held(node: NodeProcess, owner: str) -> dict[str, bytes]:
     root = node.data_dir / "store" / owner
     if not root.exists():
         return {}
-    return {p.name: p.read_bytes() for p in root.glob("??/??/*")}
+    blobs = {}
+    for path in root.glob("??/??/*"):
+        try:
+            blobs[path.name] = path.read_bytes()
+        except FileNotFoundError:
+            continue  # removed (a deletion landing) between the listing and the read
+    return blobs
 
 
 def tombstones(node: NodeProcess, owner: str) -> set[str]:
