@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from unittest import SkipTest
 
 import pytest
@@ -54,7 +55,11 @@ class HeapTests(TestCase):
             """
         )
         out = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent.parent,  # where `tests` imports from
         ).stdout
         grown, left = (int(n) for n in out.split())
         self.assertGreater(grown, 48)
