@@ -90,30 +90,44 @@ class Workers:
         return done
 
     def _work(self) -> None:
-        jobs = self._jobs
         stop = False
-        while not stop and (job := jobs.get()) is not None:
-            # The calls queued meanwhile run in the same turn and their results go
-            # back together: one wake-up of the reactor for them all, and none of
-            # this thread (the costly part of a hand-off) while it is busy.
-            batch = [job]
-            while len(batch) < BATCH_CALLS:
-                try:
-                    more = jobs.get_nowait()
-                except Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            results: list[tuple[Deferred[Any], bool, Any]] = []
-            for f, args, done in batch:
-                try:
-                    results.append((done, True, f(*args)))
-                except BaseException:
-                    results.append((done, False, Failure()))
-            self._reactor.callFromThread(_deliver, results)
-            del job, batch, results  # no reference kept while waiting for the next
+        while not stop:
+            # Each turn in a call of its own: nothing of it stays referenced while
+            # the thread waits for the next (a read's result is a chunk of 1 MiB, and
+            # each idle thread used to keep its last one: 8 MiB after a get).
+            stop = self._turn()
+
+    def _turn(self) -> bool:
+        """Run the next call and those queued meanwhile; True once told to stop."""
+        jobs = self._jobs
+        job = jobs.get()
+        if job is None:
+            return True
+        # The calls queued meanwhile run in the same turn and their results go back
+        # together: one wake-up of the reactor for them all, and none of this thread
+        # (the costly part of a hand-off) while it is busy.
+        batch = [job]
+        stop = False
+        while len(batch) < BATCH_CALLS:
+            try:
+                more = jobs.get_nowait()
+            except Empty:
+                break
+            if more is None:
+                stop = True
+                break
+            batch.append(more)
+        self._reactor.callFromThread(_deliver, [_run(*call) for call in batch])
+        return stop
+
+
+def _run(
+    f: Callable[..., Any], args: tuple[Any, ...], done: Deferred[Any]
+) -> tuple[Deferred[Any], bool, Any]:
+    try:
+        return done, True, f(*args)
+    except BaseException:
+        return done, False, Failure()
 
 
 def _deliver(results: list[tuple[Deferred[Any], bool, Any]]) -> None:

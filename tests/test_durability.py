@@ -9,11 +9,13 @@ looked like at that moment. The order of those calls is the promise.
 from __future__ import annotations
 
 import errno
+import gc
 import operator
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import cast
 
@@ -193,6 +195,29 @@ class WorkerTests(TestCase):
         self.assertEqual(ran, list(range(6)))
         with self.assertRaises(RuntimeError):
             await workers.submit(ran.append, 6)
+
+    async def test_an_idle_thread_keeps_nothing_of_its_last_call(self) -> None:
+        # A read's result is a chunk of a blob: a thread waiting for work must not
+        # keep the last one it read (nor its arguments) alive.
+        workers = Workers(cast(IReactorFromThreads, reactor), 2, "test-disk")
+        workers.start()
+        self.addCleanup(workers.stop)
+        argument = Chunk()
+        gone = [weakref.ref(argument)]
+
+        def returned(result: Chunk) -> Chunk:
+            gone.append(weakref.ref(result))
+            return result  # and it stays the Deferred's result, as when awaited
+
+        done = workers.submit(lambda _: Chunk(), argument).addCallback(returned)
+        await eventually(lambda: len(gone) == 2, "the call")
+        del argument, done
+        gc.collect()
+        self.assertEqual([ref() for ref in gone], [None, None])
+
+
+class Chunk:
+    """Something a test can hold a weak reference to."""
 
 
 class LedgerCommitTests(SynchronousTestCase):
