@@ -153,7 +153,7 @@ class Encryptor:
         out: list[bytes] = []
         if self._fill:
             take = min(cs - self._fill, len(view))
-            self._buf[self._fill : self._fill + take] = view[:take]
+            _stage(self._buf, self._fill, view[:take])
             self._fill += take
             if self._fill < cs:
                 return out
@@ -165,7 +165,7 @@ class Encryptor:
         for i in range(full):
             out += self._seal(view[i * cs : (i + 1) * cs], last=False)
         rest = len(view) - full * cs
-        self._buf[:rest] = view[full * cs :]
+        _stage(self._buf, 0, view[full * cs :])
         self._fill = rest
         return out
 
@@ -214,7 +214,10 @@ class Decryptor:
         self._aead: AESGCM | None = None
         self._reader = HeaderReader(owner, blob)
         self._legacy: LegacyDecryptor | None = None
+        # The start of a chunk split between two feeds, filled in place as the
+        # Encryptor's staging buffer is: it grows to one chunk at most, once.
         self._buf = bytearray()
+        self._fill = 0
         self._index = 0
         self._released = 0
         self._error: CryptoError | None = None
@@ -238,7 +241,7 @@ class Decryptor:
         if self._aead is None or self._legacy is not None:
             raise RuntimeError("only a started stream of the current format can resume")
         self._error = None
-        self._buf = bytearray()
+        self._fill = 0
         return self.offset
 
     def feed(self, data: bytes | memoryview) -> bytes:
@@ -270,22 +273,31 @@ class Decryptor:
 
                 self._legacy = _LegacyDecryptor(header, data_key)
                 return self._legacy.feed(view)
-            self._buf += view
-            return self._drain_buffer()
-        if not self._buf:
-            # Fast path: open whole chunks straight from the caller's buffer.
-            consumed, out = self._process(view)
-            self._buf += view[consumed:]
-            return out
-        self._buf += view
-        return self._drain_buffer()
+        return self._chunks(view)
 
-    def _drain_buffer(self) -> bytes:
-        with memoryview(self._buf) as mv:
-            consumed, out = self._process(mv)
-        # bytearray deletes from the front in O(1) amortised.
-        del self._buf[:consumed]
-        return out
+    def _chunks(self, view: memoryview) -> bytes:
+        assert self.header is not None
+        span = self.header.span
+        first = b""
+        if self._fill:
+            # Complete the split chunk from the front of these bytes: only its
+            # pieces are copied, the rest is opened from the caller's buffer.
+            take = min(span - self._fill, len(view))
+            _stage(self._buf, self._fill, view[:take])
+            self._fill += take
+            if self._fill < span:
+                return b""
+            with memoryview(self._buf) as mv, mv[:span] as chunk:
+                first = self._open_chunk(chunk, last=False)
+            self._fill = 0
+            view = view[take:]
+        consumed, out = self._process(view)
+        rest = len(view) - consumed
+        _stage(self._buf, 0, view[consumed:])
+        self._fill = rest
+        if not first:
+            return out
+        return first + out if out else first
 
     def _open_chunk(self, chunk: memoryview, last: bool) -> bytes:
         header = self.header
@@ -355,9 +367,25 @@ class Decryptor:
             raise IntegrityError("blob truncated inside its header")
         # The encryptor never writes a full-size last chunk; accepting one would
         # give two encodings of the same file.
-        if not TAG + SIGNATURE_SIZE <= len(self._buf) < self.header.span:
+        if not TAG + SIGNATURE_SIZE <= self._fill < self.header.span:
             raise IntegrityError("blob truncated or has trailing garbage")
-        with memoryview(self._buf) as mv:
-            last = self._open_chunk(mv, last=True)
+        with memoryview(self._buf) as mv, mv[: self._fill] as pending:
+            last = self._open_chunk(pending, last=True)
         self._buf = bytearray()
+        self._fill = 0
         return last, self.record
+
+
+def _stage(buffer: bytearray, at: int, data: memoryview) -> None:
+    """Copy ``data`` into ``buffer`` at ``at``, growing it if it is too short.
+
+    Slice assignment to a bytearray copies a memoryview into a temporary first (a
+    second copy, and a fresh allocation of its size); a memoryview of the buffer
+    takes it in one copy. Growth goes by slice assignment, only until the buffer
+    holds a chunk."""
+    end = at + len(data)
+    if len(buffer) < end:
+        buffer[at:] = data
+        return
+    with memoryview(buffer) as view:
+        view[at:end] = data
