@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,11 +22,40 @@ from typing import Any
 BIN = Path(sys.executable).parent
 
 
+_handed_out: set[int] = set()
+
+
+def _local_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free on 127.0.0.1 now and that no outgoing connection will take.
+
+    A port the kernel hands out for ``bind(0)`` comes from the range it also uses for
+    the source ports of outgoing connections, so between choosing it and a node
+    listening on it, another node's dial could take it ("Address already in use").
+    Ports below that range are never chosen as source ports; each is handed out once
+    per process.
+    """
+    low, _ = _local_port_range()
+    first = 10000 if low > 11000 else 1024
+    for _ in range(1000):
+        port = random.randrange(first, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {first}-{low - 1} on 127.0.0.1")
 
 
 def _command(name: str, module: str) -> list[str]:

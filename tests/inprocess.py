@@ -8,7 +8,6 @@ reactor check stays clean.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -24,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from dfs_twisted.launcher import free_port
 from dfs_twisted.node import NodeService
 from dfs_twisted.options import PeerAddress
 from dfs_twisted.protocol import PeerProtocol
@@ -36,14 +36,6 @@ _Raw = TypeVar("_Raw", bound="RawHttp")
 
 POLL = 0.01  # seconds between checks of a condition
 PATIENCE = 10.0  # seconds before a condition that never comes true fails the test
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago (the node binds it right after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def eventually(condition: Callable[[], bool], what: str, patience: float = PATIENCE) -> None:

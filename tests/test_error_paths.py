@@ -22,6 +22,7 @@ from dfs_twisted.crypto import Encryptor
 from dfs_twisted.files import DamagedBlob, FileNotFound
 from dfs_twisted.files.fetch import FETCH_TIMEOUT, Fetcher
 from dfs_twisted.files.get import _PeerSource
+from dfs_twisted.launcher import free_port
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import RequestRefused
 from dfs_twisted.session import RemoteError, SessionClosed
@@ -34,7 +35,6 @@ from .inprocess import (
     blob_path,
     connect_raw,
     eventually,
-    free_port,
     get,
     put,
     reactor,

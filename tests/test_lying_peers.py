@@ -19,12 +19,13 @@ from dfs_twisted.catalog import BLOCK
 from dfs_twisted.crypto import Encryptor, Horizon, OrgKey, Tombstone
 from dfs_twisted.files import FileNotFound, NewestUnavailable
 from dfs_twisted.files.serve import DELETE_BURST
+from dfs_twisted.launcher import free_port
 from dfs_twisted.node import NodeService
 from dfs_twisted.session import PeerSession, RemoteError, delete_message, horizon_message
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
-from .inprocess import NodeTestCase, blob_path, eventually, free_port, get, put
+from .inprocess import NodeTestCase, blob_path, eventually, get, put
 from .liars import Liar, deleted_at_max, naming_no_one, newer_with_replayed_proof, store_blob
 
 pytestmark = pytest.mark.inprocess

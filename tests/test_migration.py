@@ -16,9 +16,10 @@ import pytest
 
 from dfs_twisted.crypto import FORMAT_VERSION, parse_header
 from dfs_twisted.files import FileNotFound
+from dfs_twisted.launcher import free_port
 from dfs_twisted.store import BlobKey
 
-from .inprocess import NodeTestCase, eventually, free_port, get
+from .inprocess import NodeTestCase, eventually, get
 
 pytestmark = pytest.mark.inprocess
 

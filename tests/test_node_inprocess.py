@@ -16,6 +16,7 @@ from dfs_twisted.catalog import BLOCK, Entry
 from dfs_twisted.crypto import Tombstone
 from dfs_twisted.diskqueue import QueuedBlob
 from dfs_twisted.files import FileNotFound, PutInProgress
+from dfs_twisted.launcher import free_port
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import OutgoingStream, RemoteError
 from dfs_twisted.session import delete_message
@@ -26,7 +27,6 @@ from .inprocess import (
     NodeTestCase,
     blob_path,
     eventually,
-    free_port,
     get,
     put,
     reactor,

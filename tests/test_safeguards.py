@@ -32,6 +32,7 @@ from dfs_twisted.crypto import (
     OrgKey,
     parse_header,
 )
+from dfs_twisted.launcher import free_port
 from dfs_twisted.mux import OutgoingStream
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import PeerProtocol
@@ -41,7 +42,7 @@ from dfs_twisted.store import BlobKey
 from dfs_twisted.transport import TLSClientEndpoint
 
 from .environment import cannot_run
-from .inprocess import NodeTestCase, eventually, free_port, reactor, start_node
+from .inprocess import NodeTestCase, eventually, reactor, start_node
 from .liars import store_blob
 
 pytestmark = pytest.mark.inprocess

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from dfs_twisted.launcher import free_port
 from dfs_twisted.node import NodeService
 from dfs_twisted.store import BlobKey
 
-from .inprocess import NodeTestCase, blob_path, free_port, get, put
+from .inprocess import NodeTestCase, blob_path, get, put
 from .liars import Liar
 
 pytestmark = pytest.mark.inprocess

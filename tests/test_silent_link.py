@@ -18,10 +18,10 @@ import pytest
 from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from zope.interface import provider
 
-from dfs_twisted.launcher import NodeProcess
+from dfs_twisted.launcher import NodeProcess, free_port
 from dfs_twisted.protocol import Limits, PeerProtocol
 
-from .inprocess import NodeTestCase, eventually, free_port, put, start_node
+from .inprocess import NodeTestCase, eventually, put, start_node
 
 pytestmark = pytest.mark.processes
 
