@@ -25,12 +25,11 @@ BIN = Path(sys.executable).parent
 _handed_out: set[int] = set()
 
 
-def _local_port_range() -> tuple[int, int]:
+def _first_ephemeral_port() -> int:
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def free_port() -> int:
@@ -42,7 +41,7 @@ def free_port() -> int:
     Ports below that range are never chosen as source ports; each is handed out once
     per process.
     """
-    low, _ = _local_port_range()
+    low = _first_ephemeral_port()
     first = 10000 if low > 11000 else 1024
     for _ in range(1000):
         port = random.randrange(first, low)
