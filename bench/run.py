@@ -282,10 +282,11 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(runs, indent=1))
     finally:
-        if not args.dir:
+        if args.dir:
+            for nodes in root.glob("nodes-*"):
+                shutil.rmtree(nodes, ignore_errors=True)
+        else:
             shutil.rmtree(root, ignore_errors=True)
-        for nodes in root.glob("nodes-*"):
-            shutil.rmtree(nodes, ignore_errors=True)
 
 
 if __name__ == "__main__":
