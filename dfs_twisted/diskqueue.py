@@ -18,7 +18,9 @@ aborts and the index's SQLite commits stay on one ordered thread. A local get's
 reads run on the sync threads too, the next chunk read while one is sent. A rename
 (on a sync thread) and the removal of an older file of the same blob never
 interleave (store.BlobStore.renames). A thread runs the calls queued meanwhile in
-one turn and hands their results back together (`Workers`).
+one turn and hands their results back together (`Workers`). A blob sent to a peer
+is read there too, the next piece while one goes out (`QueuedRead`): a slow disk
+holds that transfer, not the reactor and every other connection with it.
 
 Every `SYNC_EVERY` bytes a blob's data is flushed on the write thread, so the final
 fsync of a big blob does not stall its acknowledgement, and a blob written through
@@ -37,7 +39,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
-from .store import BlobWriter
+from .store import BlobFile, BlobWriter
 
 SYNC_EVERY = 64 << 20
 SYNC_THREADS = 8
@@ -180,6 +182,9 @@ class DiskQueue:
     ) -> QueuedBlob:
         return QueuedBlob(self, writer, pause, resume)
 
+    def reader(self, f: BlobFile, size: int) -> QueuedRead:
+        return QueuedRead(self, f, size)
+
 
 class QueuedBlob:
     """A BlobWriter fed from the reactor: its writes run on the write thread, its
@@ -285,3 +290,49 @@ class QueuedBlob:
         if self._paused:
             self._paused = False
             self._resume()
+
+
+class QueuedRead:
+    """A stored blob read from the reactor (session.BlobSource): each read on a sync
+    thread, and as one ends the next is begun, so the disk works while the piece
+    read goes out. Closing waits for a read under way: no thread reads a closed file."""
+
+    def __init__(self, queue: DiskQueue, f: BlobFile, size: int) -> None:
+        self._queue = queue
+        self._file = f
+        self.size = size
+        self._ahead: Deferred[bytes] | None = None
+        self._reading = 0  # reads on a thread: none, or one
+        self._closed = False
+
+    def read(self, n: int) -> Deferred[bytes]:
+        """The next ``n`` bytes (fewer at the end, then none)."""
+        if self._closed:
+            return fail(ValueError("read of a closed blob"))
+        reading, self._ahead = self._ahead or self._begin(n), None
+        return reading.addCallback(self._read_ahead, n)
+
+    def _begin(self, n: int) -> Deferred[bytes]:
+        self._reading += 1
+        return self._queue.read(self._file.read, n).addBoth(self._ended)
+
+    def _ended(self, result: object) -> object:
+        self._reading -= 1
+        if self._closed and not self._reading:
+            self._file.close()
+        return result
+
+    def _read_ahead(self, piece: bytes, n: int) -> bytes:
+        if len(piece) == n and not self._closed:
+            self._ahead = self._begin(n)
+        return piece
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ahead is not None:
+            self._ahead.addErrback(lambda _: None)  # nobody will read it
+            self._ahead = None
+        if not self._reading:
+            self._file.close()

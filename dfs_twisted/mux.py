@@ -7,7 +7,8 @@ other is a request of the peer's, or the DATA of a stream it opened.
 
 Flow control: the caller says when the link is `paused` (the peer reads slower than
 we write) and when it is writable again; senders of bulk data wait on
-`when_writable()`, and a FETCH this side serves is pumped only while it is writable.
+`when_writable()`, and a FETCH this side serves is pumped only while it is writable,
+its next piece read (off the reactor, by the source) while one goes out.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import wire
-from .session import FetchSink, PeerSession, RemoteError, SessionClosed
+from .session import READ_BLOCK, BlobSource, FetchSink, PeerSession, RemoteError, SessionClosed
 
 log = Logger()
 
@@ -45,15 +46,6 @@ class IncomingBlob(TypingProtocol):
     def write(self, data: bytes | memoryview) -> None: ...
     def finish(self) -> Deferred[None]: ...
     def abort(self, reason: str) -> None: ...
-
-
-class BlobSource(TypingProtocol):
-    """What a FETCH reads from."""
-
-    size: int
-
-    def read(self, n: int) -> bytes: ...
-    def close(self) -> None: ...
 
 
 class SessionHandler(TypingProtocol):
@@ -272,7 +264,9 @@ class Multiplexer:
                 return
             self._serving[request_id] = source
             self.send(wire.FetchReply(source.size), request_id, reply=True)
-            self._pump(request_id, source)
+            Deferred.fromCoroutine(self._pump(request_id, source)).addErrback(
+                lambda f: log.failure("serving request {id} failed", f, id=request_id)
+            )
         elif isinstance(message, wire.Ping):
             self.send(wire.Ack(), request_id, reply=True)
         elif isinstance(message, wire.ControlRequest):
@@ -319,22 +313,37 @@ class Multiplexer:
             lambda message: self.send(message, request_id, reply=True)
         )
 
-    def _pump(self, request_id: int, source: BlobSource) -> None:
-        """Send a blob as DATA frames, as fast as the link takes them."""
-
-        def more(_: object = None) -> None:
-            while request_id in self._serving:
-                if self.paused:
-                    self.when_writable().addCallbacks(more, lambda f: None)
-                    return
-                chunk = source.read(DATA_FRAME)
-                end = len(chunk) < DATA_FRAME
-                self.send_data(request_id, chunk, end=end, reply=True)
-                if end:
-                    self._serving.pop(request_id, None)
+    async def _pump(self, request_id: int, source: BlobSource) -> None:
+        """Send a blob as DATA frames, as fast as the link takes them. Ends quietly
+        once the FETCH is no longer served (aborted, or the link closed: the source
+        was closed then, and a read of it fails)."""
+        while True:
+            try:
+                piece = await source.read(READ_BLOCK)
+            except Exception:
+                if self._serving.pop(request_id, None) is not None:
+                    log.failure("reading the blob of request {id} failed", id=request_id)
                     source.close()
-
-        more()
+                    self.send(wire.Error("io", "cannot read the blob"), request_id, reply=True)
+                return
+            try:
+                while self.paused:
+                    await self.when_writable()
+            except SessionClosed:
+                return
+            if request_id not in self._serving:
+                return  # aborted while it was read or waited
+            end = len(piece) < READ_BLOCK
+            view = memoryview(piece)  # frames of it, not copies: the link may keep them
+            for start in range(0, len(piece), DATA_FRAME):
+                last = end and start + DATA_FRAME >= len(piece)
+                self.send_data(request_id, view[start : start + DATA_FRAME], end=last, reply=True)
+            if end:
+                if not piece:
+                    self.send_data(request_id, b"", end=True, reply=True)
+                del self._serving[request_id]
+                source.close()
+                return
 
     def _on_reply(self, request_id: int, message: wire.Message) -> None:
         pending = self._pending.get(request_id)

@@ -40,14 +40,13 @@ from .identity import NodeIdentity, PeerPins, node_id_of
 from .liveness import PING_INTERVAL, Liveness
 from .mux import (
     DATA_FRAME,
-    BlobSource,
     IncomingBlob,
     Multiplexer,
     OutgoingStream,
     RequestRefused,
     SessionHandler,
 )
-from .session import FetchSink, PeerInfo, RemoteError, SessionClosed
+from .session import BlobSource, FetchSink, PeerInfo, RemoteError, SessionClosed
 
 __all__ = [
     "DATA_FRAME",

@@ -16,9 +16,10 @@ from twisted.internet.defer import Deferred
 
 from . import merkle, wire
 from .crypto import CryptoError, Horizon, Release, Tombstone
-from .store import BlobFile, BlobKey
+from .store import BlobKey
 
 __all__ = [
+    "BlobSource",
     "BlobStream",
     "FetchSink",
     "PeerClient",
@@ -31,7 +32,7 @@ __all__ = [
     "release_message",
 ]
 
-PUSH_BLOCK = 1 << 20  # bytes read from a stored blob per write to a peer
+READ_BLOCK = 1 << 20  # bytes read at a time from a stored blob sent to a peer
 
 
 class RemoteError(Exception):
@@ -45,6 +46,16 @@ class RemoteError(Exception):
 
 class SessionClosed(Exception):
     """The session ended before the request completed."""
+
+
+class BlobSource(Protocol):
+    """A stored blob being sent to a peer (a FETCH it asked for, a push): read in
+    pieces, each when its Deferred fires (an empty one at the end)."""
+
+    size: int
+
+    def read(self, n: int) -> Deferred[bytes]: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -213,9 +224,23 @@ class PeerClient:
             return None, reply
         return theirs, reply
 
-    async def push(self, key: BlobKey, version: int, blob: BlobFile, size: int) -> None:
-        """Stream a stored blob to the peer as it reads it; return once it answered."""
-        await self.send(key, version, size, iter(lambda: blob.read(PUSH_BLOCK), b""))
+    async def push(self, key: BlobKey, version: int, blob: BlobSource) -> None:
+        """Stream a stored blob to the peer as it is read; return once it answered."""
+        stream = self.session.store(wire.Store(key.owner, key.blob, blob.size, version))
+        # A refusal ("have", "busy": usual for a relayed copy) closes the stream.
+        try:
+            while not stream.closed:
+                piece = await blob.read(READ_BLOCK)
+                if not piece:
+                    break
+                await self.session.when_writable()
+                stream.write(piece)
+        except SessionClosed:
+            pass  # the stream's answer says so
+        except BaseException:
+            stream.abort("cannot read the blob")
+            raise
+        await stream.finish()
 
     async def send(
         self, key: BlobKey, version: int, size: int | None, pieces: Iterable[bytes]

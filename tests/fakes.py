@@ -10,7 +10,7 @@ from typing import Any
 
 from OpenSSL import crypto
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -121,11 +121,16 @@ class Source:
     def __init__(self, data: bytes) -> None:
         self._data = data
         self.size = len(data)
+        self.position = 0
         self.closed = False
+        self.failing: Exception | None = None  # what every read raises from now on
 
-    def read(self, n: int) -> bytes:
+    def read(self, n: int) -> Deferred[bytes]:
+        if self.failing is not None:
+            return fail(self.failing)
         piece, self._data = self._data[:n], self._data[n:]
-        return piece
+        self.position += len(piece)
+        return succeed(piece)
 
     def close(self) -> None:
         self.closed = True

@@ -9,7 +9,6 @@ forged.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from typing import Any
 
@@ -17,11 +16,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 
 from dfs_twisted import wire
-from dfs_twisted.files.serve import FileSource, IncomingReplica
+from dfs_twisted.files.serve import IncomingReplica
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import BlobSource, RequestRefused
 from dfs_twisted.session import PeerSession, RemoteError
 from dfs_twisted.store import BlobKey
+
+from .fakes import Source
 
 MAX_VERSION = 2**64 - 1
 
@@ -59,7 +60,7 @@ class Liar:
             raise RequestRefused(wire.Code.NOT_FOUND, "no such blob")
         if request.blob in self.forged:
             data = self.forged[request.blob]
-            return _Served(io.BytesIO(data[request.offset :]), len(data), request.offset, self)
+            return _Served(Source(data[request.offset :]), len(data), request.offset, self)
         source = self._fetch(session, request)
         return _Served(source, source.size, request.offset, self, session)
 
@@ -84,7 +85,7 @@ class _Served:
 
     def __init__(
         self,
-        source: FileSource | io.BytesIO,
+        source: BlobSource,
         size: int,
         offset: int,
         liar: Liar,
@@ -96,8 +97,11 @@ class _Served:
         self._liar = liar
         self._session = session
 
-    def read(self, n: int) -> bytes:
-        data = bytearray(self._source.read(n))
+    def read(self, n: int) -> Deferred[bytes]:
+        return self._source.read(n).addCallback(self._lie)
+
+    def _lie(self, piece: bytes) -> bytes:
+        data = bytearray(piece)
         flip = self._liar.flip_at
         if flip is not None and self._at <= flip < self._at + len(data):
             data[flip - self._at] ^= 0x01

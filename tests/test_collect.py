@@ -9,7 +9,6 @@ only the owner's key makes.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from dfs_twisted.files.delete import Remover
 from dfs_twisted.protocol import RequestRefused
 from dfs_twisted.session import PeerClient, RemoteError, horizon_message
 from dfs_twisted.store import BlobKey
+from tests.fakes import Source
 from tests.loopback import MemoryNode, MemorySession, link, outcome, settled
 
 pytestmark = pytest.mark.unit
@@ -347,11 +347,7 @@ class ResurrectionTests(Network):
         self.delete("gone")
         self.assertEqual(self.collect(), 1)
         # B pushes the old version to C, which has collected the tombstone: taken.
-        settled(
-            PeerClient(self.session(self.b, self.c)).push(
-                key, old.version, io.BytesIO(kept), len(kept)
-            )
-        )
+        settled(PeerClient(self.session(self.b, self.c)).push(key, old.version, Source(kept)))
         self.assertTrue(self.stored(self.c, "gone"))
         # The owner sees it at its next comparison with C and deletes it again.
         self.sync(self.a, self.c)

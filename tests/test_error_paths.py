@@ -25,7 +25,7 @@ from dfs_twisted.files.get import _PeerSource
 from dfs_twisted.launcher import free_port
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import RequestRefused
-from dfs_twisted.session import RemoteError, SessionClosed
+from dfs_twisted.session import PeerClient, RemoteError, SessionClosed
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobKey
 
@@ -237,22 +237,19 @@ class ReplicaTests(TwoNodes):
         self.assertEqual(replicas, 2)
         key = BlobKey(a.node_id, blob)
         self.assertIsNotNone(c.files.catalog.get(key))
+        entry = c.files.catalog.get(key)
         f = c.files.store.open(key)
-        assert f is not None
-        with f, self.assertRaises(RemoteError) as caught:
-            await _push(self.session(c, b), key, c.files.catalog.get(key), f)
+        assert f is not None and entry is not None
+        held = c.files.holdings.disk.reader(f, os.fstat(f.fileno()).st_size)
+        self.addCleanup(held.close)
+        with self.assertRaises(RemoteError) as caught:
+            await PeerClient(self.session(c, b)).push(key, entry.version, held)
         self.assertEqual(caught.exception.code, "forbidden")
         self.assertIsNone(b.files.catalog.get(key))
         self.assertEqual(temp_files(b), [])
         # And C's own catch-up with B passes nothing of A's on either.
         self.assertEqual(await c.files.sync.catch_up(self.session(c, b)), 0)
         self.assertEqual(b.files.store.blobs(a.node_id), [])
-
-
-async def _push(session: Any, key: BlobKey, entry: Any, f: Any) -> None:
-    from dfs_twisted.session import PeerClient
-
-    await PeerClient(session).push(key, entry.version, f, os.fstat(f.fileno()).st_size)
 
 
 class DeleteTests(TwoNodes):

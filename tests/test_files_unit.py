@@ -341,3 +341,52 @@ class LocalReadTests(SynchronousTestCase):
             disk.finish_one()
         self.successResultOf(done)
         self.assertEqual(fed, [b"bbbb", b"cc"])
+
+
+class _File(io.BytesIO):
+    """A blob file that notes the reads it was asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[int] = []
+
+    def read(self, n: int | None = -1, /) -> bytes:
+        self.reads.append(-1 if n is None else n)
+        return super().read(n)
+
+
+class ServedReadTests(SynchronousTestCase):
+    """A blob sent to a peer, read on the disk threads (diskqueue.QueuedRead)."""
+
+    def test_the_next_piece_is_read_while_one_goes_out(self) -> None:
+        disk = _HeldReads()
+        f = _File(b"aaaabbbbcc")
+        source = disk.reader(f, 10)
+        first = source.read(4)
+        disk.finish_one()
+        self.assertEqual(self.successResultOf(first), b"aaaa")
+        self.assertEqual(len(disk.pending), 1, "no read ahead")  # b"bbbb", being read
+        second = source.read(4)
+        disk.finish_one()
+        self.assertEqual(self.successResultOf(second), b"bbbb")
+        third = source.read(4)
+        disk.finish_one()
+        self.assertEqual(self.successResultOf(third), b"cc")
+        self.assertEqual(disk.pending, [])  # a short piece is the end: nothing read after it
+        self.assertEqual(f.reads, [4, 4, 4])
+        source.close()
+        self.assertTrue(f.closed)
+
+    def test_a_file_closed_while_a_thread_reads_it_is_closed_after_that_read(self) -> None:
+        disk = _HeldReads()
+        f = _File(b"aaaabbbbcc")
+        source = disk.reader(f, 10)
+        first = source.read(4)
+        disk.finish_one()
+        self.successResultOf(first)
+        source.close()  # the FETCH aborted while the next piece is read ahead
+        self.assertFalse(f.closed, "closed under a running read")
+        disk.finish_one()
+        self.assertTrue(f.closed)
+        self.failureResultOf(source.read(4), ValueError)
+        self.assertEqual(disk.pending, [])

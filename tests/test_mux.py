@@ -85,6 +85,18 @@ class MultiplexerTests(SynchronousTestCase):
         self.assertEqual(b"".join(d.payload for d in data), b"x" * 600_000)
         self.assertTrue(data[-1].end and source.closed)
 
+    def test_a_fetch_whose_blob_cannot_be_read_is_answered_with_an_error(self) -> None:
+        self.handler.source = source = Source(b"x" * 3_000_000)
+        self.mux.paused = True
+        self.receive(wire.Fetch(A, B), 4)
+        source.failing = OSError(5, "Input/output error")  # the disk fails mid-way
+        self.mux.writable()
+        *data, error = self.out.messages()[1:]
+        self.assertEqual(error, wire.Error("io", "cannot read the blob"))
+        self.assertTrue(data and all(isinstance(d, wire.Data) and not d.end for d in data))
+        self.assertTrue(source.closed)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
     def test_a_fetch_asked_for_is_fed_to_its_sink_and_can_be_cancelled(self) -> None:
         sink = Sink()
         done = self.mux.fetch(wire.Fetch(A, B), sink)

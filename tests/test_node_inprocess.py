@@ -6,6 +6,7 @@ import os
 import sqlite3
 import threading
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from twisted.internet import task
@@ -19,10 +20,11 @@ from dfs_twisted.files import FileNotFound, PutInProgress
 from dfs_twisted.launcher import free_port
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import OutgoingStream, RemoteError
-from dfs_twisted.session import delete_message
+from dfs_twisted.session import READ_BLOCK, PeerClient, delete_message
 from dfs_twisted.space import SpaceLimits
-from dfs_twisted.store import BlobKey
+from dfs_twisted.store import BlobFile, BlobKey
 
+from .fakes import Sink
 from .inprocess import (
     NodeTestCase,
     blob_path,
@@ -162,6 +164,45 @@ class TwoNodeTests(NodeTestCase):
         held = again.files.catalog.get(key)
         assert held is not None
         self.assertEqual(held.version, a.files.catalog.get(key).version)  # type: ignore[union-attr]
+
+    async def test_a_slow_disk_under_a_fetch_holds_that_fetch_and_nothing_else(self) -> None:
+        # b's disk is slow to give the blob a FETCH asks for: the reads wait on b's
+        # disk threads, and b answers its peers meanwhile (read on b's reactor, they
+        # would wait until the disk came back: here, until the read gave up).
+        a, b = await self.two_nodes()
+        blob, _ = await put(a, "served", DATA)
+        reading, disk_back = threading.Event(), threading.Event()
+        self.addCleanup(disk_back.set)
+        gave_up: list[bool] = []
+        open_blob = b.files.holdings.open
+
+        class SlowDisk:
+            def __init__(self, f: BlobFile) -> None:
+                self._f = f
+
+            def read(self, n: int = -1) -> bytes:
+                if n >= READ_BLOCK:  # the blob's data, not its header
+                    reading.set()
+                    gave_up.append(not disk_back.wait(5))
+                return self._f.read(n)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self._f, name)
+
+        def slow_open(key: BlobKey) -> Any:
+            f = open_blob(key)
+            return None if f is None else SlowDisk(f)
+
+        b.files.holdings.open = slow_open  # type: ignore[method-assign]
+        sink = Sink()
+        fetching = self.session(a, b).fetch(wire.Fetch(a.node_id, blob), sink)
+        await eventually(reading.is_set, "b to read the blob")
+        await PeerClient(self.session(a, b)).digest(a.node_id)
+        self.assertFalse(disk_back.is_set())
+        disk_back.set()
+        await fetching
+        self.assertEqual(sink.received, blob_path(b, a.node_id, blob).read_bytes())
+        self.assertNotIn(True, gave_up)
 
     async def test_reconnects_after_peer_restart(self) -> None:
         a, b = await self.two_nodes()

@@ -7,7 +7,6 @@ certificate when asked. The handler is a recording fake standing for the node's 
 from __future__ import annotations
 
 import gc
-import io
 import json
 from pathlib import Path
 from typing import cast
@@ -34,7 +33,7 @@ from dfs_twisted.protocol import (
 from dfs_twisted.session import PeerClient
 from dfs_twisted.store import BlobKey
 
-from .fakes import FakeHandler, TLSStringTransport, identity, sent
+from .fakes import FakeHandler, Source, TLSStringTransport, identity, sent
 
 pytestmark = pytest.mark.unit
 
@@ -353,10 +352,10 @@ class HostileInputTests(SynchronousTestCase):
 
     # -- a peer that reads as fast as we send: this transport never pauses
 
-    def push(self, proto: PeerProtocol, size: int) -> tuple[Deferred[None], io.BytesIO]:
-        blob = io.BytesIO(bytes(size))
+    def push(self, proto: PeerProtocol, size: int) -> tuple[Deferred[None], Source]:
+        blob = Source(bytes(size))
         client = PeerClient(proto)
-        return Deferred.fromCoroutine(client.push(BlobKey(OWNER, BLOB), 1, blob, size)), blob
+        return Deferred.fromCoroutine(client.push(BlobKey(OWNER, BLOB), 1, blob)), blob
 
     def test_a_refused_push_stops_within_a_turn_of_the_reactor(self) -> None:
         # A relayed copy the peer holds already: the link waits for the reactor's next
@@ -372,7 +371,7 @@ class HostileInputTests(SynchronousTestCase):
         error = self.failureResultOf(pushing, RemoteError).value
         assert isinstance(error, RemoteError)
         self.assertEqual(error.code, "have")
-        self.assertLess(blob.tell(), 3 * TURN_BYTES)
+        self.assertLess(blob.position, 3 * TURN_BYTES)
         self.assertEqual(self.clock.getDelayedCalls()[1:], [])  # the pinger's alone
 
     def test_a_push_goes_on_turn_after_turn_to_its_end(self) -> None:

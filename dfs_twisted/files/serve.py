@@ -26,6 +26,7 @@ from ..crypto import (
     audit_digest,
     chunk_at,
 )
+from ..diskqueue import QueuedRead
 from ..identity import KnownOrgs
 from ..protocol import RequestRefused
 from ..session import PeerSession
@@ -63,20 +64,6 @@ class RateLimit:
         if len(self._buckets) > 4096:  # forget the fullest: they lose nothing
             self._buckets = {p: b for p, b in self._buckets.items() if b[0] < self._burst - 1}
         return True
-
-
-class FileSource:
-    """A stored blob served to a peer's FETCH."""
-
-    def __init__(self, f: BlobFile, size: int) -> None:
-        self._file = f
-        self.size = size
-
-    def read(self, n: int) -> bytes:
-        return self._file.read(n)
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class IncomingReplica:
@@ -314,14 +301,14 @@ class Server:
             raise RequestRefused(Code.NOT_FOUND, f"holds version {header.version}, not {version}")
         return f, header, size
 
-    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> FileSource:
+    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> QueuedRead:
         key = BlobKey(request.owner, request.blob)
         f, _, size = self._open(key, request.version)
         if request.offset > size:
             f.close()
             raise RequestRefused(Code.BAD_REQUEST, "offset beyond the end of the blob")
         f.seek(request.offset)
-        return FileSource(f, size)
+        return self._holdings.disk.reader(f, size)
 
     def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
         if isinstance(request, wire.Delete):

@@ -279,8 +279,11 @@ class Sync:
         f = self._holdings.store.open(key)
         if f is None:
             return "gone"  # deleted meanwhile
-        with f:
-            await client.push(key, entry.version, f, os.fstat(f.fileno()).st_size)
+        blob = self._holdings.disk.reader(f, os.fstat(f.fileno()).st_size)
+        try:
+            await client.push(key, entry.version, blob)
+        finally:
+            blob.close()
         if key.owner == self._node_id:
             self.placement.holds(session.info.node_id, key.blob, entry.version)
         return None
