@@ -8,7 +8,7 @@ into typed calls, so no caller inspects reply types itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -226,34 +226,39 @@ class PeerClient:
 
     async def push(self, key: BlobKey, version: int, blob: BlobSource) -> None:
         """Stream a stored blob to the peer as it is read; return once it answered."""
-        stream = self.session.store(wire.Store(key.owner, key.blob, blob.size, version))
-        # A refusal ("have", "busy": usual for a relayed copy) closes the stream.
-        try:
-            while not stream.closed:
-                piece = await blob.read(READ_BLOCK)
-                if not piece:
-                    break
-                await self.session.when_writable()
-                stream.write(piece)
-        except SessionClosed:
-            pass  # the stream's answer says so
-        except BaseException:
-            stream.abort("cannot read the blob")
-            raise
-        await stream.finish()
+
+        async def pieces() -> AsyncIterator[bytes]:
+            while piece := await blob.read(READ_BLOCK):
+                yield piece
+
+        await self._stream(wire.Store(key.owner, key.blob, blob.size, version), pieces())
 
     async def send(
         self, key: BlobKey, version: int, size: int | None, pieces: Iterable[bytes]
     ) -> None:
         """Stream a blob made as it goes (``pieces``) to the peer; return once it answered."""
-        stream = self.session.store(wire.Store(key.owner, key.blob, size, version))
-        # A refusal ("have", "busy": usual for a relayed copy) closes the stream: stop
-        # making the rest of the blob for nothing then.
-        for piece in pieces:
-            if stream.closed:
-                break
-            await self.session.when_writable()
-            stream.write(piece)
+
+        async def made() -> AsyncIterator[bytes]:
+            for piece in pieces:
+                yield piece
+
+        await self._stream(wire.Store(key.owner, key.blob, size, version), made())
+
+    async def _stream(self, request: wire.Store, pieces: AsyncIterator[bytes]) -> None:
+        stream = self.session.store(request)
+        try:
+            async for piece in pieces:
+                # A refusal ("have", "busy": usual for a relayed copy) closes the
+                # stream: stop reading or making the rest of the blob for nothing then.
+                if stream.closed:
+                    break
+                await self.session.when_writable()
+                stream.write(piece)
+        except SessionClosed:
+            pass  # the stream's answer says so, below
+        except BaseException:
+            stream.abort("the sender failed")
+            raise
         await stream.finish()
 
 

@@ -374,6 +374,19 @@ class HostileInputTests(SynchronousTestCase):
         self.assertLess(blob.position, 3 * TURN_BYTES)
         self.assertEqual(self.clock.getDelayedCalls()[1:], [])  # the pinger's alone
 
+    def test_a_push_whose_blob_cannot_be_read_ends_its_stream(self) -> None:
+        # The peer would otherwise wait for the rest (and its END) until it gave up.
+        proto, transport = self.connected()
+        blob = Source(bytes(3 * TURN_BYTES))
+        blob.failing = OSError(5, "Input/output error")
+        pushing = Deferred.fromCoroutine(PeerClient(proto).push(BlobKey(OWNER, BLOB), 1, blob))
+        self.failureResultOf(pushing, OSError)
+        frames = wire.FrameDecoder().feed(transport.value())
+        self.assertEqual(
+            [wire.decode(f) for f in frames],
+            [wire.Store(OWNER, BLOB, 3 * TURN_BYTES, 1), wire.Abort("the sender failed")],
+        )
+
     def test_a_push_goes_on_turn_after_turn_to_its_end(self) -> None:
         proto, transport = self.connected()
         size = 3 * TURN_BYTES + 5
