@@ -9,19 +9,31 @@ Flow control: the caller says when the link is `paused` (the peer reads slower t
 we write) and when it is writable again; senders of bulk data wait on
 `when_writable()`, and a FETCH this side serves is pumped only while it is writable,
 its next piece read (off the reactor, by the source) while one goes out.
+
+A peer's control requests (and PINGs) are answered in order, only while the link
+takes what is sent and as fast as its rate allows (`AnswerRate`, ratelimit.py); the
+others wait, and while `MAX_WAITING` or more wait the link is not read. A peer that asks
+without reading the answers, or faster than that, is slowed by its own TCP window:
+it costs this node a bounded share of its time and memory. (Measured before: 30,000
+DIGESTs sent in 3 s without reading a reply grew a node by 516 MiB, and kept its
+reactor busy for 27 s.)
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import wire
+from .ratelimit import RateLimit
 from .session import READ_BLOCK, BlobSource, FetchSink, PeerSession, RemoteError, SessionClosed
 
 log = Logger()
@@ -58,6 +70,36 @@ class SessionHandler(TypingProtocol):
     def answer(
         self, session: PeerSession, request: wire.ControlRequest
     ) -> Deferred[wire.Message]: ...
+
+
+MAX_WAITING = 64  # requests waiting for their answers before the link is no longer read
+
+
+class AnswerRate:
+    """The pace of one session's answers: its peer's share of ``limit``."""
+
+    def __init__(self, clock: IReactorTime, limit: RateLimit) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._wakeup: IDelayedCall | None = None
+
+    def take(self, peer: str) -> bool:
+        return self._limit.take(peer)
+
+    def call_when_ready(self, f: Callable[[], None]) -> None:
+        """Call ``f`` once a request may be answered again (once, however often asked)."""
+        if self._wakeup is None:
+            # A whole token's time: the exact remainder may round to no time at all.
+            self._wakeup = self._clock.callLater(1 / self._limit.rate, self._woken, f)
+
+    def _woken(self, f: Callable[[], None]) -> None:
+        self._wakeup = None
+        f()
+
+    def stop(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+            self._wakeup = None
 
 
 class Output(TypingProtocol):
@@ -129,7 +171,10 @@ class Multiplexer:
         handler: SessionHandler,
         output: Output,
         max_streams: int,
+        rate: AnswerRate | None = None,
     ) -> None:
+        """``rate``: how fast the peer's control requests are answered (None: as they
+        come, while the link takes the answers)."""
         self._session = session  # what the handler is told a request came from
         self._handler = handler
         self._output = output
@@ -138,6 +183,9 @@ class Multiplexer:
         self._pending: dict[int, _Pending] = {}
         self._incoming: dict[int, IncomingBlob | _Discard] = {}
         self._serving: dict[int, BlobSource] = {}
+        self._rate = rate
+        self._waiting: deque[tuple[int, wire.ControlRequest | wire.Ping]] = deque()
+        self._holding = False  # not reading the link: too many requests wait
         self._writable: list[Deferred[None]] = []
         self.paused = False  # the peer reads slower than we write
         self.closed = False
@@ -208,6 +256,7 @@ class Multiplexer:
                 self._writable.append(waiter)
             else:
                 waiter.callback(None)
+        self._answer_waiting()
 
     def when_writable(self) -> Deferred[None]:
         """Fires once the link wants more data."""
@@ -267,11 +316,9 @@ class Multiplexer:
             Deferred.fromCoroutine(self._pump(request_id, source)).addErrback(
                 lambda f: log.failure("serving request {id} failed", f, id=request_id)
             )
-        elif isinstance(message, wire.Ping):
-            self.send(wire.Ack(), request_id, reply=True)
-        elif isinstance(message, wire.ControlRequest):
-            answer = maybeDeferred(self._handler.answer, self._session, message)
-            self._answer(request_id, answer)
+        elif isinstance(message, wire.Ping | wire.ControlRequest):
+            self._waiting.append((request_id, message))
+            self._answer_waiting()
         else:
             raise wire.ProtocolError(f"unexpected {type(message).__name__} request")
 
@@ -300,6 +347,34 @@ class Multiplexer:
         if source is not None:
             source.close()
             self.send(wire.Error("aborted", "fetch aborted"), request_id, reply=True)
+
+    def _answer_waiting(self) -> None:
+        """Answer the peer's waiting requests in order while the link takes the answers
+        and the rate allows; stop reading the link while too many wait."""
+        while self._waiting and not self.paused and not self.closed:
+            if self._rate is not None and not self._rate.take(self._session.info.node_id):
+                self._rate.call_when_ready(self._answer_waiting)
+                break
+            request_id, message = self._waiting.popleft()
+            if isinstance(message, wire.Ping):
+                self.send(wire.Ack(), request_id, reply=True)
+            else:
+                answer = maybeDeferred(self._handler.answer, self._session, message)
+                self._answer(request_id, answer)
+        if self.closed:
+            return
+        if not self._holding and len(self._waiting) >= MAX_WAITING:
+            self._holding = True
+            log.warn(
+                "peer {peer} asks faster than it reads the answers or than they are given: "
+                "{waiting} requests wait, its link is not read until they are answered",
+                peer=self._session.info.node_id,
+                waiting=len(self._waiting),
+            )
+            self._session.hold_reading(self)
+        elif self._holding and len(self._waiting) <= MAX_WAITING // 2:
+            self._holding = False
+            self._session.release_reading(self)
 
     def _answer(self, request_id: int, result: Deferred[wire.Message]) -> None:
         def failed(failure: Failure) -> wire.Message:
@@ -391,6 +466,9 @@ class Multiplexer:
         serving, self._serving = self._serving, {}
         for source in serving.values():
             source.close()
+        self._waiting.clear()
+        if self._rate is not None:
+            self._rate.stop()
         writable, self._writable = self._writable, []
         for waiter in writable:
             waiter.errback(SessionClosed("connection lost"))

@@ -40,12 +40,14 @@ from .identity import NodeIdentity, PeerPins, node_id_of
 from .liveness import PING_INTERVAL, Liveness
 from .mux import (
     DATA_FRAME,
+    AnswerRate,
     IncomingBlob,
     Multiplexer,
     OutgoingStream,
     RequestRefused,
     SessionHandler,
 )
+from .ratelimit import ANSWER_BURST, ANSWER_RATE, RateLimit
 from .session import BlobSource, FetchSink, PeerInfo, RemoteError, SessionClosed
 
 __all__ = [
@@ -148,7 +150,13 @@ class PeerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self._mux = Multiplexer(self, factory.handler, self, factory.limits.max_streams)
+        self._mux = Multiplexer(
+            self,
+            factory.handler,
+            self,
+            factory.limits.max_streams,
+            AnswerRate(factory.clock, factory.answers),
+        )
         self._handshake = Handshake(
             factory.identity.node_id,
             self.dialled,
@@ -466,6 +474,8 @@ class PeerFactory(Factory[PeerProtocol]):
         self._on_refused = on_refused
         self.admission = admission or Admission()
         self.limits = limits or Limits()
+        # How fast each peer's requests are answered, whichever session it comes by.
+        self.answers = RateLimit(ANSWER_RATE, ANSWER_BURST, clock.seconds)
         # Connections still in TLS or HELLO, oldest first, by remote host; shared
         # with the copies dialling() makes.
         self._waiting: dict[str, list[PeerProtocol]] = {}

@@ -19,9 +19,10 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import Protocol
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 from dfs_twisted.launcher import free_port
 from dfs_twisted.node import NodeService
@@ -236,3 +237,19 @@ def start_node(
     test._nodes.append(node)
     test.addCleanup(test._stop, node)
     return node
+
+
+def logged(test: TestCase, needle: str) -> list[str]:
+    """The lines this process logs from now on (its in-process nodes) that contain
+    ``needle``."""
+    lines: list[str] = []
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        text = formatEvent(event)
+        if needle in text:
+            lines.append(text)
+
+    globalLogPublisher.addObserver(observe)
+    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines

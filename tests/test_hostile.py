@@ -26,6 +26,7 @@ import socket
 import sqlite3
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -565,6 +566,50 @@ class SessionFloodTests(HostileTestCase):
             link.close()
         wait_until(lambda: len(self.net.victim.status()["peers"]) == 1, "V to drop them")
         self.assert_still_serving()
+
+
+class RequestFloodTests(HostileTestCase):
+    """An admitted peer asking for answers faster than it reads them."""
+
+    def test_requests_sent_without_reading_the_answers_cost_bounded_memory(self) -> None:
+        # The costliest answer there is: a DIGEST with the children of a namespace of
+        # hundreds of blobs, about 18 kB for 100 bytes asked. Before, 30,000 of them
+        # sent without reading a reply grew V by 516 MiB, and an honest put and get
+        # took 27 s while V worked through them.
+        link = self.admitted()
+        mine = self.net.attacker.node_id
+        stores = []
+        for i in range(700):
+            blob, ciphertext = self.attacker_blob(100, name=f"flood-{i}")
+            stores.append(
+                wire.encode(wire.Store(mine, blob, len(ciphertext), self.version), 10 + i)
+                + data_frame(10 + i, ciphertext, end=True)
+            )
+        link.send(b"".join(stores))
+        for _ in stores:
+            self.assertIsInstance(link.read_message()[1], wire.Ack)
+        link.send(wire.encode(wire.Digest(mine, "", True), 1))
+        _, digest = link.read_message()
+        assert isinstance(digest, wire.DigestReply)
+        self.assertGreater(len(digest.children), 200)
+        before = resident(self.net.victim)
+        asks = b"".join(wire.encode(wire.Digest(mine, "", True), i) for i in range(2, 1002))
+        flood = threading.Thread(target=_send_all, args=(link, [asks] * 30), daemon=True)
+        flood.start()
+        wait_for_log(self.net.victim, "asks faster than it reads the answers", mine)
+        self.assert_still_serving()
+        grown = resident(self.net.victim) - before
+        self.assertLess(grown, 64 << 20, f"V grew by {grown >> 20} MiB")
+        link.close()
+        flood.join(IO_TIMEOUT + 5)
+        self.assertFalse(flood.is_alive())
+
+
+def _send_all(link: TLSLink, pieces: list[bytes]) -> None:
+    """Send until done or the link fails (V stopped reading: the send times out)."""
+    with contextlib.suppress(ConnectionClosed, AssertionError):
+        for piece in pieces:
+            link.send(piece)
 
 
 def made_up_identity() -> NodeIdentity:

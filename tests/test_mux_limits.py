@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
-from dfs_twisted.mux import Multiplexer
+from dfs_twisted.mux import MAX_WAITING, AnswerRate, Multiplexer
+from dfs_twisted.ratelimit import RateLimit
 
 from .fakes import A, Handler, Source, Wire
 
@@ -73,3 +76,92 @@ class ServingLimitTests(SynchronousTestCase):
         self.mux.writable()
         data = {f.request_id for f, m in self.out.sent if isinstance(m, wire.Data) and m.payload}
         self.assertEqual(data, {2, 3})
+
+
+class _Reader:
+    """The session side the multiplexer holds the reading of."""
+
+    def __init__(self) -> None:
+        self.info = SimpleNamespace(node_id=A)
+        self.holds: set[object] = set()
+
+    def hold_reading(self, holder: object) -> None:
+        self.holds.add(holder)
+
+    def release_reading(self, holder: object) -> None:
+        self.holds.discard(holder)
+
+
+class AnswerTests(SynchronousTestCase):
+    """A peer's control requests: answered in order, as fast as the link and the rate
+    allow; a peer asking far ahead of its answers is no longer read."""
+
+    def setUp(self) -> None:
+        self.out = Wire()
+        self.session = _Reader()
+        self.clock = task.Clock()
+        self.limit = RateLimit(10, 3, self.clock.seconds)
+        self.mux = self.connect()
+
+    def connect(self) -> Multiplexer:
+        return Multiplexer(
+            self.session,  # type: ignore[arg-type]
+            Handler(),
+            self.out,
+            max_streams=2,
+            rate=AnswerRate(self.clock, self.limit),
+        )
+
+    def receive(self, message: wire.Message, request_id: int) -> None:
+        for f in wire.FrameDecoder().feed(wire.encode(message, request_id)):
+            self.mux.received(f, wire.decode(f))
+
+    def answered(self) -> list[tuple[int, wire.Message]]:
+        return [(f.request_id, m) for f, m in self.out.sent]
+
+    def test_requests_wait_while_the_link_is_full_and_go_in_order(self) -> None:
+        self.mux.paused = True
+        self.receive(wire.Digest(A), 1)
+        self.receive(wire.Ping(), 2)
+        self.receive(wire.Digest(A), 3)
+        self.assertEqual(self.answered(), [])
+        self.mux.writable()
+        reply = wire.DigestReply(A, 3)
+        self.assertEqual(self.answered(), [(1, reply), (2, wire.Ack()), (3, reply)])
+
+    def test_answers_follow_the_rate(self) -> None:
+        for request_id in range(1, 6):
+            self.receive(wire.Ping(), request_id)
+        self.assertEqual([i for i, _ in self.answered()], [1, 2, 3])  # the burst
+        self.clock.advance(0.1)
+        self.assertEqual([i for i, _ in self.answered()], [1, 2, 3, 4])
+        self.clock.advance(0.1)
+        self.assertEqual([i for i, _ in self.answered()], [1, 2, 3, 4, 5])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.receive(wire.Ping(), 6)
+        self.mux.close("gone")  # what waits is dropped, and so is the wake-up
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.answered()), 5)
+
+    def test_a_peer_that_connects_again_starts_where_it_left_off(self) -> None:
+        for request_id in range(1, 4):
+            self.receive(wire.Ping(), request_id)  # the burst, used up
+        self.mux.close("gone")
+        self.mux = self.connect()  # the same peer, a new session: no fresh burst
+        self.receive(wire.Ping(), 4)
+        self.assertEqual([i for i, _ in self.answered()], [1, 2, 3])
+        self.clock.advance(0.1)
+        self.assertEqual([i for i, _ in self.answered()], [1, 2, 3, 4])
+
+    def test_a_peer_asking_far_ahead_of_its_answers_is_no_longer_read(self) -> None:
+        self.mux.paused = True  # it reads none of them
+        for request_id in range(1, MAX_WAITING):
+            self.receive(wire.Digest(A), request_id)
+        self.assertEqual(self.session.holds, set())
+        self.receive(wire.Digest(A), MAX_WAITING)
+        self.assertEqual(self.session.holds, {self.mux})
+        self.mux.writable()  # it reads again: answers at the rate, reading when few wait
+        for _ in range(100):
+            self.clock.advance(0.1)
+        self.assertEqual(len(self.answered()), MAX_WAITING)
+        self.assertEqual(self.session.holds, set())

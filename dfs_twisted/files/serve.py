@@ -7,7 +7,6 @@ against the owner's signature as it arrives, and every byte is charged to a quot
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -38,32 +37,6 @@ from .holdings import Holdings, read_header
 from .sync import Sync
 
 log = Logger()
-
-# Deletions a peer may send: a tombstone costs this node a verification and a row.
-DELETE_RATE = 200  # a second, sustained
-DELETE_BURST = 2000
-
-
-class RateLimit:
-    """A token bucket per peer: ``rate`` a second, up to ``burst`` at once."""
-
-    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
-        self._rate = rate
-        self._burst = burst
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, when)
-
-    def take(self, peer: str) -> bool:
-        now = self._clock()
-        tokens, then = self._buckets.get(peer, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - then) * self._rate)
-        if tokens < 1:
-            self._buckets[peer] = (tokens, now)
-            return False
-        self._buckets[peer] = (tokens - 1, now)
-        if len(self._buckets) > 4096:  # forget the fullest: they lose nothing
-            self._buckets = {p: b for p, b in self._buckets.items() if b[0] < self._burst - 1}
-        return True
 
 
 class IncomingReplica:
@@ -205,7 +178,6 @@ class Server:
         self._sync = sync
         self._horizons = horizons
         self._incoming: dict[BlobKey, IncomingReplica] = {}
-        self._deletions = RateLimit(DELETE_RATE, DELETE_BURST)
 
     def session_ready(self, session: PeerSession) -> None:
         info = session.info
@@ -405,10 +377,6 @@ class Server:
 
     async def _answer_delete(self, session: PeerSession, request: wire.Delete) -> wire.Message:
         self._authorize_write(session, request.owner)
-        if not self._deletions.take(session.info.node_id):
-            raise RequestRefused(
-                Code.SLOW_DOWN, f"at most {DELETE_RATE} deletions a second: send the rest later"
-            )
         try:
             tomb = Tombstone(
                 request.owner,

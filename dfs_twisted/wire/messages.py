@@ -57,7 +57,7 @@ class Code(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     BAD_SIGNATURE = "bad_signature"
     BAD_REPLY = "bad_reply"
-    SLOW_DOWN = "slow_down"  # over the sender's rate of deletions
+    SLOW_DOWN = "slow_down"  # over the sender's rate of deletions (older nodes send it)
     ABORTED = "aborted"
     REFUSED = "refused"  # the connection itself (admission, pinning)
     IO = "io"
