@@ -19,8 +19,11 @@ reads run on the sync threads too, the next chunk read while one is sent. A rena
 (on a sync thread) and the removal of an older file of the same blob never
 interleave (store.BlobStore.renames). A thread runs the calls queued meanwhile in
 one turn and hands their results back together (`Workers`). A blob sent to a peer
-is read there too, the next piece while one goes out (`QueuedRead`): a slow disk
-holds that transfer, not the reactor and every other connection with it.
+is read there too, the next piece while one goes out (`QueuedRead`), and so are the
+chunk an audit asks for and a HEAD's header: a slow disk holds that request, not the
+reactor and every other connection with it. (A call queued at the moment a thread
+takes its turn joins that turn: it waits for the calls before it there, a read that
+hangs among them too, even while other threads are idle.)
 
 Every `SYNC_EVERY` bytes a blob's data is flushed on the write thread, so the final
 fsync of a big blob does not stall its acknowledgement, and a blob written through

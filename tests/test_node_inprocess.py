@@ -20,7 +20,7 @@ from dfs_twisted.files import FileNotFound, PutInProgress
 from dfs_twisted.launcher import free_port
 from dfs_twisted.node import NodeService
 from dfs_twisted.protocol import OutgoingStream, RemoteError
-from dfs_twisted.session import READ_BLOCK, PeerClient, delete_message
+from dfs_twisted.session import PeerClient, delete_message
 from dfs_twisted.space import SpaceLimits
 from dfs_twisted.store import BlobFile, BlobKey
 
@@ -165,29 +165,41 @@ class TwoNodeTests(NodeTestCase):
         assert held is not None
         self.assertEqual(held.version, a.files.catalog.get(key).version)  # type: ignore[union-attr]
 
-    async def test_a_slow_disk_under_a_fetch_holds_that_fetch_and_nothing_else(self) -> None:
-        # b's disk is slow to give the blob a FETCH asks for: the reads wait on b's
-        # disk threads, and b answers its peers meanwhile (read on b's reactor, they
-        # would wait until the disk came back: here, until the read gave up).
+    async def test_a_slow_disk_under_a_fetch_or_an_audit_holds_that_and_nothing_else(
+        self,
+    ) -> None:
+        # b's disk is slow to give the blob a FETCH and an AUDIT ask for: the reads wait
+        # on b's disk threads, and b answers its peers meanwhile (read on b's reactor,
+        # they would wait until the disk came back: here, until the reads gave up).
         a, b = await self.two_nodes()
         blob, _ = await put(a, "served", DATA)
-        reading, disk_back = threading.Event(), threading.Event()
+        version = a.files.catalog.get(BlobKey(a.node_id, blob)).version  # type: ignore[union-attr]
+        disk_back = threading.Event()
         self.addCleanup(disk_back.set)
+        waiting: list[int] = []  # a read waiting for the disk: 1, on whatever thread
         gave_up: list[bool] = []
         open_blob = b.files.holdings.open
 
         class SlowDisk:
             def __init__(self, f: BlobFile) -> None:
                 self._f = f
+                self._reads = 0
 
             def read(self, n: int = -1) -> bytes:
-                if n >= READ_BLOCK:  # the blob's data, not its header
-                    reading.set()
+                self._reads += 1
+                if self._reads > 2:  # the blob's data, not its header (two reads)
+                    waiting.append(1)
                     gave_up.append(not disk_back.wait(5))
                 return self._f.read(n)
 
             def __getattr__(self, name: str) -> Any:
                 return getattr(self._f, name)
+
+            def __enter__(self) -> SlowDisk:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self._f.close()
 
         def slow_open(key: BlobKey) -> Any:
             f = open_blob(key)
@@ -196,12 +208,19 @@ class TwoNodeTests(NodeTestCase):
         b.files.holdings.open = slow_open  # type: ignore[method-assign]
         sink = Sink()
         fetching = self.session(a, b).fetch(wire.Fetch(a.node_id, blob), sink)
-        await eventually(reading.is_set, "b to read the blob")
+        await eventually(lambda: len(waiting) == 1, "b to read for the FETCH")
+        # Asked once that read runs: a read asked at the same moment may go to the
+        # same disk thread, after it (diskqueue.Workers runs what was queued meanwhile).
+        auditing = Deferred.fromCoroutine(
+            a.files.auditor.audit(self.session(a, b), BlobKey(a.node_id, blob), version)
+        )
+        await eventually(lambda: len(waiting) == 2, "b to read for the AUDIT")
         await PeerClient(self.session(a, b)).digest(a.node_id)
         self.assertFalse(disk_back.is_set())
         disk_back.set()
         await fetching
         self.assertEqual(sink.received, blob_path(b, a.node_id, blob).read_bytes())
+        self.assertTrue(await auditing)
         self.assertNotIn(True, gave_up)
 
     async def test_reconnects_after_peer_restart(self) -> None:

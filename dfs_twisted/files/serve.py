@@ -257,28 +257,23 @@ class Server:
         if entry is not None:
             self._sync.relay_change(incoming.session, key, entry)
 
-    def _open(self, key: BlobKey, version: int | None) -> tuple[BlobFile, BlobHeader, int]:
-        """A stored blob (of ``version``, if given), its header and its length."""
+    def _open(self, key: BlobKey) -> BlobFile:
+        """A stored blob, opened: what is read of it is read on a disk thread, but a
+        FETCH's header (its answer, sent at once, needs the blob's length)."""
         f = self._holdings.open(key)
         if f is None:
             raise RequestRefused(Code.NOT_FOUND, "no such blob")
-        try:
-            header = read_header(f)
-            size = os.fstat(f.fileno()).st_size
-        except CryptoError:
-            f.close()
-            raise RequestRefused(Code.NOT_FOUND, "no readable blob") from None
-        if version is not None and header.version != version:
-            f.close()
-            raise RequestRefused(Code.NOT_FOUND, f"holds version {header.version}, not {version}")
-        return f, header, size
+        return f
 
     def open_fetch(self, session: PeerSession, request: wire.Fetch) -> QueuedRead:
-        key = BlobKey(request.owner, request.blob)
-        f, _, size = self._open(key, request.version)
-        if request.offset > size:
+        f = self._open(BlobKey(request.owner, request.blob))
+        try:
+            _, size = _checked_header(f, request.version)
+            if request.offset > size:
+                raise RequestRefused(Code.BAD_REQUEST, "offset beyond the end of the blob")
+        except BaseException:
             f.close()
-            raise RequestRefused(Code.BAD_REQUEST, "offset beyond the end of the blob")
+            raise
         f.seek(request.offset)
         return self._holdings.disk.reader(f, size)
 
@@ -292,9 +287,9 @@ class Server:
         if isinstance(request, wire.Digest):
             return succeed(self._digest(request))
         if isinstance(request, wire.Head):
-            return succeed(self._head(BlobKey(request.owner, request.blob)))
+            return Deferred.fromCoroutine(self._head(BlobKey(request.owner, request.blob)))
         if isinstance(request, wire.Audit):
-            return succeed(self._audit(request))
+            return Deferred.fromCoroutine(self._audit(request))
         return succeed(self._listing(request.owner, request.after, request.limit))
 
     def _digest(self, request: wire.Digest) -> wire.DigestReply:
@@ -310,30 +305,28 @@ class Server:
             )
         return wire.DigestReply(digest, count, children)
 
-    def _head(self, key: BlobKey) -> wire.HeadReply:
-        f, header, size = self._open(key, None)
-        with f:
-            held = self._holdings.catalog.get(key)
-            proof = (
-                self._holdings.proof(key, held)
-                if held is not None and held.version == header.version
-                else b""
-            )
-            return wire.HeadReply(size, header.raw.hex(), proof.hex())
+    async def _head(self, key: BlobKey) -> wire.HeadReply:
+        f = self._open(key)
+        try:
+            header, size = await self._holdings.disk.read(_checked_header, f, None)
+        finally:
+            f.close()  # the thread is done with it
+        held = self._holdings.catalog.get(key)
+        proof = (
+            self._holdings.proof(key, held)
+            if held is not None and held.version == header.version
+            else b""
+        )
+        return wire.HeadReply(size, header.raw.hex(), proof.hex())
 
-    def _audit(self, request: wire.Audit) -> wire.AuditReply:
+    async def _audit(self, request: wire.Audit) -> wire.AuditReply:
         """Prove this node holds a chunk: hash it, keyed by the auditor's fresh nonce."""
-        f, header, size = self._open(BlobKey(request.owner, request.blob), request.version)
-        with f:
-            try:
-                if header.format == LEGACY_FORMAT:
-                    raise FormatError("a blob of the old format has no chunks to audit")
-                start, length, _ = chunk_at(header, size, request.index)
-            except FormatError as e:
-                raise RequestRefused(Code.NOT_FOUND, str(e)) from None
-            f.seek(start)
-            chunk = f.read(length)
-        return wire.AuditReply(audit_digest(bytes.fromhex(request.nonce), chunk).hex())
+        f = self._open(BlobKey(request.owner, request.blob))
+        try:
+            digest = await self._holdings.disk.read(_audit_answer, f, request)
+        finally:
+            f.close()
+        return wire.AuditReply(digest)
 
     def _listing(self, owner: str, after: str | None, limit: int) -> wire.ListReply:
         """A page of what is held, checked against the disk: a listing never claims
@@ -408,3 +401,28 @@ class Server:
                 # of deletions for ids never stored goes no further than here.
                 self._sync.relay_change(session, key, Entry(tomb.version, 0, deleted=True))
         return wire.Ack()
+
+
+def _checked_header(f: BlobFile, version: int | None) -> tuple[BlobHeader, int]:
+    """A stored blob's header (of ``version``, if given) and its length."""
+    try:
+        header = read_header(f)
+        size = os.fstat(f.fileno()).st_size
+    except CryptoError:
+        raise RequestRefused(Code.NOT_FOUND, "no readable blob") from None
+    if version is not None and header.version != version:
+        raise RequestRefused(Code.NOT_FOUND, f"holds version {header.version}, not {version}")
+    return header, size
+
+
+def _audit_answer(f: BlobFile, request: wire.Audit) -> str:
+    """On a disk thread: the digest of the chunk an audit asks for."""
+    header, size = _checked_header(f, request.version)
+    try:
+        if header.format == LEGACY_FORMAT:
+            raise FormatError("a blob of the old format has no chunks to audit")
+        start, length, _ = chunk_at(header, size, request.index)
+    except FormatError as e:
+        raise RequestRefused(Code.NOT_FOUND, str(e)) from None
+    f.seek(start)
+    return audit_digest(bytes.fromhex(request.nonce), f.read(length)).hex()
