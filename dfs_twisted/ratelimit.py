@@ -15,7 +15,7 @@ __all__ = ["ANSWER_BURST", "ANSWER_RATE", "RateLimit"]
 # few; a full listing of a million blobs is 7,800 pages; deletions come one per file.
 ANSWER_RATE = 200.0  # a peer's control requests answered a second, at most
 ANSWER_BURST = 200.0  # ... and at once
-_MAX_PEERS = 4096  # buckets kept before the full ones are forgotten
+_MAX_PEERS = 4096  # buckets kept, at least, before the full ones are forgotten
 
 
 class RateLimit:
@@ -26,6 +26,7 @@ class RateLimit:
         self._burst = burst
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # peer -> (tokens, when)
+        self._keep = _MAX_PEERS  # buckets kept before the full ones are forgotten
 
     def take(self, peer: str) -> bool:
         now = self._clock()
@@ -35,6 +36,17 @@ class RateLimit:
             self._buckets[peer] = (tokens, now)
             return False
         self._buckets[peer] = (tokens - 1, now)
-        if len(self._buckets) > _MAX_PEERS:  # forget the fullest: they lose nothing
-            self._buckets = {p: b for p, b in self._buckets.items() if b[0] < self._burst - 1}
+        if len(self._buckets) > self._keep:
+            self._forget_full(now)
         return True
+
+    def _forget_full(self, now: float) -> None:
+        """Forget the buckets full again by now: they lose nothing. What is left is the
+        peers answered within the last burst's time; many of them raise the bar for
+        the next time, so that this stays rare."""
+        self._buckets = {
+            peer: (tokens, when)
+            for peer, (tokens, when) in self._buckets.items()
+            if tokens + (now - when) * self.rate < self._burst
+        }
+        self._keep = max(_MAX_PEERS, 2 * len(self._buckets))

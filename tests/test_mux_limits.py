@@ -165,3 +165,23 @@ class AnswerTests(SynchronousTestCase):
             self.clock.advance(0.1)
         self.assertEqual(len(self.answered()), MAX_WAITING)
         self.assertEqual(self.session.holds, set())
+
+
+class RateLimitTests(SynchronousTestCase):
+    def test_peers_gone_quiet_are_forgotten(self) -> None:
+        clock = task.Clock()
+        limit = RateLimit(10, 2, clock.seconds)
+        for i in range(20_000):  # made-up ids, each drained once: full 0.2 s later
+            clock.advance(0.001)
+            limit.take(f"{i}")
+            limit.take(f"{i}")
+        self.assertLessEqual(len(limit._buckets), 4097)
+
+    def test_the_rate_holds_however_many_peers_were_seen(self) -> None:
+        clock = task.Clock()
+        limit = RateLimit(10, 2, clock.seconds)
+        for i in range(5000):  # more peers than are kept, each drained
+            limit.take(f"{i}")
+            limit.take(f"{i}")
+        self.assertTrue(limit.take("p") and limit.take("p"))
+        self.assertFalse(limit.take("p"))
