@@ -14,16 +14,17 @@ thread would wait for a commit per fsync (measured here: about 7 ms a small file
 one at a time, under 1 ms with four at once). That is the group commit of many
 concurrent puts; each still fires only once its own fsyncs returned. A put's
 ledger row is written right after its blob, on the same sync thread (ledger.py);
-aborts and the index's SQLite commits stay on one ordered thread. A local get's
-reads run on the sync threads too, the next chunk read while one is sent. A rename
-(on a sync thread) and the removal of an older file of the same blob never
-interleave (store.BlobStore.renames). A thread runs the calls queued meanwhile in
-one turn and hands their results back together (`Workers`). A blob sent to a peer
-is read there too, the next piece while one goes out (`QueuedRead`), and so are the
-chunk an audit asks for and a HEAD's header: a slow disk holds that request, not the
-reactor and every other connection with it. (A call queued at the moment a thread
-takes its turn joins that turn: it waits for the calls before it there, a read that
-hangs among them too, even while other threads are idle.)
+aborts and the index's SQLite commits stay on one ordered thread. A rename (on a
+sync thread) and the removal of an older file of the same blob never interleave
+(store.BlobStore.renames). A thread runs the calls queued meanwhile in one turn and
+hands their results back together (`Workers`).
+
+Reads of blobs run on read threads of their own, one call a turn: a local get's, the
+next chunk read while one is sent; a blob sent to a peer, the next piece while one
+goes out (`QueuedRead`); the chunk an audit asks for and a HEAD's header. A slow disk,
+or one file that takes long to read, holds that request only: not the reactor and
+every other connection with it, nor a read queued behind it in a thread's turn, nor
+one queued behind the fsyncs of many puts.
 
 Every `SYNC_EVERY` bytes a blob's data is flushed on the write thread, so the final
 fsync of a big blob does not stall its acknowledgement, and a blob written through
@@ -46,6 +47,7 @@ from .store import BlobFile, BlobWriter
 
 SYNC_EVERY = 64 << 20
 SYNC_THREADS = 8
+READ_THREADS = 8
 BATCH = 1 << 20
 WRITE_AHEAD = 8 << 20  # bytes of a blob waiting for the write thread before its source pauses
 BATCH_CALLS = 64  # most calls a disk thread runs before handing their results back
@@ -62,8 +64,12 @@ class Workers:
     about a sixth of a node's Python time (sampled while putting small files).
     """
 
-    def __init__(self, reactor: IReactorFromThreads, threads: int, name: str) -> None:
+    def __init__(
+        self, reactor: IReactorFromThreads, threads: int, name: str, batch: int = BATCH_CALLS
+    ) -> None:
+        """``batch``: most calls a thread runs in one turn."""
         self._reactor = reactor
+        self._batch = batch
         self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
@@ -113,7 +119,7 @@ class Workers:
         # (the costly part of a hand-off) while it is busy.
         batch = [job]
         stop = False
-        while len(batch) < BATCH_CALLS:
+        while len(batch) < self._batch:
             try:
                 more = jobs.get_nowait()
             except Empty:
@@ -144,22 +150,23 @@ def _deliver(results: list[tuple[Deferred[Any], bool, Any]]) -> None:
 
 
 class DiskQueue:
-    """The node's disk threads: one in order, one for blob data, and a few for fsyncs."""
+    """The node's disk threads: one in order, one for blob data, a few for fsyncs and a
+    few for reads."""
 
     def __init__(self, reactor: IReactorFromThreads) -> None:
         self._pool = Workers(reactor, 1, "dfs-disk")
         self._writes = Workers(reactor, 1, "dfs-write")
         self._syncs = Workers(reactor, SYNC_THREADS, "dfs-sync")
+        self._reads = Workers(reactor, READ_THREADS, "dfs-read", batch=1)
+        self._all = (self._pool, self._writes, self._syncs, self._reads)
 
     def start(self) -> None:
-        self._pool.start()
-        self._writes.start()
-        self._syncs.start()
+        for workers in self._all:
+            workers.start()
 
     def stop(self) -> None:
-        self._pool.stop()
-        self._writes.stop()
-        self._syncs.stop()
+        for workers in self._all:
+            workers.stop()
 
     def run(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run ``f`` on the ordered disk thread after everything queued before it."""
@@ -174,8 +181,8 @@ class DiskQueue:
         return self._syncs.submit(f, *args)
 
     def read(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        """Run ``f`` (a blob read, one at a time per file) on a sync thread, in no order."""
-        return self._syncs.submit(f, *args)
+        """Run ``f`` (a blob read, one at a time per file) on a read thread, in no order."""
+        return self._reads.submit(f, *args)
 
     def blob(
         self,
@@ -296,7 +303,7 @@ class QueuedBlob:
 
 
 class QueuedRead:
-    """A stored blob read from the reactor (session.BlobSource): each read on a sync
+    """A stored blob read from the reactor (session.BlobSource): each read on a read
     thread, and as one ends the next is begun, so the disk works while the piece
     read goes out. Closing waits for a read under way: no thread reads a closed file."""
 

@@ -28,7 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from dfs_twisted import backup
 from dfs_twisted.backup import Entry
 from dfs_twisted.database import Database, GroupCommit
-from dfs_twisted.diskqueue import DiskQueue, Workers
+from dfs_twisted.diskqueue import SYNC_THREADS, DiskQueue, Workers
 from dfs_twisted.identity import write_secret
 from dfs_twisted.ledger import Ledger, LedgerEntry
 from dfs_twisted.store import BlobKey, BlobStore
@@ -214,6 +214,25 @@ class WorkerTests(TestCase):
         del argument, done
         gc.collect()
         self.assertEqual([ref() for ref in gone], [None, None])
+
+
+class ReadThreadTests(TestCase):
+    timeout = 30
+
+    async def test_a_read_waits_behind_no_fsync(self) -> None:
+        # Every sync thread held by a commit (a disk slow to sync many puts): a get's
+        # read goes on all the same.
+        queue = DiskQueue(cast(IReactorFromThreads, reactor))
+        queue.start()
+        self.addCleanup(queue.stop)
+        gate = threading.Event()
+        self.addCleanup(gate.set)
+        held = [queue.sync(gate.wait, 20) for _ in range(SYNC_THREADS + 1)]
+        self.assertEqual(await queue.read(operator.add, 1, 2), 3)
+        self.assertFalse(gate.is_set())
+        gate.set()
+        for d in held:
+            self.assertTrue(await d)
 
 
 class Chunk:

@@ -208,13 +208,11 @@ class TwoNodeTests(NodeTestCase):
         b.files.holdings.open = slow_open  # type: ignore[method-assign]
         sink = Sink()
         fetching = self.session(a, b).fetch(wire.Fetch(a.node_id, blob), sink)
-        await eventually(lambda: len(waiting) == 1, "b to read for the FETCH")
-        # Asked once that read runs: a read asked at the same moment may go to the
-        # same disk thread, after it (diskqueue.Workers runs what was queued meanwhile).
         auditing = Deferred.fromCoroutine(
             a.files.auditor.audit(self.session(a, b), BlobKey(a.node_id, blob), version)
         )
-        await eventually(lambda: len(waiting) == 2, "b to read for the AUDIT")
+        # Both wait at once: neither read waits behind the other on one thread.
+        await eventually(lambda: len(waiting) == 2, "b to read for both")
         await PeerClient(self.session(a, b)).digest(a.node_id)
         self.assertFalse(disk_back.is_set())
         disk_back.set()
