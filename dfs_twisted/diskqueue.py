@@ -21,10 +21,10 @@ hands their results back together (`Workers`).
 
 Reads of blobs run on read threads of their own, one call a turn: a local get's, the
 next chunk read while one is sent; a blob sent to a peer, the next piece while one
-goes out (`QueuedRead`); the chunk an audit asks for and a HEAD's header. A slow disk,
-or one file that takes long to read, holds that request only: not the reactor and
-every other connection with it, nor a read queued behind it in a thread's turn, nor
-one queued behind the fsyncs of many puts.
+goes out (`QueuedRead`), its header first; the chunk an audit asks for and a HEAD's
+header. A slow disk, or one file that takes long to read, holds that request only:
+not the reactor and every other connection with it, nor a read queued behind it in
+a thread's turn, nor one queued behind the fsyncs of many puts.
 
 Every `SYNC_EVERY` bytes a blob's data is flushed on the write thread, so the final
 fsync of a big blob does not stall its acknowledgement, and a blob written through

@@ -66,7 +66,7 @@ class SessionHandler(TypingProtocol):
     def session_ready(self, session: PeerSession) -> None: ...
     def session_lost(self, session: PeerSession, reason: str) -> None: ...
     def open_store(self, session: PeerSession, request: wire.Store) -> IncomingBlob: ...
-    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> BlobSource: ...
+    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> Deferred[BlobSource]: ...
     def answer(
         self, session: PeerSession, request: wire.ControlRequest
     ) -> Deferred[wire.Message]: ...
@@ -111,6 +111,18 @@ class Output(TypingProtocol):
 
 class _Discard:
     """An incoming stream we refused: its in-flight DATA frames are dropped."""
+
+
+class _Opening:
+    """The place of a FETCH whose blob is being opened."""
+
+    size = 0
+
+    def read(self, n: int) -> Deferred[bytes]:
+        return fail(ValueError("not open yet"))
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -304,16 +316,13 @@ class Multiplexer:
                 self._incoming[request_id] = _Discard()
                 self.send(wire.Error(e.code, e.message[:512]), request_id, reply=True)
         elif isinstance(message, wire.Fetch):
-            try:
-                if len(self._serving) >= limit:
-                    raise RequestRefused("busy", f"at most {limit} transfers at once")
-                source = self._handler.open_fetch(self._session, message)
-            except RequestRefused as e:
-                self.send(wire.Error(e.code, e.message[:512]), request_id, reply=True)
+            if len(self._serving) >= limit:
+                busy = f"at most {limit} transfers at once"
+                self.send(wire.Error("busy", busy), request_id, reply=True)
                 return
-            self._serving[request_id] = source
-            self.send(wire.FetchReply(source.size), request_id, reply=True)
-            Deferred.fromCoroutine(self._pump(request_id, source)).addErrback(
+            opening = _Opening()
+            self._serving[request_id] = opening  # counted, and abortable, from now on
+            Deferred.fromCoroutine(self._serve(request_id, message, opening)).addErrback(
                 lambda f: log.failure("serving request {id} failed", f, id=request_id)
             )
         elif isinstance(message, wire.Ping | wire.ControlRequest):
@@ -387,6 +396,28 @@ class Multiplexer:
         result.addErrback(failed).addCallback(
             lambda message: self.send(message, request_id, reply=True)
         )
+
+    async def _serve(self, request_id: int, message: wire.Fetch, opening: _Opening) -> None:
+        """Open the blob a FETCH asks for (its header read off the reactor), answer with
+        its size, then send it."""
+        try:
+            source = await maybeDeferred(self._handler.open_fetch, self._session, message)
+        except Exception as e:
+            if self._serving.get(request_id) is opening:
+                del self._serving[request_id]
+                if isinstance(e, RequestRefused):
+                    refusal = wire.Error(e.code, e.message[:512])
+                else:
+                    log.failure("opening the blob of request {id} failed", id=request_id)
+                    refusal = wire.Error("io", "cannot read the blob")
+                self.send(refusal, request_id, reply=True)
+            return
+        if self._serving.get(request_id) is not opening:
+            source.close()  # aborted, or the link closed, while it was opened
+            return
+        self._serving[request_id] = source
+        self.send(wire.FetchReply(source.size), request_id, reply=True)
+        await self._pump(request_id, source)
 
     async def _pump(self, request_id: int, source: BlobSource) -> None:
         """Send a blob as DATA frames, as fast as the link takes them. Ends quietly

@@ -55,7 +55,7 @@ class FakeHandler:
         self.stores.append(request)
         raise RequestRefused("forbidden", "not yours")
 
-    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> BlobSource:
+    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> Deferred[BlobSource]:
         raise RequestRefused("not_found", "no such blob")
 
     def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
@@ -150,8 +150,8 @@ class Handler:
         self.blobs.append(blob)
         return blob
 
-    def open_fetch(self, session: Any, request: wire.Fetch) -> Source:
-        return self.source
+    def open_fetch(self, session: Any, request: wire.Fetch) -> Deferred[Any]:
+        return succeed(self.source)
 
     def answer(self, session: Any, request: wire.ControlRequest) -> Deferred[wire.Message]:
         if isinstance(request, wire.Digest):

@@ -55,14 +55,15 @@ class Liar:
             raise RequestRefused(wire.Code.HAVE, "already holds this version")
         return self._store(session, request)
 
-    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> BlobSource:
+    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> Deferred[BlobSource]:
         if self.refuse_fetch:
             raise RequestRefused(wire.Code.NOT_FOUND, "no such blob")
         if request.blob in self.forged:
             data = self.forged[request.blob]
-            return _Served(Source(data[request.offset :]), len(data), request.offset, self)
-        source = self._fetch(session, request)
-        return _Served(source, source.size, request.offset, self, session)
+            return succeed(_Served(Source(data[request.offset :]), len(data), request.offset, self))
+        return self._fetch(session, request).addCallback(
+            lambda source: _Served(source, source.size, request.offset, self, session)
+        )
 
     def answer(self, session: PeerSession, request: wire.ControlRequest) -> Deferred[wire.Message]:
         if isinstance(request, wire.List) and self.forge_listing is not None:

@@ -365,9 +365,11 @@ class FetchFailureTests(FetchNetwork):
         real_fetch = liar._fetch
 
         def announcing_more(session: Any, request: wire.Fetch) -> Any:
-            source = real_fetch(session, request)
-            source.size += 1000  # announces more than it then sends
-            return source
+            def more(source: Any) -> Any:
+                source.size += 1000  # announces more than it then sends
+                return source
+
+            return real_fetch(session, request).addCallback(more)
 
         liar._fetch = announcing_more
         with self.assertRaises(DamagedBlob) as caught:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import task
+from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
@@ -25,10 +26,10 @@ class _Sources(Handler):
         super().__init__()
         self.served: list[Source] = []
 
-    def open_fetch(self, session: Any, request: wire.Fetch) -> Source:
+    def open_fetch(self, session: Any, request: wire.Fetch) -> Deferred[Any]:
         source = Source(b"x" * 600_000)
         self.served.append(source)
-        return source
+        return succeed(source)
 
 
 class ServingLimitTests(SynchronousTestCase):
@@ -76,6 +77,46 @@ class ServingLimitTests(SynchronousTestCase):
         self.mux.writable()
         data = {f.request_id for f, m in self.out.sent if isinstance(m, wire.Data) and m.payload}
         self.assertEqual(data, {2, 3})
+
+
+class OpeningTests(SynchronousTestCase):
+    """A FETCH whose blob is still being opened (its header read on a disk thread)."""
+
+    def setUp(self) -> None:
+        self.out = Wire()
+        self.handler = Handler()
+        self.opening: Deferred[Any] = Deferred()
+        self.handler.open_fetch = lambda session, request: self.opening  # type: ignore[method-assign]
+        self.mux = Multiplexer(object(), self.handler, self.out, max_streams=1)  # type: ignore[arg-type]
+
+    def receive(self, message: wire.Message, request_id: int) -> None:
+        for f in wire.FrameDecoder().feed(wire.encode(message, request_id)):
+            self.mux.received(f, wire.decode(f))
+
+    def test_it_holds_its_place_and_is_closed_if_aborted_meanwhile(self) -> None:
+        self.receive(wire.Fetch(A, f"{1:064x}"), 1)
+        self.receive(wire.Fetch(A, f"{2:064x}"), 2)
+        self.receive(wire.Abort("cancelled"), 1)
+        source = Source(b"x" * 10)
+        self.opening.callback(source)
+        self.assertTrue(source.closed)
+        self.assertEqual(
+            self.out.messages(),
+            [
+                wire.Error("busy", "at most 1 transfers at once"),
+                wire.Error("aborted", "fetch aborted"),
+            ],
+        )
+
+    def test_a_blob_that_cannot_be_opened_is_answered_with_an_error(self) -> None:
+        self.receive(wire.Fetch(A, f"{1:064x}"), 1)
+        self.opening.errback(OSError(5, "Input/output error"))
+        self.assertEqual(self.out.messages(), [wire.Error("io", "cannot read the blob")])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.mux.paused = True
+        self.handler.open_fetch = lambda session, request: succeed(Source(b"x"))  # type: ignore[method-assign]
+        self.receive(wire.Fetch(A, f"{2:064x}"), 2)  # its place is free again
+        self.assertEqual(self.out.messages()[-1], wire.FetchReply(1))
 
 
 class _Reader:

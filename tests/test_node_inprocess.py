@@ -168,28 +168,26 @@ class TwoNodeTests(NodeTestCase):
     async def test_a_slow_disk_under_a_fetch_or_an_audit_holds_that_and_nothing_else(
         self,
     ) -> None:
-        # b's disk is slow to give the blob a FETCH and an AUDIT ask for: the reads wait
-        # on b's disk threads, and b answers its peers meanwhile (read on b's reactor,
-        # they would wait until the disk came back: here, until the reads gave up).
+        # b's disk is slow to give the blob a FETCH and an AUDIT ask for (its header
+        # too): the reads wait on b's disk threads, and b answers its peers meanwhile
+        # (read on b's reactor, they would wait until the disk came back: here, until
+        # the reads gave up).
         a, b = await self.two_nodes()
         blob, _ = await put(a, "served", DATA)
         version = a.files.catalog.get(BlobKey(a.node_id, blob)).version  # type: ignore[union-attr]
         disk_back = threading.Event()
         self.addCleanup(disk_back.set)
-        waiting: list[int] = []  # a read waiting for the disk: 1, on whatever thread
+        waiting: list[int] = []  # a read that waited for the disk: 1, on whatever thread
         gave_up: list[bool] = []
         open_blob = b.files.holdings.open
 
         class SlowDisk:
             def __init__(self, f: BlobFile) -> None:
                 self._f = f
-                self._reads = 0
 
             def read(self, n: int = -1) -> bytes:
-                self._reads += 1
-                if self._reads > 2:  # the blob's data, not its header (two reads)
-                    waiting.append(1)
-                    gave_up.append(not disk_back.wait(5))
+                waiting.append(1)
+                gave_up.append(not disk_back.wait(5))
                 return self._f.read(n)
 
             def __getattr__(self, name: str) -> Any:

@@ -25,10 +25,9 @@ from ..crypto import (
     audit_digest,
     chunk_at,
 )
-from ..diskqueue import QueuedRead
 from ..identity import KnownOrgs
 from ..protocol import RequestRefused
-from ..session import PeerSession
+from ..session import BlobSource, PeerSession
 from ..space import NoSpace, Reservation, SpaceAccount
 from ..store import BlobFile, BlobKey
 from ..wire import Code
@@ -258,17 +257,19 @@ class Server:
             self._sync.relay_change(incoming.session, key, entry)
 
     def _open(self, key: BlobKey) -> BlobFile:
-        """A stored blob, opened: what is read of it is read on a disk thread, but a
-        FETCH's header (its answer, sent at once, needs the blob's length)."""
+        """A stored blob, opened: what is read of it is read on a disk thread."""
         f = self._holdings.open(key)
         if f is None:
             raise RequestRefused(Code.NOT_FOUND, "no such blob")
         return f
 
-    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> QueuedRead:
+    def open_fetch(self, session: PeerSession, request: wire.Fetch) -> Deferred[BlobSource]:
+        return Deferred.fromCoroutine(self._open_fetch(request))
+
+    async def _open_fetch(self, request: wire.Fetch) -> BlobSource:
         f = self._open(BlobKey(request.owner, request.blob))
         try:
-            _, size = _checked_header(f, request.version)
+            _, size = await self._holdings.disk.read(_checked_header, f, request.version)
             if request.offset > size:
                 raise RequestRefused(Code.BAD_REQUEST, "offset beyond the end of the blob")
         except BaseException:
