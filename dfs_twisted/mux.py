@@ -154,10 +154,7 @@ class OutgoingStream:
     def write(self, data: bytes | memoryview) -> None:
         if self.closed:
             return
-        view = memoryview(data)
-        for start in range(0, len(view), DATA_FRAME):
-            piece = view[start : start + DATA_FRAME]
-            self._mux.send_data(self._id, piece, end=False, reply=False)
+        self._mux.send_frames(self._id, data, end=False, reply=False)
         self.sent += len(data)
 
     def finish(self) -> Deferred[wire.Message]:
@@ -220,6 +217,19 @@ class Multiplexer:
         header = wire.data_header(request_id, len(payload), end=end, reply=reply)
         self.bytes_out += len(header) + len(payload)
         self._output.data(header, payload)
+
+    def send_frames(
+        self, request_id: int, data: bytes | memoryview, *, end: bool, reply: bool
+    ) -> None:
+        """``data`` as DATA frames of at most `DATA_FRAME` bytes, views of it rather than
+        copies (the link may keep them); with ``end`` the last one ends the stream (an
+        empty one if ``data`` is)."""
+        view = memoryview(data)
+        for start in range(0, len(view), DATA_FRAME):
+            last = end and start + DATA_FRAME >= len(view)
+            self.send_data(request_id, view[start : start + DATA_FRAME], end=last, reply=reply)
+        if end and not view:
+            self.send_data(request_id, b"", end=True, reply=reply)
 
     def _new_request(self, sink: FetchSink | None = None) -> tuple[int, _Pending]:
         request_id = next(self._ids)
@@ -440,13 +450,8 @@ class Multiplexer:
             if request_id not in self._serving:
                 return  # aborted while it was read or waited
             end = len(piece) < READ_BLOCK
-            view = memoryview(piece)  # frames of it, not copies: the link may keep them
-            for start in range(0, len(piece), DATA_FRAME):
-                last = end and start + DATA_FRAME >= len(piece)
-                self.send_data(request_id, view[start : start + DATA_FRAME], end=last, reply=True)
+            self.send_frames(request_id, piece, end=end, reply=True)
             if end:
-                if not piece:
-                    self.send_data(request_id, b"", end=True, reply=True)
                 del self._serving[request_id]
                 source.close()
                 return
