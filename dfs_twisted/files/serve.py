@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
@@ -36,6 +37,8 @@ from .holdings import Holdings, read_header
 from .sync import Sync
 
 log = Logger()
+
+T = TypeVar("T")
 
 
 class IncomingReplica:
@@ -306,12 +309,17 @@ class Server:
             )
         return wire.DigestReply(digest, count, children)
 
-    async def _head(self, key: BlobKey) -> wire.HeadReply:
+    async def _read(self, key: BlobKey, read: Callable[..., T], *args: object) -> T:
+        """``read(f, *args)`` of a stored blob ``f``, on a read thread; ``f`` closed after."""
         f = self._open(key)
         try:
-            header, size = await self._holdings.disk.read(_checked_header, f, None)
+            result: T = await self._holdings.disk.read(read, f, *args)
+            return result
         finally:
             f.close()  # the thread is done with it
+
+    async def _head(self, key: BlobKey) -> wire.HeadReply:
+        header, size = await self._read(key, _checked_header, None)
         held = self._holdings.catalog.get(key)
         proof = (
             self._holdings.proof(key, held)
@@ -322,11 +330,7 @@ class Server:
 
     async def _audit(self, request: wire.Audit) -> wire.AuditReply:
         """Prove this node holds a chunk: hash it, keyed by the auditor's fresh nonce."""
-        f = self._open(BlobKey(request.owner, request.blob))
-        try:
-            digest = await self._holdings.disk.read(_audit_answer, f, request)
-        finally:
-            f.close()
+        digest = await self._read(BlobKey(request.owner, request.blob), _audit_answer, request)
         return wire.AuditReply(digest)
 
     def _listing(self, owner: str, after: str | None, limit: int) -> wire.ListReply:
