@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from dfs_twisted import wire
 from dfs_twisted.crypto import CryptoError, Decryptor
-from dfs_twisted.diskqueue import DiskQueue
+from dfs_twisted.diskqueue import DiskQueue, QueuedRead
 from dfs_twisted.files.delete import Remover
 from dfs_twisted.files.get import _Flow, _LocalSource
 from dfs_twisted.files.owner import Owner
@@ -358,13 +358,18 @@ class _File(io.BytesIO):
 class ServedReadTests(SynchronousTestCase):
     """A blob sent to a peer, read on the disk threads (diskqueue.QueuedRead)."""
 
-    def test_the_next_piece_is_read_while_one_goes_out(self) -> None:
+    def first_piece_read(self) -> tuple[_HeldReads, _File, QueuedRead]:
+        """A 10-byte blob read 4 bytes at a time, its first piece read."""
         disk = _HeldReads()
         f = _File(b"aaaabbbbcc")
         source = disk.reader(f, 10)
         first = source.read(4)
         disk.finish_one()
         self.assertEqual(self.successResultOf(first), b"aaaa")
+        return disk, f, source
+
+    def test_the_next_piece_is_read_while_one_goes_out(self) -> None:
+        disk, f, source = self.first_piece_read()
         self.assertEqual(len(disk.pending), 1, "no read ahead")  # b"bbbb", being read
         second = source.read(4)
         disk.finish_one()
@@ -378,12 +383,7 @@ class ServedReadTests(SynchronousTestCase):
         self.assertTrue(f.closed)
 
     def test_a_file_closed_while_a_thread_reads_it_is_closed_after_that_read(self) -> None:
-        disk = _HeldReads()
-        f = _File(b"aaaabbbbcc")
-        source = disk.reader(f, 10)
-        first = source.read(4)
-        disk.finish_one()
-        self.successResultOf(first)
+        disk, f, source = self.first_piece_read()
         source.close()  # the FETCH aborted while the next piece is read ahead
         self.assertFalse(f.closed, "closed under a running read")
         disk.finish_one()
