@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from dfs_twisted.directio import ALIGN, BUFFER, DIRECT_MIN, DirectReader, DirectWriter
+from dfs_twisted.directio import ALIGN, BUFFER, DIRECT_MIN, DirectReader, DirectWriter, FileFiller
 from dfs_twisted.diskqueue import WRITE_AHEAD, DiskQueue
 from dfs_twisted.store import BlobKey, BlobStore, BlobWriter
 
@@ -71,6 +71,86 @@ class DirectWriterTests(SynchronousTestCase):
             self.assertEqual(os.fstat(fd).st_size, BUFFER)
             writer.finish()
             self.assertEqual(os.fstat(fd).st_size, BUFFER + ALIGN + 10)
+        finally:
+            os.close(fd)
+
+
+class FileFillerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        os.mkdir(self.dir)
+
+    def begin(self, fd: int) -> FileFiller:
+        filler = FileFiller.begin(fd)
+        assert filler is not None, "ext4 takes direct I/O"
+        self.addCleanup(filler.close)
+        return filler
+
+    def fill(self, filler: FileFiller, data: bytes) -> None:
+        """What `dfs get` does: read into the space given, as much as it takes."""
+        at = 0
+        while at < len(data):
+            space = filler.space()
+            n = min(len(space), len(data) - at)
+            space[:n] = data[at : at + n]
+            space.release()
+            filler.filled(n)
+            at += n
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(st.integers(1, 3 * BUFFER), min_size=1, max_size=6))
+    def test_reads_of_any_size_make_the_same_file(self, sizes: list[int]) -> None:
+        data = pattern(sum(sizes), seed=5)
+        fd, path = tempfile.mkstemp(dir=self.dir)
+        try:
+            filler = self.begin(fd)
+            at = 0
+            for size in sizes:
+                self.fill(filler, data[at : at + size])
+                at += size
+            filler.finish()
+            self.assertFalse(is_direct(fd))  # the tail went through the page cache
+        finally:
+            os.close(fd)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    def test_the_next_buffer_fills_while_one_is_written(self) -> None:
+        data = pattern(2 * BUFFER + 100)
+        release = threading.Event()
+        waited: list[bool] = []
+        real = os.write
+
+        def slow_disk(fd: int, view: bytes) -> int:
+            if not waited:
+                waited.append(release.wait(timeout=10))  # False: nobody went on meanwhile
+            return real(fd, view)
+
+        fd, path = tempfile.mkstemp(dir=self.dir)
+        try:
+            filler = self.begin(fd)
+            self.patch(os, "write", slow_disk)
+            self.fill(filler, data[: BUFFER + BUFFER // 2])  # one buffer full, and half
+            self.assertEqual(os.fstat(fd).st_size, 0)  # its write has not ended
+            release.set()
+            self.fill(filler, data[BUFFER + BUFFER // 2 :])
+            filler.finish()
+        finally:
+            os.close(fd)
+        self.assertEqual(waited, [True])
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    def test_a_failed_write_is_raised_to_the_reader(self) -> None:
+        _, path = tempfile.mkstemp(dir=self.dir)
+        fd = os.open(path, os.O_RDONLY)  # every write fails (EBADF)
+        try:
+            filler = self.begin(fd)
+            with self.assertRaises(OSError):
+                self.fill(filler, pattern(2 * BUFFER))
+                filler.finish()
+            filler.close()
+            self.assertNotIn("dfs-fill", [t.name for t in threading.enumerate()])
         finally:
             os.close(fd)
 

@@ -32,7 +32,7 @@ from ..client import (
     umask,
 )
 from ..config import CONFIG_FILE
-from ..directio import DIRECT_MIN, DirectWriter
+from ..directio import DIRECT_MIN, FileFiller
 from ..display import count, files_table, rate, shown, status_table
 from ..names import check_new_name
 from ..nodedir import CERT_FILE
@@ -149,7 +149,7 @@ def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
     on_terminal = not bar.disable  # closing the bar sets disable
     if to_stdout:
         with bar:
-            received = _copy(response, sys.stdout.buffer.write, bar)
+            received = _copy(response, *_through(sys.stdout.buffer.write), bar)
         try:
             sys.stdout.buffer.flush()
         except BrokenPipeError:
@@ -193,7 +193,8 @@ def _write_output(
 
     The temp file has a random name and is created exclusively: a link planted
     beside OUT is never followed, and a cut transfer leaves nothing behind. A big
-    file is written past the page cache (directio.py) where the file system allows.
+    file is written past the page cache (directio.py) where the file system allows,
+    by a thread of its own while the next part is read.
     """
     directory = out.parent
     try:
@@ -202,15 +203,15 @@ def _write_output(
         raise CliError(f"cannot write {out}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f, bar:
-            direct = DirectWriter.begin(fd) if expected >= DIRECT_MIN else None
-            if direct is None:
-                received = _copy(response, f.write, bar)
+            filler = FileFiller.begin(fd) if expected >= DIRECT_MIN else None
+            if filler is None:
+                received = _copy(response, *_through(f.write), bar)
             else:
                 try:
-                    received = _copy(response, lambda data: direct.write([data]), bar)
-                    direct.finish()
+                    received = _copy(response, filler.space, filler.filled, bar)
+                    filler.finish()
                 finally:
-                    direct.release()
+                    filler.close()
         if received == expected:
             os.chmod(temp, 0o666 & ~umask())
             os.replace(temp, out)
@@ -224,21 +225,29 @@ def _write_output(
     return received
 
 
-def _copy(
-    response: http.client.HTTPResponse, write: Callable[[memoryview], object], bar: tqdm[Any]
-) -> int:
-    """Copy the body to ``out``; stop at the end of what the node sent."""
+Space = Callable[[], memoryview]
+Filled = Callable[[int], object]
+
+
+def _through(write: Callable[[memoryview], object]) -> tuple[Space, Filled]:
+    """`_copy` into one buffer, refilled (for the reason in read_blocks), and ``write``."""
+    buffer = memoryview(bytearray(BLOCK))
+    return (lambda: buffer), (lambda n: write(buffer[:n]))
+
+
+def _copy(response: http.client.HTTPResponse, space: Space, filled: Filled, bar: tqdm[Any]) -> int:
+    """Read the body into ``space()``, telling ``filled(n)`` of each read; stop at
+    the end of what the node sent."""
     received = 0
-    buffer = memoryview(bytearray(BLOCK))  # refilled, for the reason in read_blocks
     while True:
         try:
-            n = response.readinto(buffer)
+            n = response.readinto(space())
         except (http.client.IncompleteRead, OSError):
             break  # the node cut the transfer: the caller compares sizes
         if not n:
             break
         try:
-            write(buffer[:n])
+            filled(n)
         except BrokenPipeError:
             raise OutputClosed from None
         except OSError as e:
