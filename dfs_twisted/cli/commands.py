@@ -12,14 +12,11 @@ import http.client
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-
-from tqdm import tqdm
 
 from ..client import (
     BLOCK,
@@ -36,7 +33,16 @@ from ..directio import DIRECT_MIN, FileFiller
 from ..display import count, files_table, rate, shown, status_table
 from ..names import check_new_name
 from ..nodedir import CERT_FILE
-from .output import WATCH_SECONDS, OutputClosed, progress_bar, read_blocks, result, say, warn
+from .output import (
+    WATCH_SECONDS,
+    OutputClosed,
+    Progress,
+    progress_bar,
+    read_blocks,
+    result,
+    say,
+    warn,
+)
 
 PASSPHRASE_ENV = "DFS_PASSPHRASE"
 
@@ -187,7 +193,7 @@ def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
 
 
 def _write_output(
-    response: http.client.HTTPResponse, out: Path, expected: int, bar: tqdm[Any]
+    response: http.client.HTTPResponse, out: Path, expected: int, bar: Progress
 ) -> int:
     """Stream into a new temp file beside OUT, renamed to OUT once complete.
 
@@ -196,6 +202,8 @@ def _write_output(
     file is written past the page cache (directio.py) where the file system allows,
     by a thread of its own while the next part is read.
     """
+    import tempfile  # here: the other commands need not load it
+
     directory = out.parent
     try:
         fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{out.name}.", suffix=".part")
@@ -235,7 +243,7 @@ def _through(write: Callable[[memoryview], object]) -> tuple[Space, Filled]:
     return (lambda: buffer), (lambda n: write(buffer[:n]))
 
 
-def _copy(response: http.client.HTTPResponse, space: Space, filled: Filled, bar: tqdm[Any]) -> int:
+def _copy(response: http.client.HTTPResponse, space: Space, filled: Filled, bar: Progress) -> int:
     """Read the body into ``space()``, telling ``filled(n)`` of each read; stop at
     the end of what the node sent."""
     received = 0
