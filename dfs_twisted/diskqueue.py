@@ -1,10 +1,8 @@
 """Blob writes: gathered where the data arrives, written and made durable on threads.
 
 The pieces of a blob (a frame or a TLS record each) are gathered on the reactor and
-handed to the write thread `BATCH` bytes at a time: one hand-off per piece cost more
-CPU than the write (lock, wake-up, GIL hand-over), and one per 4 MiB costs less than
-one per MiB did (holders of a 512 MiB put, six interleaved pairs: 1.52-1.86 CPU-s
-per GiB, mean 1.66, against 1.60-2.11, mean 1.82). A
+handed to the write thread about a megabyte at a time: one hand-off per megabyte,
+where one per piece cost more CPU than the write (lock, wake-up, GIL hand-over). A
 big blob is written past the page cache (store.py), so a write waits for the disk;
 while more than `WRITE_AHEAD` bytes wait for the write thread, the source is paused
 (an HTTP upload or a peer connection).
@@ -50,7 +48,7 @@ from .store import BlobFile, BlobWriter
 SYNC_EVERY = 64 << 20
 SYNC_THREADS = 8
 READ_THREADS = 8
-BATCH = 4 << 20
+BATCH = 1 << 20
 WRITE_AHEAD = 8 << 20  # bytes of a blob waiting for the write thread before its source pauses
 BATCH_CALLS = 64  # most calls a disk thread runs before handing their results back
 

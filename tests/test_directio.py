@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from dfs_twisted.directio import ALIGN, BUFFER, DIRECT_MIN, DirectReader, DirectWriter, FileFiller
-from dfs_twisted.diskqueue import BATCH, WRITE_AHEAD, DiskQueue
+from dfs_twisted.diskqueue import WRITE_AHEAD, DiskQueue
 from dfs_twisted.store import BlobKey, BlobStore, BlobWriter
 
 pytestmark = pytest.mark.unit
@@ -261,7 +261,7 @@ class WriteAheadTests(TestCase):
         writer.write_pieces = slow  # type: ignore[method-assign,assignment]
         events: list[str] = []
         blob = queue.blob(writer, lambda: events.append("pause"), lambda: events.append("resume"))
-        data = pattern(WRITE_AHEAD + 2 * BATCH)
+        data = pattern(WRITE_AHEAD + 3 * BUFFER)
         for at in range(0, len(data), 65536):
             blob.write(data[at : at + 65536])
         self.assertEqual(events, ["pause"])
