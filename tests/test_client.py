@@ -463,30 +463,27 @@ class TokenTests(CliTestCase):
 
         # As from another machine: no --node, no private/, only the access file (and,
         # as root, without root's power to read the node's files anyway).
-        client_env = {"HOME": str(where)}
-        prefix = without_root_powers()
-        argv = [*prefix, str(BIN / "dfs"), "--api", url, "--token-file", str(access)]
-        remote = subprocess.run(
-            [*argv, "put", "-", "--name", "from-afar.txt", "--json"],
-            input=b"hello from elsewhere\n",
-            capture_output=True,
-            timeout=120,
-            env={**{k: v for k, v in os.environ.items() if k != "DFS_NODE"}, **client_env},
-        )
-        self.assertEqual(remote.returncode, 0, remote.stderr)
-        self.assertEqual(json.loads(remote.stdout)["name"], "from-afar.txt")
-        self.assertEqual(node.dfs("get", "from-afar.txt").stdout, b"hello from elsewhere\n")
+        env = {**{k: v for k, v in os.environ.items() if k != "DFS_NODE"}, "HOME": str(where)}
+        argv = [*without_root_powers(), str(BIN / "dfs"), "--api", url, "--token-file", str(access)]
+
+        def remote(*args: str, given: bytes | None = None) -> bytes:
+            done = subprocess.run(
+                [*argv, *args], input=given, capture_output=True, timeout=120, env=env
+            )
+            self.assertEqual(done.returncode, 0, done.stderr)
+            return done.stdout
+
+        answer = remote("put", "-", "--name", "from-afar.txt", "--json", given=b"hello\n")
+        self.assertEqual(json.loads(answer)["name"], "from-afar.txt")
+        self.assertEqual(node.dfs("get", "from-afar.txt").stdout, b"hello\n")
         # A file (not stdin) goes over TLS too, where the kernel cannot send it alone.
         big = where / "big.bin"
         big.write_bytes(os.urandom((2 << 20) + 7))
-        sent = subprocess.run(
-            [*argv, "put", str(big), "--json"],
-            capture_output=True,
-            timeout=120,
-            env={**{k: v for k, v in os.environ.items() if k != "DFS_NODE"}, **client_env},
-        )
-        self.assertEqual(sent.returncode, 0, sent.stderr)
+        remote("put", str(big), "--json")
         self.assertEqual(node.dfs("get", "big.bin").stdout, big.read_bytes())
+        # And back over TLS into a file: read straight into the file's aligned buffers.
+        remote("get", "big.bin", "-o", str(where / "big.out"))
+        self.assertEqual((where / "big.out").read_bytes(), big.read_bytes())
         status = json.loads(
             dfs("--api", url, "--token-file", str(access), "status", "--json").stdout
         )
