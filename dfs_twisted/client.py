@@ -211,8 +211,12 @@ class NodeClient:
         path: str,
         body: Body = None,
         headers: dict[str, str] | None = None,
+        conn: http.client.HTTPConnection | None = None,
     ) -> http.client.HTTPResponse:
-        conn = self._connection()
+        """``conn``: one from `connection`, kept for the next request once the answer
+        is read (it connects again by itself if the node closed it)."""
+        if conn is None:
+            conn = self._connection()
         all_headers = {"Authorization": f"Bearer {self._token}", **(headers or {})}
         try:
             if isinstance(body, FileBody):
@@ -240,6 +244,10 @@ class NodeClient:
             raise CliError(f"TLS with {self.where} failed: {e.reason or e}") from None
         except (OSError, http.client.HTTPException) as e:
             raise CliError(f"lost the connection to the node at {self.where}: {e}") from None
+
+    def connection(self) -> http.client.HTTPConnection:
+        """A connection to the node, for requests one after the other."""
+        return self._connection()
 
     def json(self, method: str, path: str, body: object = None) -> Any:
         if body is None:

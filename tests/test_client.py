@@ -152,6 +152,60 @@ class CommandTests(SharedFixture, CliTestCase):
             sorted(p.name for p in where.iterdir()), [".out.bin.part", "out.bin", "victim"]
         )
 
+    def test_a_directory_and_more_files_in_one_put(self) -> None:
+        where = self.tempdir()
+        top = where / "album"
+        (top / "2024").mkdir(parents=True)
+        small, big = os.urandom(1000), os.urandom((1 << 20) + 77)  # read; sent by the kernel
+        (top / "cover.txt").write_bytes(small)
+        (top / "2024" / "raw.bin").write_bytes(big)
+        (top / "link").symlink_to("cover.txt")
+        (where / "notes.txt").write_bytes(b"notes\n")
+        done = self.node.dfs("put", str(top), str(where / "notes.txt"), "--json")
+        answer = json.loads(done.stdout)
+        self.assertEqual(
+            sorted(stored["name"] for stored in answer["stored"]),
+            ["album/2024/raw.bin", "album/cover.txt", "notes.txt"],
+        )
+        self.assertEqual(answer["failed"], [])
+        self.assertEqual({stored["replicas"] for stored in answer["stored"]}, {2})
+        self.assertIn("skipping", done.stderr.decode())  # the link, not followed
+        self.assertEqual(self.node.dfs("get", "album/2024/raw.bin").stdout, big)
+        self.assertEqual(self.node.dfs("get", "album/cover.txt").stdout, small)
+        listed = {f["name"] for f in json.loads(self.node.dfs("ls", "--json").stdout)}
+        self.assertNotIn("album/link", listed)
+        # Without --json: one line for all of them.
+        again = self.node.dfs("put", str(top)).stdout.decode()
+        self.assertEqual(len(again.splitlines()), 1)
+        self.assertIn("stored 2 files", again)
+
+    def test_a_file_that_cannot_be_read_fails_alone(self) -> None:
+        where = self.tempdir()
+        (where / "fine.txt").write_bytes(b"fine\n")
+        # A regular file whose reads fail (EIO): the other files are stored all the same.
+        done = self.node.dfs("put", str(where / "fine.txt"), "/proc/self/mem", check=False)
+        self.assertEqual(done.returncode, 1)
+        stderr = done.stderr.decode()
+        self.assertIn("cannot store mem: cannot read /proc/self/mem", stderr)
+        self.assertEqual(stderr.splitlines()[-1], "dfs: 1 of 2 files not stored")
+        self.assertEqual(self.node.dfs("get", "fine.txt").stdout, b"fine\n")
+
+    def test_several_files_refused_before_any_is_stored(self) -> None:
+        where = self.tempdir()
+        for folder in ("one", "two"):
+            (where / folder).mkdir()
+            (where / folder / "same.txt").write_bytes(folder.encode())
+        one, two = str(where / "one"), str(where / "two")
+        self.one_line(self.node.dfs("put", one, two, "--name", "x", check=False), "--name")
+        self.one_line(self.node.dfs("put", "-", one, check=False), "stdin")
+        self.one_line(self.node.dfs("put", one, str(where / "nowhere"), check=False), "nowhere")
+        clash = [f"{one}/same.txt", f"{two}/same.txt"]
+        self.one_line(self.node.dfs("put", *clash, check=False), "both be stored as same.txt")
+        (where / "two" / f"bad{ESCAPE}").write_bytes(b"x")
+        self.one_line(self.node.dfs("put", one, two, check=False), "control characters")
+        listed = {f["name"] for f in json.loads(self.node.dfs("ls", "--json").stdout)}
+        self.assertFalse(listed & {"one/same.txt", "two/same.txt", "same.txt", "x"})
+
     def test_control_characters_refused_in_new_names(self) -> None:
         bad = f"evil\nname{ESCAPE}"
         line = self.one_line(self.node.dfs("put", "-", "--name", bad, input=b"x", check=False))

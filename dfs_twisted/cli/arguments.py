@@ -30,7 +30,8 @@ from .offline import cmd_init, cmd_network_key_create
 
 EXAMPLES = {
     "put": "dfs --node ./dfs-3000 put report.pdf\n"
-    "dfs --node ./dfs-3000 put - --name logs/today.txt < today.txt",
+    "dfs --node ./dfs-3000 put - --name logs/today.txt < today.txt\n"
+    "dfs --node ./dfs-3000 put photos notes.txt   # photos/..., notes.txt",
     "get": "dfs --node ./dfs-3000 get report.pdf -o report.pdf\n"
     "dfs --node 3000 get report.pdf | less\n"
     "dfs get report.pdf --org acme -o acme-report.pdf\n"
@@ -128,9 +129,15 @@ def parser() -> argparse.ArgumentParser:
         c.set_defaults(run=run)
         return c
 
-    put = command(sub, "put", "store a file (here and on every connected peer)", cmd_put)
-    put.add_argument("path", metavar="PATH", help="file to store, '-' for stdin")
-    put.add_argument("--name", help="name to store it under (default: the file's name)")
+    put = command(sub, "put", "store files (here and on every connected peer)", cmd_put)
+    put.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="+",
+        help="file to store, '-' for stdin; several, or a directory: each of their files, "
+        "named by its path from the PATH's parent",
+    )
+    put.add_argument("--name", help="name to store a single file under (default: the file's name)")
 
     get = command(sub, "get", "fetch and decrypt a file", cmd_get)
     get.add_argument("name", metavar="NAME", nargs="?", help="the file's name")

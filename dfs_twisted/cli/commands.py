@@ -11,6 +11,7 @@ import getpass
 import http.client
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -82,32 +83,34 @@ def _local(client: NodeClient, what: str) -> Path:
 
 
 def cmd_put(client: NodeClient, args: argparse.Namespace) -> None:
+    paths: list[str] = args.path
+    if len(paths) == 1 and (paths[0] == "-" or not os.path.isdir(paths[0])):
+        _put_one(client, args, paths[0])
+    else:
+        _put_many(client, args, _files_to_put(paths, args.name))
+
+
+def _put_one(client: NodeClient, args: argparse.Namespace, spec: str) -> None:
     started = time.monotonic()
-    name = args.name if args.name is not None else Path(args.path).name
-    if args.path == "-" and args.name is None:
+    name = args.name if args.name is not None else Path(spec).name
+    if spec == "-" and args.name is None:
         raise CliError("--name is required when reading stdin")
     try:
         check_new_name(name)
     except ValueError as e:
         raise CliError(f"cannot store {shown(name)}: {e}") from None
-    if args.path == "-":
+    if spec == "-":
         with progress_bar(args, None, "put") as bar:
             body = read_blocks(sys.stdin.buffer, bar)
             answer = decode(client.request("PUT", file_path(name), body))
     else:
-        path = Path(args.path)
+        path = Path(spec)
         try:
-            f = path.open("rb")
+            size = path.stat().st_size
         except OSError as e:
             raise CliError(f"cannot read {path}: {e.strerror}") from None
-        with f:
-            if not path.is_file():
-                raise CliError(f"{path} is not a regular file")
-            size = os.fstat(f.fileno()).st_size
-            headers = {"Content-Type": "application/octet-stream"}
-            with progress_bar(args, size, "put") as bar:
-                sent = FileBody(f, size, bar.update)
-                answer = decode(client.request("PUT", file_path(name), sent, headers))
+        with progress_bar(args, size, "put") as bar:
+            answer = _store_file(client, path, name, bar.update)
     peers = answer["peers"]
     held = [p for p in peers if p["ok"]]
     result(args, {"name": name, **answer})
@@ -121,6 +124,162 @@ def cmd_put(client: NodeClient, args: argparse.Namespace) -> None:
     for p in peers:
         if not p["ok"]:
             warn(f"peer {shown(p['org'])} did not store it: {shown(p['error'])}")
+
+
+def _store_file(
+    client: NodeClient,
+    path: Path,
+    name: str,
+    progress: Callable[[int], object],
+    conn: http.client.HTTPConnection | None = None,
+) -> Any:
+    """PUT one regular file as ``name`` (on ``conn``, if given); the node's answer."""
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise CliError(f"{path} is not a regular file")
+        size = info.st_size
+        headers = {"Content-Type": "application/octet-stream"}
+        body: bytes | FileBody
+        if size < SENDFILE_FROM:
+            # Read: a small file goes with its request head in one send, where
+            # sendfile waits for the socket and sends it alone.
+            try:
+                body = f.read()
+            except OSError as e:
+                raise CliError(f"cannot read {path}: {e.strerror}") from None
+            headers["Content-Length"] = str(len(body))
+            progress(len(body))
+        else:
+            body = FileBody(f, size, progress)
+        return decode(client.request("PUT", file_path(name), body, headers, conn))
+
+
+SENDFILE_FROM = 64 << 10  # smaller files are read and sent with their request
+
+
+PUTS_IN_FLIGHT = 8  # files of one `dfs put` stored at once
+
+
+def _files_to_put(paths: list[str], name: str | None) -> list[tuple[Path, str, int]]:
+    """The regular files of the PATHs given, directories walked (links in them not
+    followed), each with its name (its path from the PATH's parent, with '/') and size.
+    Any error here, before anything is stored, ends the command."""
+    if name is not None:
+        raise CliError("--name names one file: with several files, each keeps its path")
+    if "-" in paths:
+        raise CliError("'-' (stdin) is put alone")
+    found: dict[str, tuple[Path, int]] = {}
+
+    def add(path: Path, stored_as: str, size: int) -> None:
+        try:
+            check_new_name(stored_as)
+        except ValueError as e:
+            raise CliError(f"cannot store {shown(stored_as)}: {e}") from None
+        if stored_as in found:
+            raise CliError(
+                f"{shown(str(found[stored_as][0]))} and {shown(str(path))} would both be "
+                f"stored as {shown(stored_as)}"
+            )
+        found[stored_as] = (path, size)
+
+    def unreadable(e: OSError) -> None:
+        raise CliError(f"cannot read {shown(str(e.filename))}: {e.strerror}")
+
+    for spec in paths:
+        top = Path(spec)
+        try:
+            info = top.stat()
+        except OSError as e:
+            raise CliError(f"cannot read {shown(spec)}: {e.strerror}") from None
+        prefix = os.path.basename(os.path.abspath(spec))
+        if not stat.S_ISDIR(info.st_mode):
+            if not stat.S_ISREG(info.st_mode):
+                raise CliError(f"{shown(spec)} is not a regular file")
+            add(top, prefix, info.st_size)
+            continue
+        for root, dirs, files in os.walk(top, onerror=unreadable):
+            dirs.sort()
+            for linked in (d for d in dirs if os.path.islink(os.path.join(root, d))):
+                warn(f"skipping {shown(os.path.join(root, linked))}: a link (not followed)")
+            for file in sorted(files):
+                path = Path(root, file)
+                info = path.lstat()
+                if not stat.S_ISREG(info.st_mode):
+                    why = "a link (not followed)" if stat.S_ISLNK(info.st_mode) else "not a file"
+                    warn(f"skipping {shown(str(path))}: {why}")
+                    continue
+                relative = path.relative_to(top).as_posix()
+                add(path, f"{prefix}/{relative}" if prefix else relative, info.st_size)
+    if not found:
+        raise CliError("no files to store there")
+    return [(path, stored_as, size) for stored_as, (path, size) in found.items()]
+
+
+def _put_many(
+    client: NodeClient, args: argparse.Namespace, files: list[tuple[Path, str, int]]
+) -> None:
+    """Store each file, `PUTS_IN_FLIGHT` at once (one at a time, each waits for its
+    peers); report what failed and one line for the rest."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor  # here: one file need not load them
+
+    started = time.monotonic()
+    stored: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    missed: dict[str, list[str]] = {}  # peer org -> its errors
+    with progress_bar(args, sum(size for _, _, size in files), "put") as bar:
+        kept = threading.local()  # each thread's connection, kept alive
+
+        def put(file: tuple[Path, str, int]) -> tuple[str, Any, str | None]:
+            path, name, _ = file
+            if not hasattr(kept, "conn"):
+                kept.conn = client.connection()
+            try:
+                return name, _store_file(client, path, name, bar.update, kept.conn), None
+            except CliError as e:
+                return name, None, str(e)
+
+        pool = ThreadPoolExecutor(PUTS_IN_FLIGHT)
+        try:
+            for name, answer, error in pool.map(put, files):
+                if error is not None:
+                    warn(f"cannot store {shown(name)}: {shown(error)}")
+                    failed.append({"name": name, "error": error})
+                    continue
+                stored.append({"name": name, **answer})
+                for p in answer["peers"]:
+                    if not p["ok"]:
+                        missed.setdefault(p["org"], []).append(p["error"])
+        finally:
+            pool.shutdown(cancel_futures=True)  # interrupted: only the puts under way end
+    result(args, {"stored": stored, "failed": failed})
+    if stored:
+        size = sum(answer["size"] for answer in stored)
+        peers = max(len(answer["peers"]) for answer in stored)
+        where = (
+            "here; not all on every connected peer (below)"
+            if missed
+            else f"here and on every connected peer ({peers})"
+            if peers
+            else "here (no peer connected)"
+        )
+        say(
+            args,
+            f"stored {count(len(stored), 'file', 'files')}: "
+            f"{rate(size, time.monotonic() - started)}, {where}",
+        )
+    for org, errors in missed.items():
+        warn(
+            f"peer {shown(org)} did not store {count(len(errors), 'file', 'files')} "
+            f"(the first: {shown(errors[0])})"
+        )
+    if failed:
+        raise CliError(f"{len(failed)} of {count(len(files), 'file', 'files')} not stored")
 
 
 def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
