@@ -242,6 +242,8 @@ def _put_many(
             try:
                 return name, _store_file(client, path, name, bar.update, kept.conn), None
             except CliError as e:
+                kept.conn.close()  # perhaps left mid-request: the next file starts afresh
+                del kept.conn
                 return name, None, str(e)
 
         pool = ThreadPoolExecutor(PUTS_IN_FLIGHT)
