@@ -224,61 +224,75 @@ def _put_many(
     client: NodeClient, args: argparse.Namespace, files: list[tuple[Path, str, int]]
 ) -> None:
     """Store each file, `PUTS_IN_FLIGHT` at once (one at a time, each waits for its
-    peers); report what failed and one line for the rest."""
+    peers); report what failed and one line for the rest. Only --json keeps every
+    answer: a tree of a million files costs little more memory than its list."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor  # here: one file need not load them
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor  # here: one file needs none
 
     started = time.monotonic()
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
-    missed: dict[str, list[str]] = {}  # peer org -> its errors
-    with progress_bar(args, sum(size for _, _, size in files), "put") as bar:
-        kept = threading.local()  # each thread's connection, kept alive
+    totals = {"files": 0, "bytes": 0, "peers": 0}
+    missed: dict[str, tuple[str, int]] = {}  # peer org -> its first error, how many
+    kept = threading.local()  # each thread's connection, kept alive
 
-        def put(file: tuple[Path, str, int]) -> tuple[str, Any, str | None]:
-            path, name, _ = file
-            if not hasattr(kept, "conn"):
-                kept.conn = client.connection()
-            try:
-                return name, _store_file(client, path, name, bar.update, kept.conn), None
-            except CliError as e:
-                kept.conn.close()  # perhaps left mid-request: the next file starts afresh
-                del kept.conn
-                return name, None, str(e)
-
-        pool = ThreadPoolExecutor(PUTS_IN_FLIGHT)
+    def put(file: tuple[Path, str, int]) -> tuple[str, Any, str | None]:
+        path, name, _ = file
+        if not hasattr(kept, "conn"):
+            kept.conn = client.connection()
         try:
-            for name, answer, error in pool.map(put, files):
-                if error is not None:
-                    warn(f"cannot store {shown(name)}: {shown(error)}")
-                    failed.append({"name": name, "error": error})
-                    continue
-                stored.append({"name": name, **answer})
-                for p in answer["peers"]:
-                    if not p["ok"]:
-                        missed.setdefault(p["org"], []).append(p["error"])
+            return name, _store_file(client, path, name, bar.update, kept.conn), None
+        except CliError as e:
+            kept.conn.close()  # perhaps left mid-request: the next file starts afresh
+            del kept.conn
+            return name, None, str(e)
+
+    def record(name: str, answer: Any, error: str | None) -> None:
+        if error is not None:
+            warn(f"cannot store {shown(name)}: {shown(error)}")
+            failed.append({"name": name, "error": error})
+            return
+        totals["files"] += 1
+        totals["bytes"] += answer["size"]
+        totals["peers"] = max(totals["peers"], len(answer["peers"]))
+        if args.json:
+            stored.append({"name": name, **answer})
+        for p in answer["peers"]:
+            if not p["ok"]:
+                first, n = missed.get(p["org"], (p["error"], 0))
+                missed[p["org"]] = (first, n + 1)
+
+    with progress_bar(args, sum(size for _, _, size in files), "put") as bar:
+        pool = ThreadPoolExecutor(PUTS_IN_FLIGHT)
+        waiting: deque[Future[tuple[str, Any, str | None]]] = deque()
+        try:
+            for file in files:
+                waiting.append(pool.submit(put, file))
+                if len(waiting) >= 2 * PUTS_IN_FLIGHT:  # a few queued ahead, not all
+                    record(*waiting.popleft().result())
+            while waiting:
+                record(*waiting.popleft().result())
         finally:
             pool.shutdown(cancel_futures=True)  # interrupted: only the puts under way end
     result(args, {"stored": stored, "failed": failed})
-    if stored:
-        size = sum(answer["size"] for answer in stored)
-        peers = max(len(answer["peers"]) for answer in stored)
+    if totals["files"]:
         where = (
             "here; not all on every connected peer (below)"
             if missed
-            else f"here and on every connected peer ({peers})"
-            if peers
+            else f"here and on every connected peer ({totals['peers']})"
+            if totals["peers"]
             else "here (no peer connected)"
         )
         say(
             args,
-            f"stored {count(len(stored), 'file', 'files')}: "
-            f"{rate(size, time.monotonic() - started)}, {where}",
+            f"stored {count(totals['files'], 'file', 'files')}: "
+            f"{rate(totals['bytes'], time.monotonic() - started)}, {where}",
         )
-    for org, errors in missed.items():
+    for org, (first, n) in missed.items():
         warn(
-            f"peer {shown(org)} did not store {count(len(errors), 'file', 'files')} "
-            f"(the first: {shown(errors[0])})"
+            f"peer {shown(org)} did not store {count(n, 'file', 'files')} "
+            f"(the first: {shown(first)})"
         )
     if failed:
         raise CliError(f"{len(failed)} of {count(len(files), 'file', 'files')} not stored")
