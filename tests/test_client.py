@@ -482,6 +482,31 @@ class Impostor:
         self._socket.close()
 
 
+class CutTransferTests(CliTestCase):
+    def test_a_get_cut_short_leaves_no_file(self) -> None:
+        # No peer holds another copy: the node stops at the damaged chunk, mid-file,
+        # after the writer thread has written what came before.
+        node = NodeProcess(free_port(), self.tempdir() / "node")
+        self.addCleanup(node.stop)
+        node.start().wait_ready()
+        where = self.tempdir()
+        data = os.urandom(3 << 20)
+        (where / "three.bin").write_bytes(data)
+        blob = json.loads(node.dfs("put", str(where / "three.bin"), "--json").stdout)["blob"]
+        owner = node.status()["node_id"]
+        stored = node.data_dir / "store" / owner / blob[:2] / blob[2:4] / blob
+        with stored.open("r+b") as f:
+            f.seek((2 << 20) + 4096)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 1]))
+        out = where / "out" / "three.bin"
+        out.parent.mkdir()
+        line = self.one_line(node.dfs("get", "three.bin", "-o", str(out), check=False))
+        self.assertIn(f"was cut after {2 << 20} of {3 << 20} bytes", line)  # 2 good chunks
+        self.assertEqual(list(out.parent.iterdir()), [])  # neither OUT nor its temp file
+
+
 class TokenTests(CliTestCase):
     def test_token_never_goes_to_a_stale_api_port(self) -> None:
         node = NodeProcess(free_port(), self.tempdir() / "node")
