@@ -17,7 +17,12 @@ def is_control(char: str) -> bool:
 
 
 def check_new_name(name: str) -> None:
-    """Raise ValueError if ``name`` holds a control character."""
+    """Raise ValueError if ``name`` holds a control character, or bytes that are not
+    UTF-8 (a file name in another encoding, as Python hands it over)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("name is not UTF-8 (a file name in another encoding)") from None
     for char in name:
         if is_control(char):
             raise ValueError(f"name must not contain control characters (found U+{ord(char):04X})")

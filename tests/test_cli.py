@@ -122,8 +122,9 @@ class EscapingTests(SynchronousTestCase):
         self.assertNotIn("\x1b", listing)
         self.assertEqual(len(listing.splitlines()), 2)
 
-    def test_new_names_refuse_control_characters(self) -> None:
-        for bad in ("a\nb", "x\x1b[31m", "tab\there", "del\x7f", "c1\x85", "ls\u2028"):
+    def test_new_names_refuse_control_characters_and_other_encodings(self) -> None:
+        latin1 = b"caf\xe9.txt".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+        for bad in ("a\nb", "x\x1b[31m", "tab\there", "del\x7f", "c1\x85", "ls\u2028", latin1):
             self.assertRaises(ValueError, check_new_name, bad)
         for good in ("reports/2026/q1.pdf", "../../etc/passwd", "Änderungen 🚀", "a\u202eb"):
             check_new_name(good)

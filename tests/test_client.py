@@ -201,6 +201,11 @@ class CommandTests(SharedFixture, CliTestCase):
         self.one_line(self.node.dfs("put", one, str(where / "nowhere"), check=False), "nowhere")
         clash = [f"{one}/same.txt", f"{two}/same.txt"]
         self.one_line(self.node.dfs("put", *clash, check=False), "both be stored as same.txt")
+        latin1 = os.path.join(os.fsencode(where / "two"), b"caf\xe9.txt")
+        with open(latin1, "wb") as f:
+            f.write(b"x")
+        self.one_line(self.node.dfs("put", one, two, check=False), "not UTF-8")
+        os.unlink(latin1)
         (where / "two" / f"bad{ESCAPE}").write_bytes(b"x")
         self.one_line(self.node.dfs("put", one, two, check=False), "control characters")
         listed = {f["name"] for f in json.loads(self.node.dfs("ls", "--json").stdout)}
