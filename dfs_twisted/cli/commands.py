@@ -95,10 +95,7 @@ def _put_one(client: NodeClient, args: argparse.Namespace, spec: str) -> None:
     name = args.name if args.name is not None else Path(spec).name
     if spec == "-" and args.name is None:
         raise CliError("--name is required when reading stdin")
-    try:
-        check_new_name(name)
-    except ValueError as e:
-        raise CliError(f"cannot store {shown(name)}: {e}") from None
+    _check_name(name)
     if spec == "-":
         with progress_bar(args, None, "put") as bar:
             body = read_blocks(sys.stdin.buffer, bar)
@@ -124,6 +121,13 @@ def _put_one(client: NodeClient, args: argparse.Namespace, spec: str) -> None:
     for p in peers:
         if not p["ok"]:
             warn(f"peer {shown(p['org'])} did not store it: {shown(p['error'])}")
+
+
+def _check_name(name: str) -> None:
+    try:
+        check_new_name(name)
+    except ValueError as e:
+        raise CliError(f"cannot store {shown(name)}: {e}") from None
 
 
 def _store_file(
@@ -176,10 +180,7 @@ def _files_to_put(paths: list[str], name: str | None) -> list[tuple[Path, str, i
     found: dict[str, tuple[Path, int]] = {}
 
     def add(path: Path, stored_as: str, size: int) -> None:
-        try:
-            check_new_name(stored_as)
-        except ValueError as e:
-            raise CliError(f"cannot store {shown(stored_as)}: {e}") from None
+        _check_name(stored_as)
         if stored_as in found:
             raise CliError(
                 f"{shown(str(found[stored_as][0]))} and {shown(str(path))} would both be "
@@ -223,8 +224,8 @@ def _files_to_put(paths: list[str], name: str | None) -> list[tuple[Path, str, i
 def _put_many(
     client: NodeClient, args: argparse.Namespace, files: list[tuple[Path, str, int]]
 ) -> None:
-    """Store each file, `PUTS_IN_FLIGHT` at once (one at a time, each waits for its
-    peers); report what failed and one line for the rest. Only --json keeps every
+    """Store each file, `PUTS_IN_FLIGHT` at once (each answered once durable here and
+    on the peers); report what failed and one line for the rest. Only --json keeps every
     answer: a tree of a million files costs little more memory than its list."""
     import threading
     from collections import deque
