@@ -35,6 +35,7 @@ from .apiserver import (
     DownloadConsumer,
     file_name,
 )
+from .attached import AttachedFileError
 from .files import (
     DamagedBlob,
     Download,
@@ -285,10 +286,21 @@ class Api(Resource):
         return Reply(200, self.metrics.exposition(), CONTENT_TYPE.encode())
 
     async def put(self, call: Call) -> Answer:
-        upload = call.request.upload
+        request = call.request
+        upload = request.upload
         if upload is None:
             raise ApiError(400, "upload did not start")
-        call.request.upload = None
+        if request.poured is not None:
+            try:
+                await request.poured  # the attached file, read into the upload
+            except Exception as e:
+                if request.upload is not None:  # not aborted already by a lost connection
+                    upload.abort(str(e))
+                    request.upload = None
+                if isinstance(e, AttachedFileError):
+                    raise ApiError(400, str(e)) from None
+                raise
+        request.upload = None
         result = await upload.finish()
         self.metrics.put_done(result.seconds, result.size)
         answer: PutAnswer = {

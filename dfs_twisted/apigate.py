@@ -18,18 +18,24 @@ A request with the right token makes its connection trusted for good: the token
 holder's connections are not counted, and live as long as twisted.web's idle
 timeout allows. `WaitingConnections` is the bookkeeping, free of I/O;
 `ApiChannel` applies it to twisted.web's HTTP connections.
+
+On the Unix socket a request may come with a file descriptor (an upload's body,
+attached.py): a connection holds at most one that no request has taken, and closes
+it when it ends.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IFileDescriptorReceiver
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
+from zope.interface import implementer
 
 log = Logger()
 
@@ -114,6 +120,7 @@ class DropLog:
         self._unlogged = 0
 
 
+@implementer(IFileDescriptorReceiver)
 class ApiChannel(HTTPChannel):
     """One API connection: waiting until it shows the token, with a deadline per head.
 
@@ -132,6 +139,7 @@ class ApiChannel(HTTPChannel):
         self._in_head = True  # between requests, or reading a request head
         self._head_deadline: IDelayedCall | None = None
         self._waiting_deadline: IDelayedCall | None = None
+        self._descriptor: int | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -160,6 +168,19 @@ class ApiChannel(HTTPChannel):
     def requestDone(self, request: Any) -> None:
         self._in_head = True
         super().requestDone(request)
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        if self._descriptor is not None:
+            os.close(descriptor)
+            self.drop("a second file descriptor before a request took the first")
+            return
+        self._descriptor = descriptor
+
+    def take_descriptor(self) -> int | None:
+        """The descriptor that came with the request head being read, if any: the
+        caller closes it."""
+        descriptor, self._descriptor = self._descriptor, None
+        return descriptor
 
     def trust(self) -> None:
         """This connection showed the token: no longer waiting, no lifetime."""
@@ -192,6 +213,9 @@ class ApiChannel(HTTPChannel):
         if self._waiting_deadline is not None and self._waiting_deadline.active():
             self._waiting_deadline.cancel()
         self._waiting_deadline = None
+        descriptor = self.take_descriptor()
+        if descriptor is not None:
+            os.close(descriptor)
         super().connectionLost(reason)
 
 

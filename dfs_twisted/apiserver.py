@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IProducer, IReactorTime
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -21,6 +23,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from .apigate import HEAD_TIMEOUT, WAITING_LIFETIME, ApiChannel, DropLog, WaitingConnections
+from .attached import ATTACHED, AttachedFile, AttachedFileError
 from .crypto import CHUNK_SIZE, MAX_CHUNK_INDEX
 from .files import Upload
 from .names import check_new_name
@@ -70,9 +73,13 @@ def is_upload(method: bytes, path: bytes) -> bool:
 
 
 class ApiRequest(Request):
-    """A request that streams a PUT body into an Upload as it arrives."""
+    """A request that streams a PUT body into an Upload as it arrives, or reads it
+    from the file attached to its head."""
 
     upload: Upload | None = None
+    # An attached file being read into the upload, and the read's end.
+    attached: AttachedFile | None = None
+    poured: Deferred[None] | None = None
     # A failure found when the headers arrived, answered once the request is routed.
     head_error: Exception | None = None
     body_size = 0
@@ -80,6 +87,15 @@ class ApiRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         channel: Any = self.channel
+        # Only an upload that says so takes a descriptor; any other is closed.
+        descriptor = channel.take_descriptor() if isinstance(channel, ApiChannel) else None
+        try:
+            self._got_length(channel, length, descriptor)
+        finally:
+            if descriptor is not None and self.poured is None:
+                os.close(descriptor)  # not taken: reading it would have closed it
+
+    def _got_length(self, channel: Any, length: int | None, descriptor: int | None) -> None:
         api: Api = channel.site.api
         headers = self.requestHeaders.getRawHeaders(b"authorization", [])
         if api.authorized(headers) and isinstance(channel, ApiChannel):
@@ -108,9 +124,31 @@ class ApiRequest(Request):
                 return
             name = file_name(path)
             check_new_name(name)
-            self.upload = api.files.begin_put(name, length, channel.transport)
+            if self.requestHeaders.getRawHeaders(b"dfs-body") is None:
+                self.upload = api.files.begin_put(name, length, channel.transport)
+                return
+            body = self.attached = self._attached_body(api, length, descriptor)
+            self.upload = api.files.begin_put(name, body.size, body)
+            self.poured = Deferred.fromCoroutine(body.pour(self.upload.write))
         except Exception as e:
             self.head_error = e
+
+    def _attached_body(self, api: Api, length: int | None, descriptor: int | None) -> AttachedFile:
+        """The file attached to an upload's head (``Dfs-Body: file-descriptor``)."""
+        if self.requestHeaders.getRawHeaders(b"dfs-body") != [ATTACHED]:
+            raise ApiError(400, "Dfs-Body: only 'file-descriptor' is known")
+        if length:
+            raise ApiError(400, "a request with an attached file has no body")
+        if descriptor is None:
+            raise ApiError(400, "no file descriptor came with the request")
+        try:
+            body = AttachedFile(descriptor, api.files.holdings.disk.read, CHUNK_SIZE)
+        except AttachedFileError as e:
+            raise ApiError(400, str(e)) from None
+        if body.size > MAX_FILE_SIZE:
+            api.metrics.operation("put", "too_large")
+            raise ApiError(413, f"file too large: at most {MAX_FILE_SIZE} bytes")
+        return body
 
     def render(self, resrc: Any) -> None:
         # Whoever can reach the port learns nothing here, not even the server's version.
@@ -149,6 +187,8 @@ class ApiRequest(Request):
             self.content.write(data)
 
     def connectionLost(self, reason: Failure) -> None:
+        if self.attached is not None:
+            self.attached.stopProducing()
         if self.upload is not None and not self.finished:
             self.upload.abort("client went away")
             self.upload = None
