@@ -235,10 +235,24 @@ def raw_put(
         return response.status, response.read()
 
 
+def leave_after_the_head(socket_path: Path, token: str, fd: int) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(socket_path))
+        head = (
+            "PUT /v1/files/gone HTTP/1.1\r\nHost: localhost\r\n"
+            f"Authorization: Bearer {token}\r\n"
+            "Dfs-Body: file-descriptor\r\nContent-Length: 0\r\n\r\n"
+        )
+        socket.send_fds(sock, [head.encode()], [fd])
+
+
 def half_a_head(socket_path: Path, fd: int) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(socket_path))
         socket.send_fds(sock, [b"PUT /v1/files/raw HTTP/1.1\r\n"], [fd])
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(30)
+        assert sock.recv(1) == b""  # the node saw the end, and closed the connection
 
 
 def held(*paths: Path | str) -> list[str]:
@@ -283,6 +297,23 @@ class AttachedPutTests(NodeTestCase):
         self.assertEqual(answer["size"], len(data))
         self.assertEqual((await get(self.node, "big"))[0], data)
         await eventually(lambda: not held(path), "the attached file to be closed")
+
+    async def test_a_client_that_leaves_mid_read_stores_nothing(self) -> None:
+        await self.started()
+        path = Path(self.mktemp())
+        with path.open("wb") as f:
+            for _ in range(64):
+                f.write(os.urandom(1 << 20))
+        fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        # The head and the file, then gone before any answer.
+        await deferToThread(leave_after_the_head, self.socket, self.node.token, fd)
+        await eventually(lambda: os.lseek(fd, 0, os.SEEK_CUR) > 0, "the node to read")
+        await eventually(lambda: held(path) == [str(fd)], "the node to close the file")
+        # It stopped reading (the offset is shared with it), and kept nothing.
+        self.assertLess(os.lseek(fd, 0, os.SEEK_CUR), 32 << 20)
+        self.assertFalse(self.node.files._uploads)
+        self.assertEqual(self.node.store.blobs(self.node.node_id), [])
 
     async def test_bad_attachments_are_refused_in_one_line_and_nothing_is_kept(self) -> None:
         await self.started()
