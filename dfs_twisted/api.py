@@ -35,7 +35,7 @@ from .apiserver import (
     DownloadConsumer,
     file_name,
 )
-from .attached import AttachedFileError
+from .attached import AttachedFileError, DownloadInto, OutputFile
 from .files import (
     DamagedBlob,
     Download,
@@ -237,12 +237,17 @@ class Api(Resource):
             answer = await call.route.handler(self, call)
             if isinstance(answer, Reply):
                 _send(request, answer)
+            elif request.output is not None:
+                output, request.output = request.output, None
+                await self._download_into(call, answer, output, started)
             else:
                 await self._stream_download(call, answer, started)
         except Exception as e:
             self._count(call, e)
             self._answer_error(request, call, Failure())
             return
+        finally:
+            request.close_output()  # not given to a download: this request's to close
         self._count(call, None)
 
     def _count(self, call: Call | None, error: Exception | None) -> None:
@@ -400,6 +405,41 @@ class Api(Resource):
             if channel is not None:
                 channel.transport.abortConnection()
             raise _Interrupted(str(e)) from e
+        self._got(call, download, started)
+        if not request.finished and request.channel is not None:
+            request.finish()
+
+    async def _download_into(
+        self, call: Call, download: Download, output: OutputFile, started: float
+    ) -> None:
+        """Write a download into the file the client attached (attached.py).
+
+        The headers go at once, with the size and the source (the client's bar has its
+        total); the body, once every byte is written or the download stopped, is one
+        JSON line: the size, or the error."""
+        request = call.request
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"x-dfs-size", str(download.size).encode())
+        request.setHeader(b"x-dfs-source", download.source.encode("utf-8", "replace"))
+        request.write(b"")
+        consumer = DownloadInto(self.files.holdings.disk, output)
+        # A client that leaves will not read the file: stop writing it.
+        request.notifyFinish().addErrback(lambda _: consumer.stop())
+        try:
+            await download.stream_to(consumer)
+            await consumer.finish()
+        except Exception as e:
+            consumer.abort()
+            log.warn("download of a file stopped: {error}", error=str(e))
+            cut = f"cut after {consumer.written} of {download.size} bytes: {e}"
+            _end(request, {"error": cut})
+            raise _Interrupted(str(e)) from e
+        self._got(call, download, started)
+        _end(request, {"size": download.size})
+
+    def _got(self, call: Call, download: Download, started: float) -> None:
+        """A download is complete: count and log it."""
         seconds = time.monotonic() - started
         if call.route.operation == "get":
             self.metrics.get_done(seconds, download.size)
@@ -410,8 +450,6 @@ class Api(Resource):
             seconds=seconds,
             source=download.source,
         )
-        if not request.finished and request.channel is not None:
-            request.finish()
 
     def status(self) -> Status:
         server = self.files
@@ -480,6 +518,14 @@ def _send(request: Request, reply: Reply) -> None:
     request.setHeader(b"content-length", str(len(reply.body)).encode())
     request.write(reply.body)
     request.finish()
+
+
+def _end(request: Request, value: object) -> None:
+    """The last of a response whose headers went already: a JSON line, if the client
+    is still there to read it."""
+    if not request.finished and request.channel is not None:
+        request.write(json.dumps(value).encode() + b"\n")
+        request.finish()
 
 
 __all__ = ["Api", "ApiError", "ApiSite", "http_error"]

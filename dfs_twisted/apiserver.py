@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -23,7 +24,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from .apigate import HEAD_TIMEOUT, WAITING_LIFETIME, ApiChannel, DropLog, WaitingConnections
-from .attached import ATTACHED, AttachedFile, AttachedFileError
+from .attached import ATTACHED, AttachedFile, AttachedFileError, OutputFile
 from .crypto import CHUNK_SIZE, MAX_CHUNK_INDEX
 from .files import Upload
 from .names import check_new_name
@@ -80,6 +81,8 @@ class ApiRequest(Request):
     # An attached file being read into the upload, and the read's end.
     attached: AttachedFile | None = None
     poured: Deferred[None] | None = None
+    # The file a download is to be written into (Dfs-Into), until a download takes it.
+    output: OutputFile | None = None
     # A failure found when the headers arrived, answered once the request is routed.
     head_error: Exception | None = None
     body_size = 0
@@ -92,11 +95,18 @@ class ApiRequest(Request):
         try:
             self._got_length(channel, length, descriptor)
         finally:
-            if descriptor is not None and self.poured is None:
-                os.close(descriptor)  # not taken: reading it would have closed it
+            if descriptor is not None and self.poured is None and self.output is None:
+                os.close(descriptor)  # not taken: whatever took it closes it
 
     def _got_length(self, channel: Any, length: int | None, descriptor: int | None) -> None:
         api: Api = channel.site.api
+        into = self.requestHeaders.getRawHeaders(b"dfs-into")
+        if into is not None:
+            try:
+                self.output = _output_file(into, descriptor)
+            except ApiError as e:
+                self.head_error = e
+            descriptor = None  # one file is one request's output or its body, not both
         headers = self.requestHeaders.getRawHeaders(b"authorization", [])
         if api.authorized(headers) and isinstance(channel, ApiChannel):
             channel.trust()
@@ -186,13 +196,32 @@ class ApiRequest(Request):
         if self.head_error is None and self.content is not None:
             self.content.write(data)
 
+    def close_output(self) -> None:
+        """Close the attached output file, unless a download took it."""
+        output, self.output = self.output, None
+        if output is not None:
+            output.abort()
+
     def connectionLost(self, reason: Failure) -> None:
+        self.close_output()
         if self.attached is not None:
             self.attached.stopProducing()
         if self.upload is not None and not self.finished:
             self.upload.abort("client went away")
             self.upload = None
         super().connectionLost(reason)
+
+
+def _output_file(into: Sequence[bytes], descriptor: int | None) -> OutputFile:
+    """The file attached for a download to be written into (``Dfs-Into``)."""
+    if list(into) != [ATTACHED]:
+        raise ApiError(400, "Dfs-Into: only 'file-descriptor' is known")
+    if descriptor is None:
+        raise ApiError(400, "no file descriptor came with the request")
+    try:
+        return OutputFile(descriptor)
+    except AttachedFileError as e:
+        raise ApiError(400, str(e)) from None
 
 
 @implementer(IConsumer)

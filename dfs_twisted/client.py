@@ -53,19 +53,36 @@ class FileBody(NamedTuple):
 
     def follow(self, sock: socket.socket) -> None:
         """Until the node has read the whole attached file or answers: report how
-        far it got (the file offset this process shares with it)."""
-        shown = 0
-        moved = time.monotonic()
-        while shown < self.size and not select.select([sock], [], [], FOLLOW_EVERY)[0]:
-            offset = os.lseek(self.file.fileno(), 0, os.SEEK_CUR)
-            now = time.monotonic()
-            if offset != shown:
-                self.progress(offset - shown)
-                shown, moved = offset, now
-            elif now - moved > TIMEOUT:
-                raise TimeoutError(
-                    f"the node stopped reading the file ({shown} of {self.size} bytes)"
-                )
+        far it got."""
+        follow(
+            self.file.fileno(),
+            self.size,
+            self.progress,
+            lambda seconds: bool(select.select([sock], [], [], seconds)[0]),
+            "reading",
+        )
+
+
+def follow(
+    fd: int,
+    size: int,
+    progress: Callable[[int], object],
+    answered: Callable[[float], bool],
+    doing: str,
+) -> None:
+    """Until ``size`` bytes or ``answered(seconds)`` (which waits at most that long):
+    report how far the node got in an attached file, by the file offset this process
+    shares with it. TimeoutError if the offset stands still for `TIMEOUT` seconds."""
+    shown = 0
+    moved = time.monotonic()
+    while shown < size and not answered(FOLLOW_EVERY):
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        now = time.monotonic()
+        if offset != shown:
+            progress(offset - shown)
+            shown, moved = offset, now
+        elif now - moved > TIMEOUT:
+            raise TimeoutError(f"the node stopped {doing} the file ({shown} of {size} bytes)")
 
 
 Body = bytes | IO[bytes] | Iterator[bytes] | Iterator[memoryview] | FileBody | None
@@ -248,12 +265,18 @@ class NodeClient:
         body: Body = None,
         headers: dict[str, str] | None = None,
         conn: http.client.HTTPConnection | None = None,
+        output: int | None = None,
     ) -> http.client.HTTPResponse:
         """``conn``: one from `connection`, kept for the next request once the answer
-        is read (it connects again by itself if the node closed it)."""
+        is read (it connects again by itself if the node closed it). ``output``: an
+        empty file the node writes a download into (`attaches` only)."""
         if conn is None:
             conn = self._connection()
         all_headers = {"Authorization": f"Bearer {self._token}", **(headers or {})}
+        if output is not None:
+            assert isinstance(conn, _UnixConnection)
+            all_headers["Dfs-Into"] = "file-descriptor"
+            conn.attach(output)
         try:
             if isinstance(body, FileBody) and isinstance(conn, _UnixConnection):
                 all_headers.update({"Dfs-Body": "file-descriptor", "Content-Length": "0"})
@@ -286,6 +309,11 @@ class NodeClient:
             raise CliError(f"TLS with {self.where} failed: {e.reason or e}") from None
         except (OSError, http.client.HTTPException) as e:
             raise CliError(f"lost the connection to the node at {self.where}: {e}") from None
+
+    @property
+    def attaches(self) -> bool:
+        """Files go to the node as descriptors (on its own machine), not as bytes."""
+        return self.local_dir is not None
 
     def connection(self) -> http.client.HTTPConnection:
         """A connection to the node, for requests one after the other."""

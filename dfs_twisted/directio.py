@@ -303,6 +303,19 @@ def _write_end(fd: int, view: memoryview) -> None:
     write_all(fd, view[whole:])
 
 
+def write_pieces(
+    fd: int, direct: DirectWriter | None, pieces: Sequence[bytes | memoryview], total: int
+) -> None:
+    """``pieces`` (``total`` bytes) to ``fd``: through ``direct`` if given, else with
+    as few system calls as possible."""
+    if direct is not None:
+        direct.write(pieces)
+        return
+    done = os.writev(fd, pieces)
+    if done < total:  # short write (signals, big buffers): finish the rest
+        write_all(fd, memoryview(b"".join(pieces))[done:])
+
+
 def write_all(fd: int, view: memoryview) -> None:
     # os.write may write less than asked (signals, big buffers): loop.
     while view:

@@ -35,15 +35,15 @@ however slow the disk.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from queue import Empty, SimpleQueue
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.python.failure import Failure
 
-from .store import BlobFile, BlobWriter
+from .store import BlobFile
 
 SYNC_EVERY = 64 << 20
 SYNC_THREADS = 8
@@ -149,6 +149,18 @@ def _deliver(results: list[tuple[Deferred[Any], bool, Any]]) -> None:
             done.errback(result)
 
 
+class Writer(Protocol):
+    """A file being written, as `QueuedBlob` drives it: a blob (store.BlobWriter) or
+    the file a download goes into (attached.OutputFile)."""
+
+    @property
+    def key(self) -> Any: ...
+    def write_pieces(self, pieces: Sequence[bytes | memoryview]) -> int: ...
+    def sync(self) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
 class DiskQueue:
     """The node's disk threads: one in order, one for blob data, a few for fsyncs and a
     few for reads."""
@@ -186,7 +198,7 @@ class DiskQueue:
 
     def blob(
         self,
-        writer: BlobWriter,
+        writer: Writer,
         pause: Callable[[], None] = lambda: None,
         resume: Callable[[], None] = lambda: None,
     ) -> QueuedBlob:
@@ -197,13 +209,13 @@ class DiskQueue:
 
 
 class QueuedBlob:
-    """A BlobWriter fed from the reactor: its writes run on the write thread, its
+    """A Writer fed from the reactor: its writes run on the write thread, its
     commit on a sync thread, its abort on the ordered disk thread."""
 
     def __init__(
         self,
         queue: DiskQueue,
-        writer: BlobWriter,
+        writer: Writer,
         pause: Callable[[], None],
         resume: Callable[[], None],
     ) -> None:

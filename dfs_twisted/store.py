@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
-from .directio import DIRECT_MIN, DirectReader, DirectWriter, set_direct, write_all
+from .directio import DIRECT_MIN, DirectReader, DirectWriter, set_direct, write_pieces
 
 __all__ = ["BlobFile", "BlobKey", "BlobStore", "BlobWriter", "Fsync", "InvalidId", "parse_id"]
 
@@ -166,12 +166,7 @@ class BlobWriter:
             total = sum(len(p) for p in pieces)
             if self._may_go_direct and self.written == 0 and total >= DIRECT_MIN:
                 self._direct = DirectWriter.begin(fd)
-            if self._direct is not None:
-                self._direct.write(pieces)
-            else:
-                done = os.writev(fd, pieces)
-                if done < total:  # short write (signals, big buffers): finish the rest
-                    write_all(fd, memoryview(b"".join(pieces))[done:])
+            write_pieces(fd, self._direct, pieces, total)
             self.written += total
             return total
 

@@ -5,6 +5,7 @@ descriptors."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import threading
@@ -17,10 +18,10 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
-from dfs_twisted.attached import AttachedFile, AttachedFileError
+from dfs_twisted.attached import AttachedFile, AttachedFileError, OutputFile
 from dfs_twisted.client import FileBody, NodeClient, decode
 
-from .inprocess import NodeTestCase, eventually, get
+from .inprocess import NodeTestCase, eventually, get, put
 
 BLOCK = 1 << 16
 
@@ -167,6 +168,57 @@ class AttachedFileTests(SynchronousTestCase):
 
 
 @pytest.mark.unit
+class OutputFileTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.path = Path(self.mktemp())
+        self.path.touch()
+        self.fd = os.open(self.path, os.O_WRONLY)
+        self.addCleanup(self.close)
+
+    def close(self) -> None:
+        if is_open(self.fd):
+            os.close(self.fd)
+
+    def test_pieces_of_any_size_make_the_file_then_commit_closes_it(self) -> None:
+        data = os.urandom(3 * (1 << 20) + 5000)  # direct writes, then a partial block
+        output = OutputFile(self.fd)
+        for at in range(0, len(data), 1 << 20):
+            piece = data[at : at + (1 << 20)]
+            self.assertEqual(output.write_pieces([piece[:100], piece[100:]]), len(piece))
+        output.commit()
+        self.assertFalse(is_open(self.fd))
+        self.assertEqual(self.path.read_bytes(), data)
+        output.abort()  # after commit: nothing left to do
+
+    def test_abort_closes_it_and_no_write_follows(self) -> None:
+        output = OutputFile(self.fd)
+        output.write_pieces([b"abc"])
+        output.abort()
+        self.assertFalse(is_open(self.fd))
+        with self.assertRaises(ValueError):
+            output.write_pieces([b"more"])
+        with self.assertRaises(ValueError):
+            output.commit()
+
+    def test_only_an_empty_regular_file_open_for_writing_is_taken(self) -> None:
+        full = Path(self.mktemp())
+        full.write_bytes(b"x")
+        d = self.mktemp()
+        os.mkdir(d)
+        cases = {
+            os.open(d, os.O_RDONLY): "the attached output is not a regular file",
+            os.open(self.path, os.O_RDONLY): "the attached output is not open for writing",
+            os.open(full, os.O_WRONLY): "the attached output is not an empty file",
+        }
+        for fd, message in cases.items():
+            with self.assertRaises(AttachedFileError) as caught:
+                OutputFile(fd)
+            self.assertEqual(str(caught.exception), message)
+            self.assertTrue(is_open(fd), "the caller closes what was not taken")
+            os.close(fd)
+
+
+@pytest.mark.unit
 class FollowTests(SynchronousTestCase):
     """The client's bar follows the node's reads through the shared file offset."""
 
@@ -215,11 +267,18 @@ def raw_put(
 ) -> tuple[int, bytes]:
     """A PUT of /v1/files/raw with ``fds`` attached to its head; the status and body
     (status 0: the node hung up without an answer)."""
+    return raw_request(socket_path, token, b"PUT /v1/files/raw", headers, fds, body)
+
+
+def raw_request(
+    socket_path: Path, token: str, line: bytes, headers: bytes, fds: list[int], body: bytes = b""
+) -> tuple[int, bytes]:
+    """A request (``line``: method and path) with ``fds`` attached to its head."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(30)
         sock.connect(str(socket_path))
         head = (
-            b"PUT /v1/files/raw HTTP/1.1\r\nHost: localhost\r\n"
+            line + b" HTTP/1.1\r\nHost: localhost\r\n"
             b"Authorization: Bearer " + token.encode() + b"\r\n" + headers + b"\r\n"
         )
         if fds:
@@ -247,12 +306,18 @@ def leave_after_the_head(socket_path: Path, token: str, fd: int) -> None:
 
 
 def half_a_head(socket_path: Path, fd: int) -> None:
+    send_and_hang_up(socket_path, b"PUT /v1/files/raw HTTP/1.1\r\n", fd)
+
+
+def send_and_hang_up(socket_path: Path, data: bytes, fd: int) -> None:
+    """``data`` with ``fd`` attached, then the end; back once the node hung up too."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(str(socket_path))
-        socket.send_fds(sock, [b"PUT /v1/files/raw HTTP/1.1\r\n"], [fd])
+        socket.send_fds(sock, [data], [fd])
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(30)
-        assert sock.recv(1) == b""  # the node saw the end, and closed the connection
+        while sock.recv(1 << 16):  # until the node saw the end, and closed the connection
+            pass
 
 
 def held(*paths: Path | str) -> list[str]:
@@ -314,6 +379,77 @@ class AttachedPutTests(NodeTestCase):
         self.assertLess(os.lseek(fd, 0, os.SEEK_CUR), 32 << 20)
         self.assertFalse(self.node.files._uploads)
         self.assertEqual(self.node.store.blobs(self.node.node_id), [])
+
+    async def test_a_download_is_written_into_the_attached_file(self) -> None:
+        await self.started()
+        data = os.urandom(2 * (1 << 20) + 99)
+        await put(self.node, "big", data)
+        out = Path(self.mktemp())
+        out.touch()
+        fd = os.open(out, os.O_WRONLY)
+        self.addCleanup(os.close, fd)
+        into = b"Dfs-Into: file-descriptor\r\n"
+        status, body = await deferToThread(
+            raw_request, self.socket, self.node.token, b"GET /v1/files/big", into, [fd]
+        )
+        self.assertEqual((status, json.loads(body)), (200, {"size": len(data)}))
+        self.assertEqual(out.read_bytes(), data)
+        self.assertEqual(os.lseek(fd, 0, os.SEEK_CUR), len(data))  # written through it
+        await eventually(lambda: held(out) == [str(fd)], "the node to close the file")
+
+    async def test_a_client_that_leaves_mid_download_gets_no_more_written(self) -> None:
+        await self.started()
+        size = 64 << 20
+        await put(self.node, "big", os.urandom(size))
+        out = Path(self.mktemp())
+        out.touch()
+        fd = os.open(out, os.O_WRONLY)
+        self.addCleanup(os.close, fd)
+        head = (
+            b"GET /v1/files/big HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "
+            + self.node.token.encode()
+            + b"\r\nDfs-Into: file-descriptor\r\n\r\n"
+        )
+        await deferToThread(send_and_hang_up, self.socket, head, fd)
+        await eventually(lambda: held(out) == [str(fd)], "the node to close the file")
+        self.assertLess(os.lseek(fd, 0, os.SEEK_CUR), size // 2)
+
+    async def test_bad_outputs_are_refused_and_every_descriptor_closed(self) -> None:
+        await self.started()
+        await put(self.node, "small", b"hello")
+        token = self.node.token
+        out = Path(self.mktemp())
+        out.write_bytes(b"not empty")
+        empty = Path(self.mktemp())
+        empty.touch()
+        into = b"Dfs-Into: file-descriptor\r\n"
+        get = b"GET /v1/files/small"
+        full = os.open(out, os.O_WRONLY)
+        read_only = os.open(empty, os.O_RDONLY)
+        writable = os.open(empty, os.O_WRONLY)
+        cases: list[tuple[bytes, bytes, list[int], int, str]] = [
+            (get, into, [], 400, "no file descriptor came with the request"),
+            (get, into, [full], 400, "the attached output is not an empty file"),
+            (get, into, [read_only], 400, "the attached output is not open for writing"),
+            (get, b"Dfs-Into: elsewhere\r\n", [writable], 400, "only 'file-descriptor'"),
+            (b"GET /v1/files/nothing", into, [writable], 404, "no such file"),
+            (b"GET /v1/status", into, [writable], 200, '"node_id"'),
+        ]
+        for line, headers, fds, status, message in cases:
+            got = await deferToThread(raw_request, self.socket, token, line, headers, fds)
+            self.assertEqual(got[0], status, message)
+            self.assertIn(message.encode(), got[1])
+        self.assertEqual(empty.read_bytes(), b"")  # nothing written where nothing was asked
+        # A head with its output, then the connection ends before the body it announced.
+        head = (
+            b"POST /v1/grants/read HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "
+            + token.encode()
+            + b"\r\nDfs-Into: file-descriptor\r\nContent-Length: 100\r\n\r\n"
+        )
+        await deferToThread(send_and_hang_up, self.socket, head, writable)
+        for fd in (full, read_only, writable):
+            os.close(fd)
+        await eventually(lambda: not held(out, empty), "the node to close what it was sent")
 
     async def test_bad_attachments_are_refused_in_one_line_and_nothing_is_kept(self) -> None:
         await self.started()

@@ -11,26 +11,31 @@ import getpass
 import http.client
 import json
 import os
+import socket
 import stat
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from ..client import (
     BLOCK,
+    TIMEOUT,
     ApiFailure,
     CliError,
     FileBody,
     NodeClient,
     decode,
     find_node_dir,
+    follow,
     umask,
 )
 from ..config import CONFIG_FILE
-from ..directio import DIRECT_MIN, FileFiller
+from ..directio import DIRECT_MIN, FileFiller, write_all
 from ..display import count, files_table, rate, shown, status_table
 from ..names import check_new_name
 from ..nodedir import CERT_FILE
@@ -317,33 +322,17 @@ def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
         except (ValueError, KeyError, TypeError):
             raise CliError(f"{args.grant} is not a grant file") from None
         headers = {"Content-Type": "application/json", "Content-Length": str(len(grant))}
-        response = client.request("POST", "/v1/grants/read", grant, headers)
+        asked = Asked("POST", "/v1/grants/read", grant, headers)
     elif args.name is None:
         raise CliError("get needs a NAME (or --grant FILE)")
     else:
-        response = client.request("GET", file_path(args.name) + _org_query(args))
-    if response.status >= 400:
-        _named(args.name, lambda: decode(response))
+        asked = Asked("GET", file_path(args.name) + _org_query(args))
+    if not to_stdout and client.attaches:
+        response, received, on_terminal = _get_into(client, asked, args)
+    else:
+        response, received, on_terminal = _get_streamed(client, asked, args, to_stdout)
     source = response.getheader("x-dfs-source", "local")
     org_id = response.getheader("x-dfs-org")
-    expected = int(response.getheader("content-length", "-1"))
-    bar = progress_bar(args, expected, "get")
-    on_terminal = not bar.disable  # closing the bar sets disable
-    if to_stdout:
-        with bar:
-            received = _copy(response, *_through(sys.stdout.buffer.write), bar)
-        try:
-            sys.stdout.buffer.flush()
-        except BrokenPipeError:
-            raise OutputClosed from None
-    else:
-        received = _write_output(response, Path(args.output), expected, bar)
-    if received != expected:
-        raise CliError(
-            f"transfer of {shown(args.name)} was cut after {received} of {expected} bytes: "
-            "the node stopped sending (damaged data, or a peer lost mid-read: see its log); "
-            "retrying fetches it from a peer"
-        )
     # Only now: the node restores its local copy once the whole stream verified.
     if org_id is not None:
         print(f"{shown(args.name)} of org id:{shown(org_id)}", file=sys.stderr)
@@ -368,37 +357,124 @@ def cmd_get(client: NodeClient, args: argparse.Namespace) -> None:
         )
 
 
-def _write_output(
-    response: http.client.HTTPResponse, out: Path, expected: int, bar: Progress
-) -> int:
-    """Stream into a new temp file beside OUT, renamed to OUT once complete.
+class Asked(NamedTuple):
+    """A request to make: what `NodeClient.request` takes."""
 
-    The temp file has a random name and is created exclusively: a link planted
-    beside OUT is never followed, and a cut transfer leaves nothing behind. A big
-    file is written past the page cache (directio.py) where the file system allows,
-    by a thread of its own while the next part is read.
-    """
+    method: str
+    path: str
+    body: bytes | None = None
+    headers: dict[str, str] | None = None
+
+
+def _get_streamed(
+    client: NodeClient, asked: Asked, args: argparse.Namespace, to_stdout: bool
+) -> tuple[http.client.HTTPResponse, int, bool]:
+    """The file sent as the answer's body, to stdout or into OUT; the answer, the
+    bytes received and whether a bar was shown."""
+    response = client.request(*asked)
+    if response.status >= 400:
+        _named(args.name, lambda: decode(response))
+    expected = int(response.getheader("content-length", "-1"))
+    bar = progress_bar(args, expected, "get")
+    on_terminal = not bar.disable  # closing the bar sets disable
+    if to_stdout:
+        with bar:
+            received = _copy(response, *_through(sys.stdout.buffer.write), bar)
+        try:
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise OutputClosed from None
+    else:
+        received = _write_output(response, Path(args.output), expected, bar)
+    if received != expected:
+        raise CliError(
+            f"transfer of {shown(args.name)} was cut after {received} of {expected} bytes: "
+            "the node stopped sending (damaged data, or a peer lost mid-read: see its log); "
+            "retrying fetches it from a peer"
+        )
+    return response, received, on_terminal
+
+
+def _get_into(
+    client: NodeClient, asked: Asked, args: argparse.Namespace
+) -> tuple[http.client.HTTPResponse, int, bool]:
+    """The node writes the file into a temp file this process attaches to the
+    request (attached.py), renamed to OUT once the node says it is complete."""
+    out = Path(args.output)
+    with _new_beside(out) as (fd, temp):
+        conn = client.connection()
+        response = client.request(*asked, conn=conn, output=fd)
+        if response.status >= 400:
+            _named(args.name, lambda: decode(response))
+        expected = int(response.getheader("x-dfs-size", "-1"))
+        assert conn.sock is not None  # the answer is being read from it
+        with progress_bar(args, expected, "get") as bar:
+            on_terminal = not bar.disable
+            answer = _followed(response, conn.sock, fd, expected, bar)
+        if "error" in answer:
+            raise CliError(
+                f"transfer of {shown(args.name)} was {shown(answer['error'])} (see the "
+                "node's log); retrying fetches it from a peer"
+            )
+        _publish(temp, out)
+    return response, int(answer["size"]), on_terminal
+
+
+def _followed(
+    response: http.client.HTTPResponse,
+    sock: socket.socket,
+    fd: int,
+    size: int,
+    bar: Progress,
+) -> Any:
+    """The node's answer once it wrote the file (a JSON line after its headers),
+    the bar following its writes meanwhile. No socket timeout while it writes (that
+    may take long): its writes standing still for `TIMEOUT` is what says it stopped."""
+    answers: list[Any] = []
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            answers.append(decode(response))
+        except BaseException as e:
+            failures.append(e)
+
+    sock.settimeout(None)
+    reader = threading.Thread(target=read, name="dfs-answer", daemon=True)
+    reader.start()
+
+    def answered(seconds: float) -> bool:
+        reader.join(seconds)
+        return not reader.is_alive()
+
+    try:
+        follow(fd, size, bar.update, answered, "writing")
+        if not answered(TIMEOUT):
+            raise TimeoutError(f"no answer from the node in {TIMEOUT:.0f} s")
+    except TimeoutError as e:
+        sock.shutdown(socket.SHUT_RDWR)  # ends the read
+        raise CliError(f"lost the node: {e}") from None
+    if failures:
+        raise failures[0]
+    return answers[0]
+
+
+@contextmanager
+def _new_beside(out: Path) -> Iterator[tuple[int, str]]:
+    """A new temp file beside OUT (its descriptor and path), gone after unless
+    `_publish` made it OUT.
+
+    It has a random name and is created exclusively: a link planted beside OUT is
+    never followed, and a cut transfer leaves nothing behind."""
     import tempfile  # here: the other commands need not load it
 
-    directory = out.parent
     try:
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{out.name}.", suffix=".part")
+        fd, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
     except OSError as e:
         raise CliError(f"cannot write {out}: {e.strerror}") from None
     try:
-        with os.fdopen(fd, "wb") as f, bar:
-            filler = FileFiller.begin(fd) if expected >= DIRECT_MIN else None
-            if filler is None:
-                received = _copy(response, *_through(f.write), bar)
-            else:
-                try:
-                    received = _copy(response, filler.space, filler.filled, bar)
-                    filler.finish()
-                finally:
-                    filler.close()
-        if received == expected:
-            os.chmod(temp, 0o666 & ~umask())
-            os.replace(temp, out)
+        with os.fdopen(fd, "wb"):
+            yield fd, temp
     except OutputClosed:
         raise CliError(f"cannot write {out}") from None
     except OSError as e:
@@ -406,6 +482,31 @@ def _write_output(
     finally:
         if os.path.lexists(temp):
             os.unlink(temp)
+
+
+def _publish(temp: str, out: Path) -> None:
+    os.chmod(temp, 0o666 & ~umask())
+    os.replace(temp, out)
+
+
+def _write_output(
+    response: http.client.HTTPResponse, out: Path, expected: int, bar: Progress
+) -> int:
+    """Stream into a new temp file beside OUT, renamed to OUT once complete. A big
+    file is written past the page cache (directio.py) where the file system allows,
+    by a thread of its own while the next part is read."""
+    with _new_beside(out) as (fd, temp), bar:
+        filler = FileFiller.begin(fd) if expected >= DIRECT_MIN else None
+        if filler is None:
+            received = _copy(response, *_through(lambda data: write_all(fd, data)), bar)
+        else:
+            try:
+                received = _copy(response, filler.space, filler.filled, bar)
+                filler.finish()
+            finally:
+                filler.close()
+        if received == expected:
+            _publish(temp, out)
     return received
 
 
